@@ -1,0 +1,5 @@
+"""`python -m tinygpt` is the same as the `tinygpt` command."""
+
+from tinygpt.cli import main
+
+raise SystemExit(main())
