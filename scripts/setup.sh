@@ -7,6 +7,7 @@ PY=${PYTHON:-python3}
 [ -d .venv ] || "$PY" -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
-  || python -m pip install -q "torch==2.13.0"
+# On this project's CI image torch==2.13.0 resolves to the CPU build; elsewhere set
+# TORCH_SPEC (for example "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu").
+python -m pip install -q ${TORCH_SPEC:-"torch==2.13.0"}
 python -m pip install -q -e ".[dev]"
