@@ -1,0 +1,422 @@
+"""Typed run configuration: model, data and training sections, presets and overrides.
+
+A run is described by one `RunConfig` made of three dataclasses:
+
+- `model`: `tinygpt.model.GPTConfig` (owned by the model module, validated there),
+- `data`:  where the tokens come from and how they are tokenized (`DataConfig`),
+- `train`: the optimisation loop (`TrainConfig`).
+
+A configuration is resolved in layers, each overriding the one before:
+defaults → preset (`presets/<name>.toml`) → `--config FILE` → dotted overrides
+(`--model.n_layer 6`). Unknown keys are errors that name the closest valid key. The resolved
+configuration is written to `RUN/config.toml`, from which every later command rebuilds it.
+
+This module knows nothing about tensors, files of tokens or the training loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import math
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tinygpt.errors import TinyGPTError
+from tinygpt.model import GPTConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+DEFAULT_PRESET = "shakespeare-char"
+
+
+def _choice(section: str, name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TinyGPTError(f"{section}.{name} = {value!r} is not one of {', '.join(allowed)}{hint}")
+
+
+@dataclass
+class DataConfig:
+    """Where training tokens come from.
+
+    `source` is a built-in corpus name (`tinygpt corpus list`), a path (file, folder, glob,
+    `.jsonl`) or `hf:NAME[:CONFIG]`; `dir` points at a folder made by `tinygpt prepare` and,
+    when set, wins over `source`.
+    """
+
+    source: str = "shakespeare"
+    dir: str = ""
+    tokenizer: str = "char"  # char | bpe | path to a tokenizer.json
+    vocab_size: int = 0  # bpe only; 0 = the preset's model.vocab_size
+    backend: str = "native"  # native | hf (bpe trainer)
+    val_fraction: float = 0.1
+    text_field: str = "text"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise TinyGPTError(
+                f"data.val_fraction = {self.val_fraction} must be between 0 and 1 (exclusive);"
+                " 0.1 keeps the last 10% for validation"
+            )
+        _choice("data", "backend", self.backend, ["native", "hf"])
+        if self.vocab_size < 0:
+            raise TinyGPTError(f"data.vocab_size = {self.vocab_size} must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop. Budgets: the first of max_steps / max_tokens / max_time to run out
+    ends training, and the learning-rate schedule decays towards whichever is set."""
+
+    # batch and budget
+    batch_size: int = 32  # sequences per micro-batch (per process)
+    tokens_per_step: int = 0  # 0 = one micro-batch per step; else accumulate to reach it
+    max_steps: int = 0
+    max_tokens: int = 0
+    max_time: float = 0.0  # seconds of the optimisation loop
+    # optimiser
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
+    schedule: str = "cosine"  # cosine | wsd (constant then linear warm-down) | constant
+    warmup_steps: int = 100
+    warmdown_frac: float = 0.2  # wsd: fraction of the budget spent decaying
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 = off
+    # numerics and device
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda | mps
+    threads: int = 0  # 0 = torch's default
+    seed: int = 1337
+    # watching
+    log_interval: int = 10
+    eval_interval: int = 250
+    eval_windows: int = 32  # windows of the val split behind val_loss_est
+    eval_batch_size: int = 64
+    sample_interval: int = 0  # 0 = only at the end
+    sample_tokens: int = 200
+    sample_prompt: str = "\n"
+    checkpoint_interval: int = 0  # 0 = at evaluations and at the end
+    keep_last: int = 2
+    early_stop_patience: int = 0  # evaluations without improvement; 0 = off
+    skip_nonfinite: bool = False
+    tensorboard: bool = True  # used when the package is installed
+    wandb: bool = False
+    wandb_project: str = "tinygpt"
+
+    def __post_init__(self) -> None:
+        _choice("train", "schedule", self.schedule, ["cosine", "wsd", "constant"])
+        _choice("train", "precision", self.precision, ["auto", "fp32", "bf16", "fp16"])
+        _choice("train", "device", self.device, ["auto", "cpu", "cuda", "mps"])
+        positive = {
+            "batch_size": self.batch_size,
+            "log_interval": self.log_interval,
+            "eval_interval": self.eval_interval,
+            "eval_windows": self.eval_windows,
+            "eval_batch_size": self.eval_batch_size,
+            "keep_last": self.keep_last,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise TinyGPTError(f"train.{name} = {value} must be at least 1")
+        nonneg = {
+            "tokens_per_step": self.tokens_per_step,
+            "max_steps": self.max_steps,
+            "max_tokens": self.max_tokens,
+            "max_time": self.max_time,
+            "warmup_steps": self.warmup_steps,
+            "weight_decay": self.weight_decay,
+            "grad_clip": self.grad_clip,
+            "threads": self.threads,
+            "sample_interval": self.sample_interval,
+            "checkpoint_interval": self.checkpoint_interval,
+            "early_stop_patience": self.early_stop_patience,
+            "sample_tokens": self.sample_tokens,
+        }
+        for name, value in nonneg.items():
+            if value < 0:
+                raise TinyGPTError(f"train.{name} = {value} must not be negative")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise TinyGPTError(f"train.lr = {self.lr} must be a positive number, e.g. 1e-3")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise TinyGPTError(f"train.min_lr_ratio = {self.min_lr_ratio} must be in [0, 1]")
+        if not 0.0 <= self.warmdown_frac <= 1.0:
+            raise TinyGPTError(f"train.warmdown_frac = {self.warmdown_frac} must be in [0, 1]")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise TinyGPTError(f"train.{name} = {getattr(self, name)} must be in [0, 1)")
+
+    @property
+    def has_budget(self) -> bool:
+        return bool(self.max_steps or self.max_tokens or self.max_time)
+
+
+SECTIONS: dict[str, type] = {"model": GPTConfig, "data": DataConfig, "train": TrainConfig}
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; `config.toml` in a run folder is this, resolved."""
+
+    model: GPTConfig = field(default_factory=GPTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "preset": self.preset,
+            **{name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS},
+        }
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, origin: str = "config") -> RunConfig:
+        merged = _defaults()
+        _merge(merged, raw, origin)
+        return _build(merged)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> RunConfig:
+        return cls.from_dict(_read_toml(Path(path)), origin=str(path))
+
+
+# ---------------------------------------------------------------------------- resolution
+
+
+def _defaults() -> dict[str, Any]:
+    return {
+        "preset": "",
+        **{
+            name: {f.name: _default_of(f) for f in dataclasses.fields(cls)}
+            for name, cls in SECTIONS.items()
+        },
+    }
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    raise TypeError(f"field {f.name} has no default")
+
+
+def _suggest(key: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _merge(base: dict[str, Any], raw: dict[str, Any], origin: str) -> None:
+    """Merge a parsed TOML mapping into `base`, refusing unknown sections and keys."""
+    for key, value in raw.items():
+        if key == "preset":
+            base["preset"] = str(value)
+            continue
+        if key not in SECTIONS:
+            raise TinyGPTError(
+                f"{origin}: unknown section [{key}]{_suggest(key, list(SECTIONS))};"
+                f" valid sections are {', '.join(SECTIONS)}"
+            )
+        if not isinstance(value, dict):
+            raise TinyGPTError(f"{origin}: [{key}] must be a table of settings")
+        valid = base[key]
+        for name, item in value.items():
+            if name not in valid:
+                dotted = [f"{key}.{k}" for k in valid]
+                raise TinyGPTError(
+                    f"{origin}: unknown setting {key}.{name}{_suggest(f'{key}.{name}', dotted)}"
+                )
+            valid[name] = _coerce(SECTIONS[key], name, item, origin)
+
+
+def _field_type(cls: type, name: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    return hints[name]
+
+
+def _coerce(cls: type, name: str, value: Any, origin: str) -> Any:
+    """Turn a TOML or command-line value into the field's declared type."""
+    hint = _field_type(cls, name)
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+    where = f"{origin}: {_section_of(cls)}.{name}"
+    if isinstance(value, str):
+        if optional and value.lower() in ("none", "null", ""):
+            return None
+        try:
+            if hint is bool:
+                low = value.lower()
+                if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError
+                return low in ("true", "1", "yes", "on")
+            if hint is int:
+                return int(value)
+            if hint is float:
+                return float(value)
+        except ValueError:
+            raise TinyGPTError(f"{where} expects {hint.__name__}, got {value!r}") from None
+        return value
+    if value is None and optional:
+        return None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = hint if isinstance(hint, type) else object
+    if isinstance(hint, types.UnionType):  # pragma: no cover - no such fields yet
+        return value
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise TinyGPTError(f"{where} expects {expected.__name__}, got {value!r}")
+    return value
+
+
+def _section_of(cls: type) -> str:
+    return next(name for name, c in SECTIONS.items() if c is cls)
+
+
+def _build(merged: dict[str, Any]) -> RunConfig:
+    sections = {name: cls(**merged[name]) for name, cls in SECTIONS.items()}
+    return RunConfig(**sections, preset=merged.get("preset", ""))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise TinyGPTError(f"config file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise TinyGPTError(f"{path} is not valid TOML: {exc}") from None
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped in `tinygpt/presets/`."""
+    folder = resources.files("tinygpt") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def preset_text(name: str) -> str:
+    presets = list_presets()
+    if name not in presets:
+        close = difflib.get_close_matches(name, presets, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TinyGPTError(f"unknown preset {name!r}{hint}; presets: {', '.join(presets)}")
+    return (resources.files("tinygpt") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`["--model.n_layer", "6", "--train.lr=3e-4"]` → `{"model": {"n_layer": "6"}, ...}`.
+
+    Values stay strings here; `_coerce` gives them the field's type.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    items = list(items)
+    while i < len(items):
+        item = items[i]
+        if not item.startswith("--") or "." not in item.split("=", 1)[0]:
+            raise TinyGPTError(
+                f"unexpected argument {item!r}; overrides look like --section.key VALUE,"
+                " for example --model.n_layer 6"
+            )
+        key = item[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        else:
+            if i + 1 >= len(items):
+                raise TinyGPTError(f"override --{key} needs a value, e.g. --{key} VALUE")
+            i += 1
+            value = items[i]
+        section, _, name = key.partition(".")
+        out.setdefault(section, {})[name] = value
+        i += 1
+    return out
+
+
+def load_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> RunConfig:
+    """Resolve defaults → preset → config file → dotted overrides into a validated RunConfig.
+
+    With neither a preset nor a config file, the default preset is used.
+    """
+    merged = _defaults()
+    file_raw = _read_toml(Path(config_file)) if config_file else {}
+    name = preset or file_raw.get("preset") or (None if config_file else DEFAULT_PRESET)
+    if name:
+        _merge(merged, tomllib.loads(preset_text(name)), f"preset {name}")
+        merged["preset"] = name
+    if file_raw:
+        _merge(merged, file_raw, str(config_file))
+        if preset:
+            merged["preset"] = preset
+    _merge(merged, parse_overrides(overrides), "override")
+    return _build(merged)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--preset` and `--config`; dotted overrides are collected by `parse_known_args`."""
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help=f"named preset ({', '.join(list_presets())}); default {DEFAULT_PRESET}",
+    )
+    parser.add_argument(
+        "--config", default=None, metavar="FILE", help="a config.toml to start from"
+    )
+
+
+# ---------------------------------------------------------------------------- TOML writing
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        for raw, esc in (("\n", "\\n"), ("\t", "\\t"), ("\r", "\\r")):
+            escaped = escaped.replace(raw, esc)
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    """Write a two-level mapping (scalars, then tables of scalars) as TOML. `None` is omitted."""
+    lines = [
+        f"{k} = {_toml_value(v)}"
+        for k, v in data.items()
+        if not isinstance(v, dict) and v is not None
+    ]
+    for key, table in data.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{key}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,131 @@
+"""Config resolution: presets, files, dotted overrides, validation messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from tinygpt.cli import main
+from tinygpt.config import RunConfig, TrainConfig, list_presets, load_config, parse_overrides
+from tinygpt.errors import TinyGPTError
+
+PRESETS = [
+    "gpt2-124m",
+    "gpt2-mini",
+    "modern-small",
+    "one-layer",
+    "shakespeare-char",
+    "tiny-bpe",
+    "tr-bpe",
+]
+
+
+def test_all_named_presets_exist_and_validate():
+    assert set(PRESETS) <= set(list_presets())
+    for name in PRESETS:
+        cfg = load_config(name)
+        assert cfg.preset == name
+        assert cfg.train.has_budget, f"{name} has no training budget"
+
+
+def test_preset_sizes_match_their_sources():
+    gpt2 = load_config("gpt2-124m").model
+    assert (gpt2.n_layer, gpt2.n_head, gpt2.n_embd, gpt2.block_size, gpt2.vocab_size) == (
+        12,
+        12,
+        768,
+        1024,
+        50257,
+    )
+    modern = load_config("modern-small").model
+    assert (modern.pos, modern.norm, modern.mlp, modern.bias) == (
+        "rope",
+        "rmsnorm",
+        "swiglu",
+        False,
+    )
+    assert modern.n_kv_head < modern.n_head
+    one = load_config("one-layer").model
+    assert (one.n_layer, one.n_head, one.n_embd, one.block_size) == (1, 4, 64, 64)
+    assert load_config("tr-bpe").data.source == "ataturk"
+
+
+def test_layers_override_in_order(tmp_path):
+    file = tmp_path / "c.toml"
+    file.write_text('preset = "one-layer"\n[model]\nn_layer = 3\n[train]\nlr = 0.5\n')
+    cfg = load_config(config_file=file, overrides=["--train.lr", "0.25", "--model.dropout=0.1"])
+    assert cfg.preset == "one-layer"
+    assert cfg.model.n_layer == 3 and cfg.model.n_embd == 64  # file over preset
+    assert cfg.train.lr == 0.25 and cfg.model.dropout == 0.1  # overrides over file
+
+
+def test_toml_round_trip(tmp_path):
+    cfg = load_config("modern-small", overrides=["--train.sample_prompt", 'a "quoted"\nline'])
+    path = tmp_path / "config.toml"
+    path.write_text(cfg.to_toml())
+    assert RunConfig.from_toml(path) == cfg
+
+
+def test_parse_overrides_forms():
+    assert parse_overrides(["--model.n_layer", "6", "--train.lr=1e-3"]) == {
+        "model": {"n_layer": "6"},
+        "train": {"lr": "1e-3"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["--model.n_layr", "2"], "did you mean 'model.n_layer'"),
+        (["--trian.lr", "2"], "unknown section \\[trian\\].*did you mean 'train'"),
+        (["--train.lr", "fast"], "train.lr expects float"),
+        (["--train.compile", "maybe"], "train.compile expects bool"),
+        (["--model.n_layer"], "needs a value"),
+        (["stray"], "overrides look like --section.key VALUE"),
+        (["--train.lr", "-1"], "train.lr = -1.0 must be a positive number"),
+        (["--train.schedule", "cosin"], "did you mean 'cosine'"),
+        (["--train.precision", "fp8"], "is not one of auto, fp32, bf16, fp16"),
+        (["--train.batch_size", "0"], "train.batch_size = 0 must be at least 1"),
+        (["--train.max_time", "-5"], "train.max_time = -5.0 must not be negative"),
+        (["--train.min_lr_ratio", "2"], "min_lr_ratio = 2.0 must be in \\[0, 1\\]"),
+        (["--train.beta2", "1"], "train.beta2 = 1.0 must be in \\[0, 1\\)"),
+        (["--data.val_fraction", "0"], "data.val_fraction = 0.0 must be between 0 and 1"),
+        (["--data.backend", "fast"], "data.backend = 'fast' is not one of native, hf"),
+    ],
+)
+def test_bad_overrides_are_clear_errors(overrides, message):
+    with pytest.raises(TinyGPTError, match=message):
+        load_config(overrides=overrides)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(TinyGPTError, match="does not exist"):
+        load_config(config_file=tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    with pytest.raises(TinyGPTError, match="is not valid TOML"):
+        load_config(config_file=bad)
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text("[model]\nn_heads = 3\n")
+    with pytest.raises(TinyGPTError, match="did you mean 'model.n_head'"):
+        load_config(config_file=wrong)
+    with pytest.raises(TinyGPTError, match="unknown preset 'gpt2-124'.*did you mean 'gpt2-124m'"):
+        load_config("gpt2-124")
+
+
+def test_cli_reports_config_errors_with_exit_2(capsys, tmp_path):
+    code = main(["train", "--data", str(tmp_path), "--model.n_layr", "2"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tinygpt: error:") and "did you mean 'model.n_layer'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unknown_argument_on_a_command_without_overrides_is_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["corpus", "list", "--model.n_layer", "2"])
+    assert exc.value.code == 2
+
+
+def test_train_config_budget():
+    assert not TrainConfig().has_budget
+    assert TrainConfig(max_time=1).has_budget
