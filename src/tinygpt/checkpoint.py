@@ -89,9 +89,8 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes from parameter names."""
     out = {}
     for key, value in state.items():
-        for prefix in _PREFIXES:
-            while key.startswith(prefix):
-                key = key[len(prefix) :]
+        while key.startswith(_PREFIXES):
+            key = key.split(".", 1)[1]
         out[key.replace("._orig_mod.", ".")] = value
     return out
 

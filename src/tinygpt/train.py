@@ -99,11 +99,16 @@ class Dist:
         return self.world_size > 1
 
 
-def setup_distributed(device: str, timeout_s: float = 600.0) -> Dist:
-    """Join the process group when launched by `torchrun` (NCCL on GPUs, Gloo on CPU)."""
+def setup_distributed(device: str) -> Dist:
+    """Join the process group when launched by `torchrun` (NCCL on GPUs, Gloo on CPU).
+
+    A peer that never arrives fails the job after TINYGPT_DIST_TIMEOUT seconds (default 600)
+    instead of hanging for ever.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    timeout_s = float(os.environ.get("TINYGPT_DIST_TIMEOUT", "600"))
     import torch.distributed as tdist
 
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -458,7 +463,7 @@ def check_data(train_tokens: int, val_tokens: int, block_size: int, global_batch
             f"the validation split has {val_tokens} tokens; prepare with a larger"
             " --val-fraction or more text"
         )
-    if train_tokens < block_size * global_batch // 4 and train_tokens < block_size * 4:
+    if train_tokens < block_size * global_batch + 1:
         raise TinyGPTError(
             f"the training split ({train_tokens} tokens) is smaller than one batch"
             f" ({global_batch} × {block_size}); add text or lower --train.batch_size"

@@ -1,0 +1,180 @@
+"""`tinygpt tokenizer train | encode | decode`: argument parsing and printing only.
+
+The work is done by `tinygpt.tokenizer` (training, loading) and `tinygpt.corpora`
+(reading the text).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from tinygpt.cli import HelpFormatter
+from tinygpt.errors import TinyGPTError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "tokenizer",
+        help="train a tokenizer, or look at how one cuts text",
+        description="Train a character or byte-level BPE tokenizer, and inspect one.",
+        formatter_class=HelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
+
+    train = sub.add_parser(
+        "train",
+        help="learn a tokenizer from a corpus and write its tokenizer.json",
+        description=(
+            "Learn a tokenizer and write a Hugging Face-compatible tokenizer.json.\n"
+            "char: one id per character seen (plus <|endoftext|>).\n"
+            "bpe:  byte-level BPE with --vocab-size ids (256 bytes + merges + specials)."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", metavar="NAME", help="a built-in corpus (tinygpt corpus list)")
+    source.add_argument(
+        "--input",
+        metavar="PATH",
+        help="a text file, a folder of .txt/.md files, a glob, a .jsonl file, or hf:NAME[:CONFIG]",
+    )
+    train.add_argument(
+        "--text-field", default="text", metavar="F", help="the text field of JSONL / HF records"
+    )
+    train.add_argument(
+        "--errors",
+        choices=("strict", "replace"),
+        default="strict",
+        help="what to do with bytes that are not UTF-8: stop, or substitute U+FFFD",
+    )
+    train.add_argument("--tokenizer", choices=("char", "bpe"), default="bpe", help="the kind")
+    train.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="bpe: total ids, bytes and specials included (default 4096); char: set by the text",
+    )
+    train.add_argument(
+        "--backend",
+        choices=("native", "hf"),
+        default="native",
+        help="bpe: our trainer, or Hugging Face tokenizers (faster on large corpora)",
+    )
+    train.add_argument(
+        "--pattern", choices=("gpt2", "gpt4"), default="gpt4", help="bpe: the pre-split regex"
+    )
+    train.add_argument(
+        "--unk",
+        action="store_true",
+        help="char: map characters missing from the training text to <unk> instead of failing",
+    )
+    train.add_argument(
+        "--special",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="bpe: an extra special token (repeatable); <|endoftext|> is always there",
+    )
+    train.add_argument("--out", required=True, metavar="FILE", help="where to write tokenizer.json")
+    train.set_defaults(func=cmd_train)
+
+    encode = sub.add_parser(
+        "encode",
+        help="show the tokens of a string",
+        description="Show how a tokenizer cuts TEXT: one line per token, its id and its piece.",
+        formatter_class=HelpFormatter,
+    )
+    encode.add_argument("file", metavar="FILE", help="a tokenizer.json (or a folder holding one)")
+    encode.add_argument("text", metavar="TEXT", help="the text to encode")
+    encode.add_argument(
+        "--allowed-special",
+        action="store_true",
+        help="turn literal special-token strings such as <|endoftext|> into their ids",
+    )
+    encode.add_argument("--ids", action="store_true", help="print only the ids, on one line")
+    encode.set_defaults(func=cmd_encode)
+
+    decode = sub.add_parser(
+        "decode",
+        help="turn token ids back into text",
+        description="Print the text of token ids (separated by spaces or commas).",
+        formatter_class=HelpFormatter,
+    )
+    decode.add_argument("file", metavar="FILE", help="a tokenizer.json (or a folder holding one)")
+    decode.add_argument("ids", nargs="+", metavar="ID", help="token ids")
+    decode.set_defaults(func=cmd_decode)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tinygpt.corpora import corpus_info, iter_documents
+    from tinygpt.tokenizer import train_tokenizer
+
+    if args.tokenizer == "char" and (args.vocab_size is not None or args.special):
+        raise TinyGPTError(
+            "--vocab-size and --special apply to --tokenizer bpe; a char vocabulary is set by the text"
+        )
+    if args.tokenizer == "bpe" and args.unk:
+        raise TinyGPTError("--unk applies to --tokenizer char; byte-level BPE has no unknown input")
+    if args.corpus is not None:
+        corpus_info(args.corpus)  # an unknown name fails here, with the closest known one
+    source = args.corpus if args.corpus is not None else args.input
+    docs = iter_documents(source, text_field=args.text_field, errors=args.errors)
+
+    def note(msg: str) -> None:
+        print(f"  {msg}", file=sys.stderr)
+
+    start = time.perf_counter()
+    tok = train_tokenizer(
+        args.tokenizer,
+        docs,
+        vocab_size=args.vocab_size,
+        backend=args.backend,
+        pattern=args.pattern,
+        unk=args.unk,
+        special_tokens=args.special,
+        progress=note,
+    )
+    seconds = time.perf_counter() - start
+    path = tok.save(args.out)
+    detail = f", {len(tok.merges)} merges, pattern {args.pattern}" if tok.kind == "bpe" else ""
+    print(
+        f"wrote {path}: {tok.kind}, vocabulary {tok.vocab_size}{detail}, trained in {seconds:.1f} s"
+    )
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from tinygpt.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.file)
+    ids = tok.encode(args.text, allowed_special=args.allowed_special)
+    if args.ids:
+        print(" ".join(map(str, ids)))
+        return 0
+    width = max(len("id"), *(len(str(i)) for i in ids)) if ids else len("id")
+    print(f"{'id':>{width}}  piece")
+    for i in ids:
+        print(f"{i:>{width}}  {tok.piece(i)}")
+    n_bytes = len(args.text.encode("utf-8"))
+    print(f"{len(ids)} tokens, {n_bytes} bytes")
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from tinygpt.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.file)
+    ids: list[int] = []
+    for arg in args.ids:
+        for part in arg.replace(",", " ").split():
+            try:
+                ids.append(int(part))
+            except ValueError:
+                raise TinyGPTError(f"token id {part!r} is not an integer") from None
+    for i in ids:
+        tok.check_id(i)
+    sys.stdout.write(tok.decode(ids) + "\n")
+    return 0

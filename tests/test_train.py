@@ -1,0 +1,518 @@
+"""The training loop: schedule, optimiser groups, run folder, determinism, exact resume,
+DDP equivalence, interruption and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinygpt.checkpoint import list_checkpoints
+from tinygpt.cli import main
+from tinygpt.config import TrainConfig, load_config
+from tinygpt.data import prepare
+from tinygpt.errors import TinyGPTError
+from tinygpt.model import GPT, GPTConfig
+from tinygpt.train import budget_progress, build_optimizer, choose_precision, lr_at, train
+
+WORDS = [
+    "to",
+    "be",
+    "or",
+    "not",
+    "that",
+    "is",
+    "the",
+    "question",
+    "whether",
+    "tis",
+    "nobler",
+    "in",
+    "mind",
+    "suffer",
+    "slings",
+    "and",
+    "arrows",
+    "of",
+    "outrageous",
+    "fortune",
+    "take",
+    "arms",
+    "against",
+    "a",
+    "sea",
+    "troubles",
+]
+TINY = [
+    "--model.block_size",
+    "16",
+    "--model.n_embd",
+    "32",
+    "--model.n_head",
+    "2",
+    "--train.batch_size",
+    "4",
+    "--train.log_interval",
+    "1",
+    "--train.threads",
+    "1",
+    "--train.warmup_steps",
+    "3",
+    "--train.sample_tokens",
+    "20",
+]
+
+
+def _text(n_lines: int = 600, seed: int = 0) -> str:
+    import random
+
+    rng = random.Random(seed)
+    return (
+        "\n".join(
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) for _ in range(n_lines)
+        )
+        + "\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ds")
+    (root / "text.txt").write_text(_text(), encoding="utf-8")
+    os.environ.setdefault("TINYGPT_CACHE", str(root / "cache"))
+    return prepare(str(root / "text.txt"), root / "data", tokenizer="char", progress=False)
+
+
+def _config(*extra: str):
+    return load_config("one-layer", overrides=[*TINY, *extra])
+
+
+def _losses(run: Path) -> dict[int, str]:
+    with open(run / "metrics.csv", newline="") as f:
+        return {int(r["step"]): r["train_loss"] for r in csv.DictReader(f)}
+
+
+# ---------------------------------------------------------------------------- pure helpers
+
+
+def test_lr_schedules_known_answers():
+    tc = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, max_steps=100)
+    assert lr_at(0, 0.0, tc) == pytest.approx(0.1)  # warm-up: (step+1)/10
+    assert lr_at(50, 0.5, tc) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_at(100, 1.0, tc) == pytest.approx(0.1)
+    wsd = TrainConfig(
+        lr=1.0, warmup_steps=0, schedule="wsd", warmdown_frac=0.2, min_lr_ratio=0.0, max_steps=1
+    )
+    assert lr_at(5, 0.5, wsd) == 1.0 and lr_at(5, 0.8, wsd) == 1.0
+    assert lr_at(5, 0.9, wsd) == pytest.approx(0.5) and lr_at(5, 1.0, wsd) == pytest.approx(0.0)
+    const = TrainConfig(lr=0.3, warmup_steps=0, schedule="constant", max_steps=1)
+    assert lr_at(7, 0.99, const) == 0.3
+
+
+def test_budget_progress_follows_whichever_budget_is_set():
+    assert budget_progress(10, 0, 0, TrainConfig(max_steps=40)) == 0.25
+    assert budget_progress(10, 500, 0, TrainConfig(max_tokens=1000)) == 0.5
+    assert budget_progress(10, 0, 45.0, TrainConfig(max_time=60)) == 0.75
+    assert budget_progress(10, 900, 0, TrainConfig(max_steps=100, max_tokens=1000)) == 0.9
+
+
+def test_weight_decay_only_on_matrices():
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    opt = build_optimizer(model, TrainConfig(weight_decay=0.1), "cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(
+        p.dim() == 1 for p in no_decay["params"]
+    )
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_precision_choice(monkeypatch):
+    small, wide = GPTConfig(n_embd=128, n_head=4), GPTConfig(n_embd=384, n_head=6)
+    monkeypatch.setattr("tinygpt.train.cpu_has_fast_bf16", lambda: True)
+    assert choose_precision("auto", "cpu", small) == "fp32"
+    assert choose_precision("auto", "cpu", wide) == "bf16"
+    monkeypatch.setattr("tinygpt.train.cpu_has_fast_bf16", lambda: False)
+    assert choose_precision("auto", "cpu", wide) == "fp32"
+    assert choose_precision("bf16", "cpu", small) == "bf16"
+    with pytest.raises(TinyGPTError, match="fp16 needs a CUDA GPU"):
+        choose_precision("fp16", "cpu", small)
+
+
+# ------------------------------------------------------------------------------- full runs
+
+
+def test_run_folder_contents(dataset, tmp_path):
+    run = tmp_path / "run"
+    cfg = _config("--train.eval_interval", "5", "--train.max_steps", "10")
+    result = train(cfg, data_dir=dataset, out_dir=run, progress=False, command=["test"])
+    assert result.step == 10 and result.val_loss is not None
+    for name in (
+        "config.toml",
+        "tokenizer.json",
+        "metrics.csv",
+        "run.json",
+        "summary.json",
+        "train.log",
+    ):
+        assert (run / name).is_file(), name
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-000010"
+    assert (run / "checkpoints" / "best").is_file()
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == [
+        "step",
+        "tokens",
+        "time_s",
+        "train_loss",
+        "val_loss_est",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+    ]
+    assert [int(r["step"]) for r in rows] == list(range(1, 11))
+    assert rows[4]["val_loss_est"] and not rows[3]["val_loss_est"]
+    assert int(rows[-1]["tokens"]) == 10 * 4 * 16
+    prov = json.loads((run / "run.json").read_text())
+    for key in ("torch", "python", "git_commit", "command", "checkpoint_format", "dataset"):
+        assert key in prov
+    assert prov["dataset"]["tokenizer_hash"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["val_loss"] == pytest.approx(result.val_loss)
+    assert list((run / "samples").glob("step-000010.txt"))
+    # the loss went down from ln(vocab)
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+def test_same_seed_same_losses_bit_for_bit(dataset, tmp_path):
+    cfg = _config("--train.max_steps", "6", "--model.dropout", "0.1")
+    train(cfg, data_dir=dataset, out_dir=tmp_path / "a", progress=False)
+    train(cfg, data_dir=dataset, out_dir=tmp_path / "b", progress=False)
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    other = _config("--train.max_steps", "6", "--model.dropout", "0.1", "--train.seed", "7")
+    train(other, data_dir=dataset, out_dir=tmp_path / "c", progress=False)
+    assert _losses(tmp_path / "c") != _losses(tmp_path / "a")
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+from tinygpt.config import load_config
+from tinygpt.train import train
+cfg = load_config("one-layer", overrides=sys.argv[4:])
+kill_at = int(sys.argv[3])
+def hook(step, path):
+    if step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+train(cfg, data_dir=sys.argv[1], out_dir=sys.argv[2], resume="auto", progress=False,
+      on_checkpoint=hook)
+"""
+
+
+def test_killed_and_resumed_run_is_bit_identical(dataset, tmp_path):
+    """SIGKILL right after the checkpoint at step 4, resume to 12: same losses, same weights."""
+    extra = [
+        *TINY,
+        "--train.max_steps",
+        "12",
+        "--train.checkpoint_interval",
+        "4",
+        "--model.dropout",
+        "0.1",
+        "--train.eval_interval",
+        "1000",
+    ]
+    cfg = load_config("one-layer", overrides=extra)
+    straight = tmp_path / "straight"
+    train(cfg, data_dir=dataset, out_dir=straight, progress=False)
+
+    run = tmp_path / "killed"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(dataset), str(run), "4", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [p.name for p in list_checkpoints(run)] == ["step-000004"]
+    code = main(["train", "--data", str(dataset), "--out", str(run), "--resume", "--no-progress"])
+    assert code == 0
+    a, b = _losses(straight), _losses(run)
+    assert a == b and max(b) == 12
+    from safetensors.torch import load_file
+
+    wa = load_file(straight / "checkpoints" / "step-000012" / "model.safetensors")
+    wb = load_file(run / "checkpoints" / "step-000012" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_ctrl_c_saves_and_exits_cleanly(dataset, tmp_path):
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "tinygpt",
+        "train",
+        "--data",
+        str(dataset),
+        "--out",
+        str(run),
+        "--preset",
+        "one-layer",
+        *TINY,
+        "--max-steps",
+        "100000",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (run / "metrics.csv").is_file() and len(_losses(run)) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "--resume" in err
+    assert "Traceback" not in err
+    saved = list_checkpoints(run)
+    assert saved and int(saved[-1].name.split("-")[1]) >= 3
+
+
+def test_ddp_two_processes_equal_one_process(dataset, tmp_path):
+    """torchrun, 2 CPU processes (Gloo) with batch 4 each == 1 process with batch 8."""
+    if shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists():
+        pytest.fail("torchrun is not installed with torch")
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    common = [
+        "--data",
+        str(dataset),
+        "--preset",
+        "one-layer",
+        *TINY,
+        "--max-steps",
+        "6",
+        "--no-progress",
+        "--train.eval_interval",
+        "1000",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TINYGPT_DIST_TIMEOUT": "120"}
+    two = tmp_path / "two"
+    proc = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "tinygpt",
+            "train",
+            "--out",
+            str(two),
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = tmp_path / "one"
+    assert main(["train", "--out", str(one), *common, "--train.batch_size", "8"]) == 0
+    a, b = _losses(one), _losses(two)
+    assert a.keys() == b.keys() == set(range(1, 7))
+    for step in a:
+        assert abs(float(a[step]) - float(b[step])) < 1e-5, (step, a[step], b[step])
+    run_json = json.loads((two / "run.json").read_text())
+    assert run_json["world_size"] == 2
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_resume_without_checkpoint(dataset, tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "--data",
+            str(dataset),
+            "--out",
+            str(tmp_path / "new"),
+            "--resume",
+            "--preset",
+            "one-layer",
+            *TINY,
+            "--max-steps",
+            "2",
+        ]
+    )
+    assert code == 2
+    assert "has no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_fresh_run_refuses_an_existing_run(dataset, tmp_path, capsys):
+    args = [
+        "train",
+        "--data",
+        str(dataset),
+        "--out",
+        str(tmp_path / "r"),
+        "--preset",
+        "one-layer",
+        *TINY,
+        "--max-steps",
+        "2",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+
+
+def test_dataset_with_another_tokenizer_cannot_resume(dataset, tmp_path, capsys):
+    args = ["--preset", "one-layer", *TINY, "--max-steps", "2", "--no-progress"]
+    run = tmp_path / "r"
+    assert main(["train", "--data", str(dataset), "--out", str(run), *args]) == 0
+    (tmp_path / "other.txt").write_text("zyxw vut " * 400)
+    other = prepare(
+        str(tmp_path / "other.txt"), tmp_path / "other", tokenizer="char", progress=False
+    )
+    code = main(
+        ["train", "--data", str(other), "--out", str(run), "--resume", *args, "--max-steps", "4"]
+    )
+    assert code == 2
+    assert "made with another tokenizer" in capsys.readouterr().err
+
+
+def test_dataset_smaller_than_a_window(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text("abc\n" * 10)
+    data = prepare(str(tmp_path / "t.txt"), tmp_path / "d", tokenizer="char", progress=False)
+    code = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "r"),
+            "--preset",
+            "one-layer",
+            "--max-steps",
+            "2",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "fewer than one window" in err and "--model.block_size" in err
+
+
+def test_dataset_smaller_than_a_batch(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text("abc\n" * 300)
+    data = prepare(str(tmp_path / "t.txt"), tmp_path / "d", tokenizer="char", progress=False)
+    code = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "r"),
+            "--preset",
+            "one-layer",
+            "--max-steps",
+            "2",
+        ]
+    )
+    assert code == 2
+    assert "is smaller than one batch (32 × 64)" in capsys.readouterr().err
+
+
+def test_tokens_per_step_must_be_a_multiple(dataset, tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "--data",
+            str(dataset),
+            "--out",
+            str(tmp_path / "r"),
+            "--preset",
+            "one-layer",
+            *TINY,
+            "--max-steps",
+            "2",
+            "--train.tokens_per_step",
+            "100",
+        ]
+    )
+    assert code == 2
+    assert "is not a multiple of one micro-step" in capsys.readouterr().err
+
+
+def test_gradient_accumulation_matches_a_bigger_batch(dataset, tmp_path):
+    """batch 4 × 2 accumulation steps == batch 8: the same rows, the same mean gradient."""
+    a = _config("--train.max_steps", "3", "--train.batch_size", "8")
+    b = _config("--train.max_steps", "3", "--train.tokens_per_step", str(8 * 16))
+    train(a, data_dir=dataset, out_dir=tmp_path / "a", progress=False)
+    train(b, data_dir=dataset, out_dir=tmp_path / "b", progress=False)
+    la, lb = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    for step in la:
+        assert abs(float(la[step]) - float(lb[step])) < 1e-5
+
+
+def test_non_finite_loss_stops_with_a_clear_message_or_skips(dataset, tmp_path, monkeypatch):
+    real = GPT.forward
+
+    def poisoned(self, idx, targets=None, **kw):
+        logits, loss = real(self, idx, targets, **kw)
+        if targets is not None and self.training:
+            loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    with pytest.raises(TinyGPTError, match="loss became nan at step 1.*lower --train.lr"):
+        train(
+            _config("--train.max_steps", "3"),
+            data_dir=dataset,
+            out_dir=tmp_path / "a",
+            progress=False,
+        )
+    result = train(
+        _config("--train.max_steps", "3", "--train.skip_nonfinite", "true"),
+        data_dir=dataset,
+        out_dir=tmp_path / "b",
+        progress=False,
+    )
+    assert result.step == 3
+
+
+def test_no_budget_is_an_error(dataset, tmp_path):
+    cfg = _config("--train.max_steps", "0")
+    with pytest.raises(TinyGPTError, match="no training budget"):
+        train(cfg, data_dir=dataset, out_dir=tmp_path / "r", progress=False)
+
+
+def test_cli_budget_flag_replaces_the_preset_budget(dataset, tmp_path, capsys):
+    # the default preset has max_time; --max-steps alone must end the run after 3 steps
+    code = main(
+        [
+            "train",
+            "--data",
+            str(dataset),
+            "--out",
+            str(tmp_path / "r"),
+            *TINY,
+            "--max-steps",
+            "3",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "steps 3," in out and "val_loss" in out and "--- sample ---" in out
