@@ -26,7 +26,7 @@ def test_weights_round_trip_and_tying(tmp_path, tie):
     ckpt.save_weights(model, tmp_path / "m.safetensors")
     other = GPT(model.config)
     ckpt.load_weights(other, tmp_path / "m.safetensors")
-    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     assert (other.lm_head.weight is other.tok_emb.weight) == tie
 

@@ -591,7 +591,7 @@ def train(
         (out / "samples").mkdir(exist_ok=True)
         write_run_files(out, config, tokenizer)
         _setup_log_file(out / "train.log")
-        meta = {**dataset.meta, "path": str(dataset.path)}
+        meta = {**dataset.meta, "path": str(Path(dataset.path).resolve())}
         info = {
             "device": device,
             "precision": precision,
