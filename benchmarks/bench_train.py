@@ -50,17 +50,31 @@ def prepare_data(corpus: Path, work: Path) -> Path:
 
 
 def _ours(shape: dict, vocab: int) -> torch.nn.Module:
-    cfg = GPTConfig(vocab_size=vocab, block_size=shape["block_size"], n_layer=shape["n_layer"],
-                    n_head=shape["n_head"], n_embd=shape["n_embd"], dropout=0.0)
+    cfg = GPTConfig(
+        vocab_size=vocab,
+        block_size=shape["block_size"],
+        n_layer=shape["n_layer"],
+        n_head=shape["n_head"],
+        n_embd=shape["n_embd"],
+        dropout=0.0,
+    )
     return GPT(cfg)
 
 
 def _theirs(shape: dict, vocab: int) -> torch.nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config(vocab_size=vocab, n_positions=shape["block_size"], n_embd=shape["n_embd"],
-                     n_layer=shape["n_layer"], n_head=shape["n_head"], resid_pdrop=0.0,
-                     embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new")
+    cfg = GPT2Config(
+        vocab_size=vocab,
+        n_positions=shape["block_size"],
+        n_embd=shape["n_embd"],
+        n_layer=shape["n_layer"],
+        n_head=shape["n_head"],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        activation_function="gelu_new",
+    )
     return GPT2LMHeadModel(cfg)
 
 
@@ -70,15 +84,19 @@ def _step_fn(model, kind: str, sampler: BatchSampler, autocast_bf16: bool):
 
     def step() -> None:
         x, y = sampler.next()
-        ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if autocast_bf16
-               else torch.autocast("cpu", enabled=False))
+        ctx = (
+            torch.autocast("cpu", dtype=torch.bfloat16)
+            if autocast_bf16
+            else torch.autocast("cpu", enabled=False)
+        )
         with ctx:
             if kind == "ours":
                 _, loss = model(x, y)
             else:
                 loss = model(input_ids=x, labels=None).logits
                 loss = torch.nn.functional.cross_entropy(
-                    loss.float().view(-1, loss.size(-1)), y.reshape(-1))
+                    loss.float().view(-1, loss.size(-1)), y.reshape(-1)
+                )
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -113,17 +131,29 @@ def bench_steps(data: Path, steps: int) -> tuple[list[dict], str]:
         med = {k: statistics.median(v) * 1000 for k, v in times.items()}
         ratio = med["transformers fp32"] / med["ours fp32"]
         best = min(("ours fp32", "ours bf16"), key=lambda k: med[k])
-        rows.append({"shape": name, **{k: round(v, 1) for k, v in med.items()},
-                     "speedup_fp32": round(ratio, 2), "best": best})
-        print(f"{name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items())
-              + f"; transformers/ours (fp32) = {ratio:.2f}x; our best: {best}", flush=True)
+        rows.append(
+            {
+                "shape": name,
+                **{k: round(v, 1) for k, v in med.items()},
+                "speedup_fp32": round(ratio, 2),
+                "best": best,
+            }
+        )
+        print(
+            f"{name}: "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items())
+            + f"; transformers/ours (fp32) = {ratio:.2f}x; our best: {best}",
+            flush=True,
+        )
     lines = [
         "| model | ours fp32 (ms) | transformers fp32 (ms) | speed-up fp32 | ours bf16 (ms) | our best |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['shape']} | {r['ours fp32']} | {r['transformers fp32']} | "
-                     f"{r['speedup_fp32']}× | {r['ours bf16']} | {r['best']} |")
+        lines.append(
+            f"| {r['shape']} | {r['ours fp32']} | {r['transformers fp32']} | "
+            f"{r['speedup_fp32']}× | {r['ours bf16']} | {r['best']} |"
+        )
     return rows, "\n".join(lines)
 
 
@@ -131,8 +161,20 @@ def bench_quality(data: Path, work: Path, repeats: int, budget: float, extra: li
     runs = []
     for i in range(repeats):
         out = work / f"run{i}"
-        cmd = [sys.executable, "-m", "tinygpt", "train", "--data", str(data), "--out", str(out),
-               "--max-time", str(budget), "--no-progress", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tinygpt",
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--max-time",
+            str(budget),
+            "--no-progress",
+            *extra,
+        ]
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t
@@ -140,14 +182,29 @@ def bench_quality(data: Path, work: Path, repeats: int, budget: float, extra: li
             raise SystemExit(f"training failed:\n{proc.stderr[-2000:]}")
         summary = json.loads((out / "summary.json").read_text())
         with open(out / "metrics.csv", newline="") as f:
-            curve = [(float(r["time_s"]), float(r["val_loss_est"])) for r in csv.DictReader(f)
-                     if r["val_loss_est"]]
-        runs.append({"val_loss": summary["val_loss"], "wall_s": wall, "steps": summary["step"],
-                     "tokens": summary["tokens"], "train_s": summary["train_s"],
-                     "final_eval_s": summary["final_eval_s"], "curve": curve, "run": out})
-        print(f"run {i + 1}: val_loss {summary['val_loss']:.4f}, {summary['step']} steps, "
-              f"{summary['tokens']:,} tokens, train {summary['train_s']:.1f} s, final eval "
-              f"{summary['final_eval_s']:.1f} s, whole process {wall:.1f} s", flush=True)
+            curve = [
+                (float(r["time_s"]), float(r["val_loss_est"]))
+                for r in csv.DictReader(f)
+                if r["val_loss_est"]
+            ]
+        runs.append(
+            {
+                "val_loss": summary["val_loss"],
+                "wall_s": wall,
+                "steps": summary["step"],
+                "tokens": summary["tokens"],
+                "train_s": summary["train_s"],
+                "final_eval_s": summary["final_eval_s"],
+                "curve": curve,
+                "run": out,
+            }
+        )
+        print(
+            f"run {i + 1}: val_loss {summary['val_loss']:.4f}, {summary['step']} steps, "
+            f"{summary['tokens']:,} tokens, train {summary['train_s']:.1f} s, final eval "
+            f"{summary['final_eval_s']:.1f} s, whole process {wall:.1f} s",
+            flush=True,
+        )
     return runs
 
 
@@ -192,17 +249,28 @@ def main() -> int:
         work = Path(tmp)
         data = prepare_data(args.corpus, work)
         meta = open_dataset(data).meta
-        print(f"data: {args.corpus.name}, train {meta['splits']['train']['tokens']:,} tokens, "
-              f"val {meta['splits']['val']['tokens']:,} tokens, vocab {meta['vocab_size']}")
+        print(
+            f"data: {args.corpus.name}, train {meta['splits']['train']['tokens']:,} tokens, "
+            f"val {meta['splits']['val']['tokens']:,} tokens, vocab {meta['vocab_size']}"
+        )
         if args.part in ("step", "all"):
             _, table = bench_steps(data, args.steps)
-            write_section("train", "\n".join([
-                "## Training step time (`benchmarks/bench_train.py --part step`)", "",
-                machine_line(info), "",
-                f"Median of {args.steps} interleaved steps (forward, backward, AdamW) after warm-up,"
-                f" {torch.get_num_threads()} torch threads, char-level {args.corpus.name}."
-                " transformers = `GPT2LMHeadModel` with the same configuration.", "", table,
-            ]))
+            write_section(
+                "train",
+                "\n".join(
+                    [
+                        "## Training step time (`benchmarks/bench_train.py --part step`)",
+                        "",
+                        machine_line(info),
+                        "",
+                        f"Median of {args.steps} interleaved steps (forward, backward, AdamW) after warm-up,"
+                        f" {torch.get_num_threads()} torch threads, char-level {args.corpus.name}."
+                        " transformers = `GPT2LMHeadModel` with the same configuration.",
+                        "",
+                        table,
+                    ]
+                ),
+            )
         if args.part in ("quality", "all"):
             extra = shlex.split(args.extra)
             runs = bench_quality(data, work, args.repeats, args.budget, extra)
@@ -212,25 +280,36 @@ def main() -> int:
             png.parent.mkdir(parents=True, exist_ok=True)
             plot_curves(runs, png, args.budget)
             med_loss, med_wall = statistics.median(losses), statistics.median(walls)
-            print(f"median val_loss {med_loss:.4f} (target <= 1.78), median whole-process "
-                  f"{med_wall:.1f} s (target <= 70 s)")
+            print(
+                f"median val_loss {med_loss:.4f} (target <= 1.78), median whole-process "
+                f"{med_wall:.1f} s (target <= 70 s)"
+            )
             lines = [
-                "## Time to quality (`benchmarks/bench_train.py --part quality`)", "",
-                machine_line(info), "",
+                "## Time to quality (`benchmarks/bench_train.py --part quality`)",
+                "",
+                machine_line(info),
+                "",
                 f"`tinygpt train --data <{args.corpus.name}, char, 10% tail val> --max-time"
                 f" {args.budget:g} {args.extra}`, the default preset, run {args.repeats} times"
                 " as whole processes. val_loss is the full validation split"
-                f" ({meta['splits']['val']['tokens']:,} tokens) at the end.", "",
+                f" ({meta['splits']['val']['tokens']:,} tokens) at the end.",
+                "",
                 "| run | val_loss | steps | tokens | training (s) | final eval (s) | whole process (s) |",
                 "|---|---|---|---|---|---|---|",
             ]
             for i, r in enumerate(runs):
-                lines.append(f"| {i + 1} | {r['val_loss']:.4f} | {r['steps']} | {r['tokens']:,} |"
-                             f" {r['train_s']:.1f} | {r['final_eval_s']:.1f} | {r['wall_s']:.1f} |")
-            lines += ["", f"**Median: val_loss {med_loss:.4f} (target ≤ 1.78), whole process "
-                      f"{med_wall:.1f} s (target ≤ 70 s).** nanoGPT's CPU recipe, measured on the"
-                      " development machine: 1.898 (1.808 with lr 2e-3) in about 70 s.", "",
-                      "![loss vs seconds](train_quality.png)"]
+                lines.append(
+                    f"| {i + 1} | {r['val_loss']:.4f} | {r['steps']} | {r['tokens']:,} |"
+                    f" {r['train_s']:.1f} | {r['final_eval_s']:.1f} | {r['wall_s']:.1f} |"
+                )
+            lines += [
+                "",
+                f"**Median: val_loss {med_loss:.4f} (target ≤ 1.78), whole process "
+                f"{med_wall:.1f} s (target ≤ 70 s).** nanoGPT's CPU recipe, measured on the"
+                " development machine: 1.898 (1.808 with lr 2e-3) in about 70 s.",
+                "",
+                "![loss vs seconds](train_quality.png)",
+            ]
             write_section("train_quality", "\n".join(lines))
     return 0
 

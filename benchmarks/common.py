@@ -33,7 +33,10 @@ def machine() -> dict[str, str]:
         pass
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -61,8 +64,10 @@ def machine() -> dict[str, str]:
 
 def machine_line(info: dict[str, str] | None = None) -> str:
     m = info or machine()
-    return (f"{m['date']} · commit {m['commit']} · {m['cpu']} ({m['cores']} cores) · "
-            f"{m['platform']} · Python {m['python']} · torch {m['torch']}")
+    return (
+        f"{m['date']} · commit {m['commit']} · {m['cpu']} ({m['cores']} cores) · "
+        f"{m['platform']} · Python {m['python']} · torch {m['torch']}"
+    )
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:

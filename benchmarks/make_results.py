@@ -12,8 +12,10 @@ ORDER = ["train", "train_quality", "generate", "tokenizer", "prepare", "langid"]
 
 
 def main() -> None:
-    sections = sorted(RESULTS.glob("*.md"), key=lambda p: (
-        ORDER.index(p.stem) if p.stem in ORDER else len(ORDER), p.stem))
+    sections = sorted(
+        RESULTS.glob("*.md"),
+        key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else len(ORDER), p.stem),
+    )
     parts = [
         "# Benchmark results",
         "",

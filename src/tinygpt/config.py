@@ -420,3 +420,18 @@ def dumps_toml(data: dict[str, Any]) -> str:
             lines += ["", f"[{key}]"]
             lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
     return "\n".join(lines) + "\n"
+
+
+def settings_help(config: RunConfig | None = None) -> str:
+    """Every dotted setting with its value in `config` (default: the default preset)."""
+    config = config or load_config()
+    lines = ["settings (override with --section.key VALUE; values of the default preset):"]
+    for name in SECTIONS:
+        section = getattr(config, name)
+        items = [
+            f"{name}.{f.name}={getattr(section, f.name)!r}" for f in dataclasses.fields(section)
+        ]
+        lines.append("  " + ", ".join(items))
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, 96, subsequent_indent="    ") for line in lines)

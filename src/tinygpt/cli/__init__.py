@@ -19,8 +19,19 @@ from tinygpt.errors import TinyGPTError
 GROUPS = ["corpus", "tokenizer", "prepare", "model", "train", "evaluate"]
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults in `--help` and keep description line breaks."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep description line breaks and show each flag's default when it has a real one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, False, argparse.SUPPRESS)
+            or action.option_strings == []
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,5 +74,57 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def reference_markdown() -> str:
+    """docs/cli.md: every command's `--help`, generated from the parser itself.
+
+    `python -m tinygpt.cli --write-reference docs/cli.md` rewrites it; a test fails when the
+    file and the parser disagree, so the reference cannot drift from the code.
+    """
+    import os
+
+    parser = build_parser()
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps help to the terminal width
+    try:
+        lines = [
+            "# Command-line reference",
+            "",
+            "Generated from the argument parser (`python -m tinygpt.cli --write-reference"
+            " docs/cli.md`);",
+            "a test checks that it is current. Settings of `train` resolve as defaults <"
+            " `--preset` <",
+            "`--config FILE` < dotted overrides (`--model.n_layer 6`, `--train.lr=3e-4`); the",
+            "settings and their defaults are in `tinygpt.config` and `tinygpt.model.GPTConfig`.",
+            "Errors in use exit with status 2 and one line on standard error.",
+            "",
+            "```text",
+            parser.format_help().rstrip(),
+            "```",
+        ]
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        for name, command in sub.choices.items():
+            lines += [
+                "",
+                f"## tinygpt {name}",
+                "",
+                "```text",
+                command.format_help().rstrip(),
+                "```",
+            ]
+            nested = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+            for action in nested:
+                for child_name, child in action.choices.items():
+                    lines += [
+                        "",
+                        f"### tinygpt {name} {child_name}",
+                        "",
+                        "```text",
+                        child.format_help().rstrip(),
+                        "```",
+                    ]
+    finally:
+        if old is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old
+    return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ from tinygpt.errors import TinyGPTError
 
 def register(sub: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
-    from tinygpt.config import add_config_arguments
+    from tinygpt.config import add_config_arguments, settings_help
 
     p = sub.add_parser(
         "train",
@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Train a GPT. Settings resolve as defaults < --preset < --config < dotted\n"
             "overrides such as --model.n_layer 6 --train.lr 3e-4 (see `tinygpt info`)."
         ),
+        epilog=settings_help(),
     )
     add_config_arguments(p)
     src = p.add_mutually_exclusive_group()
