@@ -12,43 +12,17 @@ benchmarks/results/generate.md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from common import machine_line, write_section
 from tinygpt.generate import generate_ids
 from tinygpt.model import GPT, GPTConfig
 
 PROMPT, NEW = 256, 256
-
-
-def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {platform.system()} {platform.release()}"
-
-
-def commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True)
-        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def timed(runners: dict[str, Callable[[], list[int]]], repeats: int):
@@ -68,7 +42,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "generate.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -119,9 +92,8 @@ def main() -> None:
     lines = [
         "## Generation speed",
         "",
-        f"- machine: {machine()}",
-        f"- date: {datetime.date.today().isoformat()}, commit {commit()}, "
-        f"torch {torch.__version__}, torch.set_num_threads({args.threads})",
+        f"- {machine_line()}",
+        f"- torch.set_num_threads({args.threads})",
         f"- model: GPT-2 style, 6 layers x 384 wide, 6 heads, context 512, vocabulary 4096, "
         f"random weights, fp32, batch 1; greedy; {NEW} new tokens after a {PROMPT}-token "
         f"prompt; median of {args.repeats} runs",
@@ -143,10 +115,7 @@ def main() -> None:
             lines.append(f"tinygpt KV cache vs {name}: {seconds / cache_s:.2f}x")
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"wrote {out}")
+    write_section("generate", text)
 
 
 if __name__ == "__main__":

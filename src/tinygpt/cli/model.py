@@ -1,0 +1,134 @@
+"""`tinygpt info` and `tinygpt sample`: argument parsing for the model commands.
+
+The work is done by `tinygpt.info` (accounting) and `tinygpt.generate` (sampling); run
+folders are read through `tinygpt.checkpoint` and configs through `tinygpt.config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tinygpt.errors import TinyGPTError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from tinygpt.cli import HelpFormatter
+    from tinygpt.generate import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+
+    info = subparsers.add_parser(
+        "info",
+        help="parameters, FLOPs and memory of a model configuration",
+        description="Parameters per component, FLOPs per token and memory for a preset, a "
+        "config file or a run folder. FLOPs count matmuls only, attention dense at full "
+        "context; training is 3x forward.",
+        formatter_class=HelpFormatter,
+    )
+    info.add_argument("run", nargs="?", default=None, metavar="RUN", help="a run folder")
+    info.add_argument("--preset", default=None, help="a named preset")
+    info.add_argument("--config", default=None, metavar="FILE", help="a config.toml")
+    info.add_argument("--batch", type=int, default=1, help="batch size for the memory estimate")
+    info.add_argument(
+        "--context", type=int, default=None, help="context length (default: block_size)"
+    )
+    info.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="value type of weights and activations for the memory estimate",
+    )
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.set_defaults(func=run_info)
+
+    sample = subparsers.add_parser(
+        "sample",
+        help="generate text from a trained run",
+        description="Continue a prompt with a trained model. Prints prompt and continuation; "
+        "several samples are separated by a line of dashes.",
+        formatter_class=HelpFormatter,
+    )
+    sample.add_argument("run", metavar="RUN", help="a run folder written by `tinygpt train`")
+    sample.add_argument("--checkpoint", default="best", help="best, latest or step-N")
+    sample.add_argument("--prompt", default="", help="text to continue ('' starts a document)")
+    sample.add_argument("--max-new-tokens", type=int, default=256)
+    sample.add_argument(
+        "--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0 for greedy decoding"
+    )
+    sample.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="0 for no limit")
+    sample.add_argument("--top-p", type=float, default=1.0, help="nucleus mass; 1 for off")
+    sample.add_argument("--repetition-penalty", type=float, default=1.0, help="1 for off")
+    sample.add_argument("--seed", type=int, default=None, help="for reproducible samples")
+    sample.add_argument("--num-samples", type=int, default=1)
+    sample.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    sample.add_argument("--stream", action="store_true", help="print text as it is generated")
+    sample.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    sample.set_defaults(func=run_sample)
+
+
+def _resolve_config(args: argparse.Namespace):
+    from tinygpt.config import RunConfig, load_config
+
+    given = [x for x in (args.run, args.preset, args.config) if x]
+    if len(given) != 1:
+        raise TinyGPTError("give exactly one of RUN, --preset P or --config FILE")
+    if args.run:
+        path = Path(args.run)
+        if path.is_file():  # a config.toml given without --config
+            return RunConfig.from_toml(path).model, str(path)
+        if not (path / "config.toml").is_file():
+            raise TinyGPTError(f"{path} is not a run folder (no config.toml); give a run folder")
+        return RunConfig.from_toml(path / "config.toml").model, str(path)
+    if args.config and not Path(args.config).is_file():
+        raise TinyGPTError(f"config file {args.config} does not exist")
+    config = load_config(preset=args.preset, config_file=args.config).model
+    return config, args.preset or args.config
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from tinygpt.info import format_info, model_info
+
+    config, name = _resolve_config(args)
+    data = model_info(config, batch=args.batch, context=args.context, dtype=args.dtype)
+    if args.json:
+        print(json.dumps({"source": name, **data}, indent=2))
+    else:
+        print(format_info(data, title=f"model: {name}"))
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from tinygpt.generate import check_sampling, load
+
+    sampling = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+    )
+    check_sampling(num_samples=args.num_samples, **sampling)
+    if not Path(args.run).is_dir():
+        raise TinyGPTError(f"run folder {args.run} does not exist; give a folder `train` wrote")
+    gen = load(args.run, checkpoint=args.checkpoint, device=args.device)
+    gen.encode_prompt(args.prompt)  # an unencodable prompt fails before any output
+    if not args.stream:
+        # All samples are rows of one batch.
+        texts = gen.generate(
+            args.prompt, num_samples=args.num_samples, seed=args.seed, stop=args.stop, **sampling
+        )
+        texts = [texts] if isinstance(texts, str) else texts
+        print(("\n" + "-" * 40 + "\n").join(args.prompt + t for t in texts))
+        return 0
+    for i in range(args.num_samples):
+        # Streamed samples are generated one after another; sample i uses seed + i.
+        if i:
+            print("-" * 40)
+        seed = None if args.seed is None else args.seed + i
+        sys.stdout.write(args.prompt)
+        for piece in gen.stream(args.prompt, seed=seed, stop=args.stop, **sampling):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    return 0

@@ -1,0 +1,432 @@
+"""Text generation: the decoding loop with a KV cache, sampling rules, streaming, `load`.
+
+Owns: turning a model plus a prompt into new tokens (`generate_tokens`, `generate_ids`),
+the sampling filters (temperature, top-k, top-p, repetition penalty), text streaming that
+never splits a UTF-8 character, and `TextGenerator`, the Python API behind `tinygpt sample`
+and `tinygpt.load(run_dir)`.
+
+The token loop (`generate_tokens`) knows nothing about text or tokenizers: it sees ids and a
+model. `TextGenerator` adds the tokenizer (prompt encoding, byte-exact decoding, stop strings).
+It does not know how runs are stored; `load` asks `tinygpt.checkpoint.load_run` for that.
+
+How the cache is used. The first step feeds the prompt (prefill, optionally in chunks of
+`prefill_chunk` tokens onto the cache); every later step feeds only the newest token (decode).
+When the sequence grows past the model's context (block_size), the window slides: the cache
+is emptied and refilled with the last block_size tokens, so each step sees exactly the
+tokens the no-cache path sees (it feeds the last block_size tokens every step). The two
+paths therefore give the same greedy tokens for learned and rotary positions alike.
+
+Example (a trained run folder):
+
+    import tinygpt
+    gen = tinygpt.load("runs/shakespeare")
+    print(gen.generate("ROMEO:", max_new_tokens=50, seed=1))
+    for piece in gen.stream("JULIET:", temperature=0.7):
+        print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tinygpt.errors import TinyGPTError
+from tinygpt.model import GPT
+
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_TOP_K = 200
+
+
+# -------------------------------------------------------------------------------- sampling
+
+
+def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """Discourage tokens already in `seen` (B, L): positive logits are divided by `penalty`,
+    negative ones multiplied (Keskar et al. 2019, CTRL; the rule transformers uses).
+
+    >>> apply_repetition_penalty(torch.tensor([[2.0, -1.0, 3.0]]), torch.tensor([[0, 1]]), 2.0)
+    tensor([[ 1., -2.,  3.]])
+    """
+    if penalty == 1.0:
+        return logits
+    scores = logits.gather(1, seen)  # (B, L)
+    scores = torch.where(scores > 0, scores / penalty, scores * penalty)
+    return logits.scatter(1, seen, scores)
+
+
+def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Set to -inf every logit outside the top k, and outside the nucleus of mass top_p
+    (the smallest set of most likely tokens whose probabilities sum to at least top_p;
+    Holtzman et al. 2019). logits (B, V) -> (B, V).
+
+    >>> filter_logits(torch.tensor([[1.0, 3.0, 2.0]]), top_k=2)
+    tensor([[-inf, 3., 2.]])
+    """
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)  # (B, V)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens
+        # A token is dropped once the tokens before it already reach top_p; the most likely
+        # token is always kept because the mass before it is 0.
+        drop_sorted = mass_before >= top_p
+        drop = drop_sorted.scatter(1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(
+    logits: Tensor,
+    seen: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Choose the next token of each row: logits (B, V), seen (B, L) -> ids (B,)."""
+    logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits / temperature, top_k, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def check_sampling(
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    repetition_penalty: float,
+    num_samples: int = 1,
+) -> None:
+    if max_new_tokens < 0:
+        raise TinyGPTError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
+    if temperature < 0:
+        raise TinyGPTError(f"temperature must be 0 (greedy) or more, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise TinyGPTError(f"top_k must be at least 1 (or unset for no limit), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise TinyGPTError(f"top_p must be in (0, 1], got {top_p}")
+    if repetition_penalty <= 0:
+        raise TinyGPTError(
+            f"repetition_penalty must be positive (1.0 = off), got {repetition_penalty}"
+        )
+    if num_samples < 1:
+        raise TinyGPTError(f"num_samples must be at least 1, got {num_samples}")
+
+
+# ------------------------------------------------------------------------------ token loop
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model: GPT,
+    prompt: Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+    eot_id: int | None = None,
+    use_cache: bool = True,
+    prefill_chunk: int | None = None,
+) -> Iterator[Tensor]:
+    """Yield the next token of every row, (B,), up to max_new_tokens times.
+
+    prompt: (B, T) ids, T >= 1. Rows that have produced `eot_id` keep yielding `eot_id`;
+    the loop ends early once every row has. `seed` seeds a private torch.Generator, so the
+    global random state is neither used nor changed.
+    """
+    check_sampling(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+    )
+    if prompt.dim() != 2 or prompt.size(1) == 0:
+        raise TinyGPTError("the prompt must hold at least one token; give a non-empty prompt")
+    if prefill_chunk is not None and prefill_chunk < 1:
+        raise TinyGPTError(f"prefill_chunk must be at least 1, got {prefill_chunk}")
+    device = prompt.device
+    B, T0 = prompt.shape
+    bs = model.config.block_size
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+
+    # One buffer for prompt + output: no concatenation per step.
+    tokens = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=device)  # (B, L_max)
+    tokens[:, :T0] = prompt
+    L = T0
+    cache = model.new_cache(B, bs) if use_cache else None
+    window = 0  # position in `tokens` of the cache's first entry
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+
+    for _ in range(max_new_tokens):
+        if cache is None:
+            logits, _ = model(tokens[:, max(0, L - bs) : L], last_only=True)
+        else:
+            if L - window > bs:  # context full: slide the window, refill the cache
+                window = L - bs
+                cache.reset()
+            new = tokens[:, window + cache.pos : L]  # (B, T_new) not yet in the cache
+            step = prefill_chunk or new.size(1)
+            for s in range(0, new.size(1), step):
+                logits, _ = model(new[:, s : s + step], cache=cache, last_only=True)
+        nxt = sample_next(
+            logits[:, -1],
+            tokens[:, :L],
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            generator=generator,
+        )  # (B,)
+        if eot_id is not None:
+            nxt = nxt.masked_fill(done, eot_id)
+            done |= nxt == eot_id
+        tokens[:, L] = nxt
+        L += 1
+        yield nxt
+        if eot_id is not None and bool(done.all()):
+            return
+
+
+def generate_ids(
+    model: GPT,
+    prompt_ids: Sequence[int],
+    *,
+    max_new_tokens: int,
+    num_samples: int = 1,
+    eot_id: int | None = None,
+    **sampling: Any,
+) -> list[list[int]]:
+    """New token ids for `num_samples` continuations of one prompt (rows of one batch),
+    each cut before its first end-of-text token."""
+    device = next(model.parameters()).device
+    prompt = torch.tensor([list(prompt_ids)] * num_samples, dtype=torch.long, device=device)
+    steps = list(
+        generate_tokens(model, prompt, max_new_tokens=max_new_tokens, eot_id=eot_id, **sampling)
+    )
+    if not steps:
+        return [[] for _ in range(num_samples)]
+    out = torch.stack(steps, dim=1).tolist()  # (B, steps)
+    if eot_id is not None:
+        out = [row[: row.index(eot_id)] if eot_id in row else row for row in out]
+    return out
+
+
+# ---------------------------------------------------------------------------------- text
+
+
+class StreamDecoder:
+    """Token ids in, text out, never splitting a UTF-8 character across pieces.
+
+    A byte-level token may end in the middle of a multi-byte character; the incremental
+    decoder keeps those bytes until the character is complete. Invalid bytes become U+FFFD.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        return self._decoder.decode(self.tokenizer.token_bytes(token_id))
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+class _RowText:
+    """The text of one row as it grows: decodes, finds stop strings, and releases only text
+    that can no longer turn out to be the start of a stop string."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str]) -> None:
+        self.decoder = StreamDecoder(tokenizer)
+        self.stop = [s for s in stop if s]
+        self.longest = max((len(s) for s in self.stop), default=0)
+        self.text = ""
+        self.sent = 0
+        self.done = False
+
+    def push(self, token_id: int) -> str:
+        before = len(self.text)
+        self.text += self.decoder.push(token_id)
+        if self.stop:
+            start = max(0, before - self.longest + 1)
+            hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+            if hits:
+                self.text = self.text[: min(hits)]
+                return self.finish(flush=False)
+        safe = len(self.text) - self._held_back()
+        piece, self.sent = self.text[self.sent : safe], max(self.sent, safe)
+        return piece
+
+    def _held_back(self) -> int:
+        """Length of the longest tail of the text that begins some stop string."""
+        for n in range(min(self.longest - 1, len(self.text) - self.sent), 0, -1):
+            tail = self.text[-n:]
+            if any(s.startswith(tail) for s in self.stop):
+                return n
+        return 0
+
+    def finish(self, flush: bool = True) -> str:
+        """End the row; `flush` releases bytes of an unfinished character as U+FFFD."""
+        if not self.done:
+            self.done = True
+            if flush:
+                self.text += self.decoder.flush()
+        piece, self.sent = self.text[self.sent :], len(self.text)
+        return piece
+
+
+class TextGenerator:
+    """A model and its tokenizer, ready to continue prompts.
+
+    `generate(prompt, ...)` returns the new text (without the prompt): a string, or a list
+    of `num_samples` strings when num_samples > 1. `stream(prompt, ...)` yields the new text
+    in pieces as it is produced. Sampling arguments for both:
+
+    - max_new_tokens: upper bound on new tokens (default 256).
+    - temperature: 0 for greedy decoding; below 1 sharper, above 1 flatter (default 0.8).
+    - top_k: sample among the k most likely tokens only (default 200; None = all).
+    - top_p: sample within the smallest set of tokens of total probability >= top_p.
+    - repetition_penalty: > 1 discourages tokens already in prompt or output (default 1.0).
+    - seed: makes the sample reproducible (a private generator; global RNG untouched).
+    - stop: strings that end a sample (not included in it); end-of-text always ends it.
+
+    An empty prompt starts from the end-of-text token, i.e. at a document boundary.
+    """
+
+    def __init__(self, model: GPT, tokenizer: Any) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.eot_id: int | None = getattr(tokenizer, "eot_id", None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        ids = self.tokenizer.encode(prompt, allowed_special=True) if prompt else []
+        if not ids:
+            if self.eot_id is None:
+                raise TinyGPTError("the prompt is empty and the tokenizer has no end-of-text")
+            ids = [self.eot_id]
+        return ids
+
+    def _rows(
+        self,
+        prompt: str,
+        num_samples: int,
+        stop: str | Sequence[str] | None,
+        max_new_tokens: int = 256,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_k: int | None = DEFAULT_TOP_K,
+        top_p: float | None = None,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[list[str]]:
+        """Yield, per step, the text piece each row releases ("" for none)."""
+        check_sampling(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            num_samples=num_samples,
+        )
+        ids = self.encode_prompt(prompt)
+        prompt_t = torch.tensor([ids] * num_samples, dtype=torch.long, device=self.device)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        rows = [_RowText(self.tokenizer, stops) for _ in range(num_samples)]
+        steps = generate_tokens(
+            self.model,
+            prompt_t,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            eot_id=self.eot_id,
+            use_cache=use_cache,
+        )
+        try:
+            for nxt in steps:
+                pieces = []
+                for row, token in zip(rows, nxt.tolist()):
+                    if row.done:
+                        pieces.append("")
+                    elif token == self.eot_id:
+                        pieces.append(row.finish())
+                    else:
+                        pieces.append(row.push(token))
+                yield pieces
+                if all(row.done for row in rows):
+                    return
+        finally:
+            steps.close()
+        yield [row.finish() for row in rows]
+
+    def generate(
+        self,
+        prompt: str = "",
+        *,
+        num_samples: int = 1,
+        stop: str | Sequence[str] | None = None,
+        **sampling: Any,
+    ) -> str | list[str]:
+        texts = [""] * num_samples
+        for pieces in self._rows(prompt, num_samples, stop, **sampling):
+            texts = [t + p for t, p in zip(texts, pieces)]
+        return texts[0] if num_samples == 1 else texts
+
+    def stream(
+        self, prompt: str = "", *, stop: str | Sequence[str] | None = None, **sampling: Any
+    ) -> Iterator[str]:
+        for pieces in self._rows(prompt, 1, stop, **sampling):
+            if pieces[0]:
+                yield pieces[0]
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' picks cuda, then mps, then cpu; an explicit device must be available."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TinyGPTError("--device cuda was asked for but CUDA is not available; use cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise TinyGPTError("--device mps was asked for but MPS is not available; use cpu")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise TinyGPTError(f"unknown device {device!r}; use auto, cpu, cuda or mps")
+    return device
+
+
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> TextGenerator:
+    """Load a trained run folder into a `TextGenerator` (see its docstring for the API)."""
+    from tinygpt.checkpoint import load_run
+
+    run = load_run(run_dir, checkpoint=checkpoint, device=resolve_device(device))
+    return TextGenerator(run.model, run.tokenizer)

@@ -1,0 +1,483 @@
+"""The GPT model: configuration, layers, blocks and the full network, top to bottom.
+
+This module owns the architecture and its forward pass, nothing else. It knows nothing about
+tokenizers, files, optimizers, sampling or export formats: those wrap the model from outside
+(`tinygpt.generate`, `tinygpt.checkpoint`, `tinygpt.export`).
+
+One configuration covers two families and their mixtures:
+
+- GPT-2: learned positions, LayerNorm, tanh-GELU MLP, biases, tied head.
+- Llama: rotary positions (RoPE), RMSNorm, SwiGLU MLP, no biases, grouped-query attention.
+
+Shape alphabet, used in every comment below:
+    B batch, T time (sequence length; T_k for keys when it differs from the queries),
+    C channels (n_embd), H query heads, K key/value heads, D head dim (C // H), V vocab.
+
+Initialisation (GPT-2, Radford et al. 2019, as in nanoGPT) lives in one place,
+`GPT._init_weights`: every weight matrix and embedding ~ N(0, init_std), biases zero, norm
+gains one, and the two projections that write into the residual stream (attention output,
+MLP output) use init_std / sqrt(2 * n_layer), so the residual's variance does not grow
+with depth.
+
+KV cache: `GPT.new_cache(batch, max_len)` returns a `KVCache` holding, per layer,
+preallocated key and value tensors of shape (B, K, max_len, D) and a position counter
+`pos`. A forward pass with `cache=` writes its keys/values at [pos, pos + T) and attends to
+everything cached so far; `pos` then advances by T. Feeding the prompt (prefill, in one or
+several chunks) and then one token at a time (decode) gives the same logits as one forward
+pass over the whole sequence.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tinygpt.errors import TinyGPTError
+
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "gelu_tanh", "swiglu")
+POSITIONS = ("learned", "rope")
+ATTENTIONS = ("sdpa", "manual")
+
+
+def _choice(field: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        close = difflib.get_close_matches(str(value), options, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise TinyGPTError(
+            f"model.{field} = {value!r} is not known; choose one of {', '.join(options)}{hint}"
+        )
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50304
+    block_size: int = 256  # longest context the model sees
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    n_kv_head: int | None = None  # None: same as n_head; fewer: grouped-query attention
+    dropout: float = 0.0
+    bias: bool = True  # biases in linear layers and LayerNorm
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu_tanh"
+    mlp_hidden: int | None = None  # None: 4*C for GELU, Llama's rounded 8/3*C for SwiGLU
+    pos: str = "learned"
+    rope_theta: float = 10000.0
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys (before RoPE)
+    attn: str = "sdpa"
+    tie_weights: bool = True  # LM head shares the token embedding matrix
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TinyGPTError(f"model.{name} must be a positive integer, got {value!r}")
+        _choice("norm", self.norm, NORMS)
+        _choice("mlp", self.mlp, MLPS)
+        _choice("pos", self.pos, POSITIONS)
+        _choice("attn", self.attn, ATTENTIONS)
+        if self.n_embd % self.n_head:
+            raise TinyGPTError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
+                f"change one of them, e.g. n_head = {_nearest_divisor(self.n_embd, self.n_head)}"
+            )
+        if self.n_kv_head is not None:
+            if isinstance(self.n_kv_head, bool) or not isinstance(self.n_kv_head, int):
+                raise TinyGPTError(f"model.n_kv_head must be an integer, got {self.n_kv_head!r}")
+            if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
+                raise TinyGPTError(
+                    f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head "
+                    f"({self.n_kv_head}); use a divisor of n_head, or leave n_kv_head unset"
+                )
+        if self.pos == "rope" and self.head_dim % 2:
+            raise TinyGPTError(
+                f"rotary positions need an even head dimension, but n_embd / n_head = "
+                f"{self.head_dim}; change n_embd or n_head, or use model.pos = 'learned'"
+            )
+        if self.mlp_hidden is not None and (
+            isinstance(self.mlp_hidden, bool)
+            or not isinstance(self.mlp_hidden, int)
+            or self.mlp_hidden < 1
+        ):
+            raise TinyGPTError(
+                f"model.mlp_hidden must be a positive integer or unset, got {self.mlp_hidden!r}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise TinyGPTError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not self.norm_eps > 0:
+            raise TinyGPTError(f"model.norm_eps must be positive, got {self.norm_eps}")
+        if not self.rope_theta > 0:
+            raise TinyGPTError(f"model.rope_theta must be positive, got {self.rope_theta}")
+        if not self.init_std > 0:
+            raise TinyGPTError(f"model.init_std must be positive, got {self.init_std}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden(self) -> int:
+        """Width of the MLP's hidden layer."""
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            # Llama: 2/3 of 4*C keeps the parameter count of a 4*C GELU MLP with three
+            # matrices instead of two; rounded up to a multiple of 32 for fast matmuls.
+            return 32 * math.ceil(int(2 * 4 * self.n_embd / 3) / 32)
+        return 4 * self.n_embd
+
+
+def _nearest_divisor(n: int, near: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), d))
+
+
+# ---------------------------------------------------------------------------------- leaves
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * g (Zhang & Sennrich 2019): LayerNorm without centring."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in fp32 so that low-precision inputs do not lose the small mean square.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def make_norm(config: GPTConfig, dim: int) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(dim, config.norm_eps)
+    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)
+
+
+def rope_tables(config: GPTConfig) -> tuple[Tensor, Tensor]:
+    """cos and sin of the rotation angles pos * theta^(-2i/D), each (block_size, D).
+
+    The D/2 frequencies are written twice, [f0..f_{D/2-1}, f0..f_{D/2-1}], because we pair
+    dimension i with i + D/2 ("rotate half", as Llama's reference code and transformers do).
+    """
+    D = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
+    t = torch.arange(config.block_size, dtype=torch.float32)
+    angles = torch.outer(t, inv_freq)  # (T, D/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (T, D)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate each pair (x_i, x_{i+D/2}) by its angle. x (B, H, T, D), cos/sin (T, D)."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
+    rotated = torch.cat([-x2, x1], dim=-1)  # (B, H, T, D)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, for incremental decoding.
+
+    k[i], v[i]: (B, K, max_len, D) for layer i, preallocated and written in place;
+    positions [0, pos) are valid. The model advances `pos` after each forward pass.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        shape = (batch, n_kv_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.max_len = max_len
+        self.pos = 0
+
+    def reset(self) -> None:
+        self.pos = 0  # stale entries beyond pos are never read
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, K, T, D) at [pos, pos+T); return all keys/values (B, K, pos+T, D)."""
+        end = self.pos + k.size(2)
+        self.k[layer][:, :, self.pos : end] = k
+        self.v[layer][:, :, self.pos : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+# ---------------------------------------------------------------------------------- layers
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with grouped-query heads and two kernels.
+
+    `attn="manual"` spells the computation out (scores, mask, softmax, weighted sum) and,
+    when `keep_attn` is set, stores the probabilities of its last call in `last_attn`
+    (B, H, T, T_k) for attention pictures. `attn="sdpa"` calls PyTorch's fused kernel.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        self.kind = config.attn
+        self.dropout = config.dropout
+        # Queries, keys and values in one matmul: H*D + 2*K*D outputs.
+        qkv_out = (self.n_head + 2 * self.n_kv_head) * self.head_dim
+        self.qkv = nn.Linear(config.n_embd, qkv_out, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+        self.resid_drop = nn.Dropout(config.dropout)
+        self.keep_attn = False
+        self.last_attn: Tensor | None = None
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None,
+        cache: KVCache | None,
+        layer: int,
+    ) -> Tensor:
+        B, T, C = x.shape
+        H, K, D = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.qkv(x).split([H * D, K * D, K * D], dim=-1)  # (B, T, H*D), (B, T, K*D) x2
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
+        v = v.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, K, T_k, D), T_k = cached + T
+        if self.kind == "manual" or self.keep_attn:
+            y = self._manual(q, k, v)
+        else:
+            y = self._sdpa(q, k, v)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
+        return self.resid_drop(self.proj(y))
+
+    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        T, T_k = q.size(2), k.size(2)
+        drop = self.dropout if self.training else 0.0
+        gqa = self.n_kv_head != self.n_head
+        if T_k == T:
+            return F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=drop, enable_gqa=gqa
+            )
+        # With fewer queries than keys, is_causal=True would align the mask top-left
+        # (query 0 sees key 0 only). Our queries are the *last* T positions, so the mask
+        # must be aligned bottom-right. A single query sees every cached key: no mask.
+        mask = None if T == 1 else causal_mask(T, T_k, q.device)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=drop, enable_gqa=gqa
+        )
+
+    def _manual(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        T, T_k = q.size(2), k.size(2)
+        if self.n_kv_head != self.n_head:
+            # Each group of H/K query heads shares one key/value head.
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, H, T_k, D)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, H, T_k, D)
+        # Scaled dot products (Vaswani et al. 2017, eq. 1): 1/sqrt(D) keeps their variance ~1.
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T_k)
+        scores = scores.masked_fill(~causal_mask(T, T_k, q.device), float("-inf"))
+        att = F.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, T, T_k)
+        if self.keep_attn:
+            self.last_attn = att.detach()
+        if self.training and self.dropout > 0:
+            att = F.dropout(att, self.dropout)
+        return att @ v  # (B, H, T, T_k) @ (B, H, T_k, D) -> (B, H, T, D)
+
+
+def causal_mask(T: int, T_k: int, device: torch.device | str = "cpu") -> Tensor:
+    """(T, T_k) bool, True where query i (the (T_k - T + i)-th position) may see key j.
+
+    >>> causal_mask(2, 3).int().tolist()
+    [[1, 1, 0], [1, 1, 1]]
+    """
+    return torch.ones(T, T_k, dtype=torch.bool, device=device).tril(diagonal=T_k - T)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: GELU(x W1) W2, or SwiGLU: (SiLU(x Wg) * x Wu) W2."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.kind = config.mlp
+        n_in = 2 * config.hidden if config.mlp == "swiglu" else config.hidden
+        # For SwiGLU the gate and up projections share one matmul: [gate | up].
+        self.fc = nn.Linear(config.n_embd, n_in, bias=config.bias)
+        self.proj = nn.Linear(config.hidden, config.n_embd, bias=config.bias)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc(x)  # (B, T, hidden) or (B, T, 2*hidden)
+        if self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)  # (B, T, hidden) each
+            h = F.silu(gate) * up  # Shazeer 2020, "GLU variants improve transformer"
+        else:
+            h = F.gelu(h, approximate="tanh" if self.kind == "gelu_tanh" else "none")
+        return self.drop(self.proj(h))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.norm1 = make_norm(config, config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.norm2 = make_norm(config, config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int
+    ) -> Tensor:
+        x = x + self.attn(self.norm1(x), rope, cache, layer)
+        return x + self.mlp(self.norm2(x))
+
+
+# ---------------------------------------------------------------------------------- model
+
+
+class GPT(nn.Module):
+    """Token embedding (+ learned positions), n_layer blocks, final norm, LM head."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_emb = (
+            nn.Embedding(config.block_size, config.n_embd) if config.pos == "learned" else None
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = make_norm(config, config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            # Press & Wolf 2017: one matrix embeds tokens and scores them.
+            self.lm_head.weight = self.tok_emb.weight
+        if config.pos == "rope":
+            cos, sin = rope_tables(config)
+            # Derived from the config, so not saved with the weights.
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            residual = module in {m for b in self.blocks for m in (b.attn.proj, b.mlp.proj)}
+            scale = 1.0 / math.sqrt(2 * self.config.n_layer) if residual else 1.0
+            nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters, tied weights counted once; non_embedding drops the position table
+        (and, when untied, the token table), as in GPT-2's and Kaplan et al.'s counts."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            if self.pos_emb is not None:
+                n -= self.pos_emb.weight.numel()
+            if not self.config.tie_weights:
+                n -= self.tok_emb.weight.numel()
+        return n
+
+    def new_cache(
+        self,
+        batch: int,
+        max_len: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> KVCache:
+        c = self.config
+        weight = self.tok_emb.weight
+        return KVCache(
+            c.n_layer,
+            batch,
+            c.kv_heads,
+            min(max_len or c.block_size, c.block_size),
+            c.head_dim,
+            device=device or weight.device,
+            dtype=dtype or weight.dtype,
+        )
+
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """idx (B, T) token ids -> (logits (B, T, V) float32, mean cross-entropy or None).
+
+        targets (B, T): next-token ids, -1 where no loss is wanted. With `cache`, idx holds
+        the tokens after the cached ones. `last_only` returns logits for the last position
+        only, (B, 1, V), which is all that generation needs.
+        """
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        limit = cache.max_len if cache is not None else self.config.block_size
+        if start + T > limit:
+            raise TinyGPTError(
+                f"sequence of {start + T} tokens is longer than the model's context of "
+                f"{limit}; crop the input to its last {limit} tokens"
+            )
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb.weight[start : start + T]  # (B, T, C) + (T, C)
+        x = self.drop(x)
+        rope = None
+        if self.config.pos == "rope":
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, D)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, i)
+        if cache is not None:
+            cache.pos += T
+        if last_only:
+            x = x[:, -1:]  # (B, 1, C)
+        logits = self.lm_head(self.norm_f(x)).float()  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
+            )
+        return logits, loss
+
+    @torch.no_grad()
+    def attention_maps(self, idx: Tensor) -> list[Tensor]:
+        """Attention probabilities of every layer for idx (B, T): a list of (B, H, T, T).
+
+        Runs one forward pass through the manual kernel (SDPA does not expose its weights).
+        """
+        layers = [b.attn for b in self.blocks]
+        for a in layers:
+            a.keep_attn = True
+        try:
+            self(idx)
+            return [a.last_attn for a in layers]
+        finally:
+            for a in layers:
+                a.keep_attn, a.last_attn = False, None

@@ -1,0 +1,305 @@
+"""Generation: KV cache equals no cache, sampling filters, seeds, stopping, streaming, CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tinygpt.errors import TinyGPTError
+from tinygpt.generate import (
+    StreamDecoder,
+    TextGenerator,
+    apply_repetition_penalty,
+    filter_logits,
+    generate_ids,
+    generate_tokens,
+)
+from tinygpt.model import GPT, GPTConfig
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny matmuls: extra threads only add contention on a shared machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class ByteTokenizer:
+    """Every token is one byte; 256 is end-of-text. Multi-byte characters span tokens."""
+
+    vocab_size = 257
+    eot_id = 256
+    special_tokens = {"<|endoftext|>": 256}
+    kind = "bpe"
+
+    def encode(self, text: str, *, allowed_special: bool = False) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+    def token_bytes(self, id: int) -> bytes:
+        return b"" if id == 256 else bytes([id])
+
+
+def tiny_model(seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    base = dict(vocab_size=257, block_size=16, n_layer=2, n_head=4, n_embd=32, init_std=0.2)
+    return GPT(GPTConfig(**{**base, **kw})).eval()
+
+
+class ScriptedModel(nn.Module):
+    """Says the bytes of `script` after a prompt of `prompt_len` tokens, then end-of-text."""
+
+    def __init__(self, script: bytes, prompt_len: int = 1) -> None:
+        super().__init__()
+        self.config = GPTConfig(vocab_size=257, block_size=512, n_layer=1, n_head=1, n_embd=8)
+        self.script, self.prompt_len = script, prompt_len
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, idx, targets=None, *, cache=None, last_only=False):
+        step = idx.size(1) - self.prompt_len
+        nxt = self.script[step] if step < len(self.script) else 256
+        logits = torch.zeros(idx.size(0), 1, 257)
+        logits[:, :, nxt] = 10.0
+        return logits, None
+
+
+PRIMES = [dict(), dict(pos="rope"), dict(n_kv_head=2), dict(pos="rope", n_kv_head=1)]
+
+
+@pytest.mark.parametrize("kw", PRIMES)
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_greedy_cache_equals_no_cache_across_context_limit(kw, chunk):
+    model = tiny_model(**kw)
+    prompt = torch.randint(0, 257, (2, 5))
+    common = dict(max_new_tokens=40, temperature=0.0)  # 45 tokens > block_size 16
+    fast = torch.stack(list(generate_tokens(model, prompt, prefill_chunk=chunk, **common)), 1)
+    slow = torch.stack(list(generate_tokens(model, prompt, use_cache=False, **common)), 1)
+    assert fast.shape == (2, 40)
+    assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(pos="rope", n_kv_head=2)])
+def test_seeded_sampling_cache_equals_no_cache(kw):
+    """Greedy output of a random model repeats itself; sampling visits varied tokens and
+    still agrees, because both paths give the same probabilities to the same generator."""
+    model = tiny_model(**kw)
+    prompt = torch.randint(0, 257, (2, 3))
+    common = dict(max_new_tokens=40, temperature=1.0, seed=11)
+    fast = torch.stack(list(generate_tokens(model, prompt, **common)), 1)
+    slow = torch.stack(list(generate_tokens(model, prompt, use_cache=False, **common)), 1)
+    assert len(set(fast[0].tolist())) > 20
+    assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(pos="rope", n_kv_head=2)])
+def test_prompt_longer_than_context(kw):
+    model = tiny_model(**kw)
+    prompt = torch.randint(0, 257, (1, 30))
+    common = dict(max_new_tokens=8, temperature=0.0)
+    fast = torch.stack(list(generate_tokens(model, prompt, prefill_chunk=4, **common)), 1)
+    slow = torch.stack(list(generate_tokens(model, prompt, use_cache=False, **common)), 1)
+    assert torch.equal(fast, slow)
+
+
+def test_seeds():
+    model = tiny_model()
+    kw = dict(max_new_tokens=20, temperature=1.0, num_samples=2)
+    state = torch.random.get_rng_state()
+    a = generate_ids(model, [1, 2, 3], seed=7, **kw)
+    b = generate_ids(model, [1, 2, 3], seed=7, **kw)
+    c = generate_ids(model, [1, 2, 3], seed=8, **kw)
+    assert a == b
+    assert a != c
+    assert a[0] != a[1]  # rows of one batch are different samples
+    assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
+
+
+def test_stops_at_end_of_text():
+    model = tiny_model()
+    greedy = generate_ids(model, [5, 6], max_new_tokens=6, temperature=0.0)[0]
+    # Declare the third greedy token to be end-of-text: output stops before it.
+    eot = greedy[2]
+    cut = generate_ids(model, [5, 6], max_new_tokens=6, temperature=0.0, eot_id=eot)[0]
+    assert cut == greedy[: greedy.index(eot)]
+
+
+def test_top_k_known_logits():
+    logits = torch.tensor([[1.0, 4.0, 3.0, 2.0], [0.0, -1.0, 5.0, 5.0]])
+    out = filter_logits(logits, top_k=2)
+    inf = float("-inf")
+    assert out.tolist() == [[inf, 4.0, 3.0, inf], [inf, inf, 5.0, 5.0]]
+
+
+def test_top_p_known_logits():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    keep = lambda p: torch.isfinite(filter_logits(logits, top_p=p)).tolist()[0]  # noqa: E731
+    assert keep(0.5) == [True, False, False, False]
+    assert keep(0.6) == [True, True, False, False]
+    assert keep(0.8) == [True, True, False, False]  # 0.5 + 0.3 reaches 0.8
+    assert keep(0.81) == [True, True, True, False]
+    assert keep(1.0) == [True, True, True, True]
+    assert keep(0.01) == [True, False, False, False]  # the most likely always stays
+    # Order of the vocabulary does not matter.
+    shuffled = probs[:, [2, 0, 3, 1]].log()
+    assert torch.isfinite(filter_logits(shuffled, top_p=0.6)).tolist()[0] == [
+        False,
+        True,
+        False,
+        True,
+    ]
+
+
+def test_repetition_penalty_known_answer():
+    logits = torch.tensor([[2.0, -1.0, 3.0, 0.5]])
+    seen = torch.tensor([[0, 1, 1]])  # duplicates are penalised once
+    out = apply_repetition_penalty(logits, seen, 2.0)
+    assert out.tolist() == [[1.0, -2.0, 3.0, 0.5]]
+    assert apply_repetition_penalty(logits, seen, 1.0) is logits
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (dict(temperature=-1.0), r"temperature must be 0 \(greedy\) or more"),
+        (dict(top_k=0), r"top_k must be at least 1"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(repetition_penalty=0.0), r"repetition_penalty must be positive"),
+        (dict(max_new_tokens=-1), r"max_new_tokens must be 0 or more"),
+        (dict(num_samples=0), r"num_samples must be at least 1"),
+    ],
+)
+def test_bad_sampling_arguments(kw, message):
+    gen = TextGenerator(tiny_model(), ByteTokenizer())
+    with pytest.raises(TinyGPTError, match=message):
+        gen.generate("hi", **{"max_new_tokens": 3, **kw})
+
+
+TEXT = "Işık ğüzel, şöyle: 😀 çok İyi! ✓"
+
+
+def test_stream_decoder_never_splits_characters():
+    tok = ByteTokenizer()
+    dec = StreamDecoder(tok)
+    pieces = [dec.push(b) for b in TEXT.encode("utf-8")] + [dec.flush()]
+    assert "".join(pieces) == TEXT
+    assert all("\ufffd" not in p for p in pieces)
+    assert "😀" in pieces  # a 4-byte character comes out whole, once complete
+
+
+def test_streaming_generation_pieces():
+    gen = TextGenerator(ScriptedModel(TEXT.encode("utf-8")), ByteTokenizer())
+    pieces = list(gen.stream("", temperature=0.0, max_new_tokens=100, use_cache=False))
+    assert "".join(pieces) == TEXT
+    assert all(p and "\ufffd" not in p for p in pieces)
+    assert gen.generate("", temperature=0.0, max_new_tokens=100, use_cache=False) == TEXT
+
+
+def test_stop_strings_streaming_and_batch():
+    gen = TextGenerator(ScriptedModel(TEXT.encode("utf-8")), ByteTokenizer())
+    kw = dict(temperature=0.0, max_new_tokens=100, use_cache=False)
+    pieces = list(gen.stream("", stop=["😀", "never"], **kw))
+    assert "".join(pieces) == "Işık ğüzel, şöyle: "
+    assert gen.generate("", stop="ş", **kw) == "I"
+    assert gen.generate("", stop="zel", **kw) == "Işık ğü"
+    # A stop string that only begins to match is released once it cannot match.
+    assert gen.generate("", stop="şöx", **kw) == TEXT
+    assert gen.generate("", stop=["ok", "ğü"], num_samples=2, **kw) == ["Işık "] * 2
+
+
+def test_max_new_tokens_cuts_mid_character():
+    gen = TextGenerator(ScriptedModel("😀".encode()), ByteTokenizer())
+    assert gen.generate("", temperature=0.0, max_new_tokens=2, use_cache=False) == "\ufffd"
+    assert gen.generate("", temperature=0.0, max_new_tokens=0, use_cache=False) == ""
+
+
+def test_text_generator_on_real_model():
+    gen = TextGenerator(tiny_model(), ByteTokenizer())
+    a = gen.generate("ab", max_new_tokens=12, seed=3, temperature=1.0, top_k=None)
+    assert a == gen.generate("ab", max_new_tokens=12, seed=3, temperature=1.0, top_k=None)
+    many = gen.generate("ab", max_new_tokens=5, seed=3, num_samples=3, top_p=0.9)
+    assert isinstance(many, list) and len(many) == 3
+    greedy = gen.generate("ab", max_new_tokens=10, temperature=0.0)
+    assert "".join(gen.stream("ab", max_new_tokens=10, temperature=0.0)) == greedy
+
+
+# ------------------------------------------------------------------------------- the CLI
+
+
+@pytest.fixture
+def char_run(tmp_path):
+    from tinygpt.checkpoint import save_model_run
+    from tinygpt.config import RunConfig
+    from tinygpt.tokenizer import train_tokenizer
+
+    tok = train_tokenizer("char", ["hello world, ahoy there"])
+    config = RunConfig()
+    config.model = GPTConfig(
+        vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16
+    )
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    save_model_run(run, config, GPT(config.model), tok)
+    return run
+
+
+def test_cli_sample(char_run, capsys):
+    from tinygpt.cli import main
+
+    args = [
+        "sample",
+        str(char_run),
+        "--prompt",
+        "hello",
+        "--max-new-tokens",
+        "20",
+        "--temperature",
+        "0",
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    assert plain.startswith("hello")
+    assert main([*args, "--stream"]) == 0
+    assert capsys.readouterr().out == plain
+    assert main([*args[:-4], "--seed", "1", "--num-samples", "2", "--checkpoint", "latest"]) == 0
+    assert capsys.readouterr().out.count("-" * 40) == 1
+
+
+def test_load_api(char_run):
+    import tinygpt.generate
+
+    gen = tinygpt.generate.load(char_run, checkpoint="best")
+    text = gen.generate("ahoy", max_new_tokens=5, seed=0)
+    assert isinstance(text, str)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--prompt", "hello ☃"], "☃"),
+        (["--temperature", "-1"], "temperature must be 0"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--checkpoint", "step-99"], "step-99"),
+    ],
+)
+def test_cli_sample_errors(char_run, capsys, extra, message):
+    from tinygpt.cli import main
+
+    assert main(["sample", str(char_run), "--max-new-tokens", "3", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tinygpt: error:") and message in err
+
+
+def test_cli_sample_missing_run(tmp_path, capsys):
+    from tinygpt.cli import main
+
+    assert main(["sample", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,264 @@
+"""Our model and its transformers twins (GPT-2, Llama) compute the same function."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tinygpt.errors import TinyGPTError
+from tinygpt.export.hf import config_from_hf, hf_config_for, load_hf, to_hf, to_hf_model
+from tinygpt.generate import generate_ids
+from tinygpt.model import GPT, GPTConfig
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny matmuls: extra threads only add contention on a shared machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _perturb(model: torch.nn.Module) -> None:
+    """Random values everywhere, norm gains and biases included, so a swapped or
+    transposed tensor cannot go unnoticed."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+
+
+GPT2_CASES = {
+    "small": dict(vocab_size=101, n_positions=32, n_embd=32, n_layer=2, n_head=4),
+    "wider-exact-gelu-untied": dict(
+        vocab_size=67,
+        n_positions=24,
+        n_embd=48,
+        n_layer=3,
+        n_head=3,
+        n_inner=80,
+        activation_function="gelu",
+        tie_word_embeddings=False,
+        layer_norm_epsilon=1e-6,
+    ),
+}
+LLAMA_CASES = {
+    "mha-tied": dict(
+        vocab_size=101,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        tie_word_embeddings=True,
+    ),
+    "gqa-untied-theta": dict(
+        vocab_size=89,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=40,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+        rms_norm_eps=1e-6,
+    ),
+    "mqa-bias": dict(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=16,
+        attention_bias=True,
+        mlp_bias=True,
+    ),
+}
+
+
+def _hf_model(family: str, kw: dict, attn: str = "sdpa"):
+    torch.manual_seed(0)
+    if family == "gpt2":
+        config = transformers.GPT2Config(bos_token_id=None, eos_token_id=None, **kw)
+        model = transformers.GPT2LMHeadModel(config)
+    else:
+        config = transformers.LlamaConfig(bos_token_id=None, eos_token_id=None, **kw)
+        model = transformers.LlamaForCausalLM(config)
+    model.config._attn_implementation = attn
+    _perturb(model)
+    return model.eval()
+
+
+CASES = [("gpt2", k) for k in GPT2_CASES] + [("llama", k) for k in LLAMA_CASES]
+
+
+def _kw(family: str, name: str) -> dict:
+    return (GPT2_CASES if family == "gpt2" else LLAMA_CASES)[name]
+
+
+@pytest.mark.parametrize(("family", "name"), CASES)
+def test_load_hf_folder_gives_equal_logits(tmp_path, family, name):
+    hf = _hf_model(family, _kw(family, name), attn="eager" if name.startswith("w") else "sdpa")
+    hf.save_pretrained(tmp_path)
+    ours, config = load_hf(tmp_path)
+    idx = torch.randint(0, config.vocab_size, (2, config.block_size))
+    with torch.no_grad():
+        expected = hf(idx).logits
+        got, _ = ours(idx)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        GPTConfig(vocab_size=97, block_size=20, n_layer=2, n_head=4, n_embd=32),
+        GPTConfig(
+            vocab_size=97,
+            block_size=20,
+            n_layer=2,
+            n_head=2,
+            n_embd=32,
+            mlp="gelu",
+            tie_weights=False,
+            mlp_hidden=40,
+        ),
+        GPTConfig(
+            vocab_size=97,
+            block_size=20,
+            n_layer=2,
+            n_head=4,
+            n_embd=32,
+            pos="rope",
+            norm="rmsnorm",
+            mlp="swiglu",
+            bias=False,
+            n_kv_head=2,
+            rope_theta=1000.0,
+        ),
+        GPTConfig(
+            vocab_size=97,
+            block_size=20,
+            n_layer=1,
+            n_head=4,
+            n_embd=32,
+            pos="rope",
+            norm="rmsnorm",
+            mlp="swiglu",
+            bias=True,
+            tie_weights=False,
+        ),
+    ],
+    ids=["gpt2", "gpt2-untied", "llama-gqa", "llama-bias-untied"],
+)
+def test_export_to_hf_folder_gives_equal_logits_and_greedy_tokens(tmp_path, config):
+    torch.manual_seed(0)
+    ours = GPT(config).eval()
+    _perturb(ours)
+    to_hf(ours, tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    back, back_config = load_hf(tmp_path)
+    assert back_config == config
+    idx = torch.randint(0, config.vocab_size, (2, config.block_size))
+    with torch.no_grad():
+        expected = hf(idx).logits
+        got, _ = ours(idx)
+        again, _ = back(idx)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(again, got, atol=0, rtol=0)
+
+    prompt = idx[:1, :4]
+    n = config.block_size - 4  # transformers does not slide past its context
+    ids = generate_ids(ours, prompt[0].tolist(), max_new_tokens=n, temperature=0.0)[0]
+    ref = hf.generate(
+        prompt,
+        do_sample=False,
+        max_new_tokens=n,
+        min_new_tokens=n,
+        use_cache=True,
+        attention_mask=torch.ones_like(prompt),
+        pad_token_id=0,
+    )
+    assert ids == ref[0, 4:].tolist()
+
+
+@pytest.mark.parametrize(
+    ("kw", "fields"),
+    [
+        (dict(norm="rmsnorm"), ["norm = 'rmsnorm' (needs 'layernorm')"]),
+        (dict(mlp="swiglu", bias=False), ["bias = False", "mlp = 'swiglu'"]),
+        (dict(n_kv_head=2), ["n_kv_head = 2"]),
+        (dict(pos="rope"), ["norm = 'layernorm' (needs 'rmsnorm')", "mlp = 'gelu_tanh'"]),
+        (dict(pos="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True), ["qk_norm = True"]),
+    ],
+)
+def test_mixed_config_has_no_twin(kw, fields):
+    config = GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=4, n_embd=16, **kw)
+    with pytest.raises(TinyGPTError, match="no transformers twin") as info:
+        hf_config_for(config)
+    for field in fields:
+        assert field in str(info.value)
+
+
+def test_config_mapping_both_ways():
+    config = GPTConfig(
+        vocab_size=300,
+        block_size=64,
+        n_layer=3,
+        n_head=6,
+        n_embd=96,
+        n_kv_head=3,
+        pos="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        bias=False,
+        rope_theta=123.0,
+        norm_eps=1e-6,
+        tie_weights=False,
+    )
+    hf = hf_config_for(config, eot_id=5)
+    assert hf.model_type == "llama" and hf.num_key_value_heads == 3 and hf.eos_token_id == 5
+    assert hf.rope_parameters["rope_theta"] == 123.0
+    assert config_from_hf(hf) == config
+    gpt2 = GPTConfig(vocab_size=300, block_size=64, n_layer=3, n_head=6, n_embd=96)
+    hf2 = hf_config_for(gpt2)
+    assert hf2.activation_function == "gelu_new" and hf2.n_inner == 384
+    assert config_from_hf(hf2) == gpt2
+
+
+def test_to_hf_model_in_memory():
+    ours = GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_embd=16)).eval()
+    hf = to_hf_model(ours)
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()
+
+
+def test_load_hf_errors(tmp_path):
+    with pytest.raises(TinyGPTError, match="not a transformers model folder"):
+        load_hf(tmp_path)
+    transformers.BertConfig(
+        vocab_size=10,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=8,
+    ).save_pretrained(tmp_path)
+    with pytest.raises(TinyGPTError, match="model type 'bert' is not supported"):
+        load_hf(tmp_path)
+    odd = transformers.LlamaConfig(
+        hidden_size=32,
+        num_attention_heads=4,
+        head_dim=16,
+        num_hidden_layers=1,
+        intermediate_size=8,
+        vocab_size=10,
+    )
+    with pytest.raises(TinyGPTError, match="head_dim 16"):
+        config_from_hf(odd)
+    gelu_fast = transformers.GPT2Config(activation_function="relu", n_layer=1)
+    with pytest.raises(TinyGPTError, match="activation 'relu' is not supported"):
+        config_from_hf(gelu_fast)
