@@ -10,3 +10,11 @@ def _private_cache(tmp_path_factory, monkeypatch):
     """Keep tests away from the user's cache (corpora, prepared datasets)."""
     monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run faster on one thread, and the suite shares two cores with itself."""
+    import torch
+
+    torch.set_num_threads(1)

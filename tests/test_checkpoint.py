@@ -43,6 +43,13 @@ def test_weights_that_do_not_fit_are_a_clear_error(tmp_path):
         ckpt.load_weights(bigger, tmp_path / "m.safetensors")
 
 
+def test_weights_of_another_shape_are_a_clear_error(tmp_path):
+    ckpt.save_weights(_model(), tmp_path / "m.safetensors")
+    wider = GPT(GPTConfig(vocab_size=17, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(TinyGPTError, match="do not fit the model.*config.toml"):
+        ckpt.load_weights(wider, tmp_path / "m.safetensors")
+
+
 def test_save_pointers_and_rotation(tmp_path):
     model = _model()
     opt = torch.optim.AdamW(model.parameters())
@@ -113,4 +120,4 @@ def test_not_a_run_folder(tmp_path):
 def test_state_is_json(tmp_path):
     ckpt.save_checkpoint(tmp_path, 5, _model(), state={"numpy_rng": [1, 2]})
     body = json.loads((tmp_path / "checkpoints" / "step-000005" / "state.json").read_text())
-    assert body["step"] == 5
+    assert body["step"] == 5 and body["numpy_rng"] == [1, 2]

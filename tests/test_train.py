@@ -190,6 +190,11 @@ def test_run_folder_contents(dataset, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["val_loss"] == pytest.approx(result.val_loss)
     assert list((run / "samples").glob("step-000010.txt"))
+    # the run loads from Python and continues text
+    import tinygpt
+
+    text = tinygpt.load(run).generate("to be", max_new_tokens=8, seed=3)
+    assert isinstance(text, str) and text
     # the loss went down from ln(vocab)
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
 
@@ -245,7 +250,8 @@ def test_killed_and_resumed_run_is_bit_identical(dataset, tmp_path):
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert [p.name for p in list_checkpoints(run)] == ["step-000004"]
-    code = main(["train", "--data", str(dataset), "--out", str(run), "--resume", "--no-progress"])
+    # No --data: the run's config.toml names the dataset it was trained on.
+    code = main(["train", "--out", str(run), "--resume", "--no-progress"])
     assert code == 0
     a, b = _losses(straight), _losses(run)
     assert a == b and max(b) == 12
@@ -360,6 +366,14 @@ def test_resume_without_checkpoint(dataset, tmp_path, capsys):
     assert "has no checkpoint to resume from" in capsys.readouterr().err
 
 
+def test_fresh_run_replaces_metrics_left_without_a_checkpoint(dataset, tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.csv").write_text("step,tokens\n99,1\n")
+    train(_config("--train.max_steps", "2"), data_dir=dataset, out_dir=run, progress=False)
+    assert sorted(_losses(run)) == [1, 2]
+
+
 def test_fresh_run_refuses_an_existing_run(dataset, tmp_path, capsys):
     args = [
         "train",
@@ -397,7 +411,10 @@ def test_dataset_with_another_tokenizer_cannot_resume(dataset, tmp_path, capsys)
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("abc\n" * 10, "fewer than one window of model.block_size \\+ 1 = 65; .*--model.block_size"),
+        (
+            "abc\n" * 10,
+            "fewer than one window of model.block_size \\+ 1 = 65; .*--model.block_size",
+        ),
         ("abc\n" * 300, "is smaller than one batch \\(32 × 64\\)"),
     ],
 )

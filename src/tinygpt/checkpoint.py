@@ -133,7 +133,14 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     except (SafetensorError, OSError) as exc:
         raise TinyGPTError(f"cannot read weights {path}: {exc}") from None
     target = unwrap(model)
-    missing, unexpected = target.load_state_dict(clean_state_dict(state), strict=False)
+    try:
+        missing, unexpected = target.load_state_dict(clean_state_dict(state), strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise TinyGPTError(
+            f"weights in {path} do not fit the model ({first}); was the run's config.toml"
+            " edited after training, or a model setting overridden on --resume?"
+        ) from None
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -234,8 +241,8 @@ def save_checkpoint(
         for file in tmp.iterdir():
             _fsync_file(file)
         fsync_dir(tmp)
-        if final.exists():  # re-saving the same step (e.g. after an interrupt)
-            shutil.rmtree(final)
+        if final.exists():  # re-saving the same step: move the old one aside, then delete
+            _discard(final)
         os.replace(tmp, final)
         fsync_dir(folder)
         atomic_write_text(folder / "latest", final.name + "\n")
@@ -254,7 +261,15 @@ def _rotate(run_dir: Path, keep_last: int) -> None:
     steps = list_checkpoints(run_dir)
     for old in steps[: max(0, len(steps) - keep_last)]:
         if old not in protected:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
+
+
+def _discard(folder: Path) -> None:
+    """Delete a checkpoint folder so that no half-deleted folder keeps a complete-looking
+    name: rename it to a hidden name first (atomic), then remove it."""
+    hidden = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    os.replace(folder, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def read_state(checkpoint_dir: Path) -> dict[str, Any]:
@@ -309,9 +324,7 @@ def write_run_files(run_dir: Path, config: RunConfig, tokenizer: Any) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.toml", config.to_toml())
-    tmp = run_dir / f".tokenizer.json.tmp-{os.getpid()}"
-    tokenizer.save(tmp)
-    os.replace(tmp, run_dir / "tokenizer.json")
+    tokenizer.save(run_dir / "tokenizer.json")  # atomic itself
 
 
 def save_model_run(

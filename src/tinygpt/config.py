@@ -63,8 +63,10 @@ class DataConfig:
     backend: str = "native"  # native | hf (bpe trainer)
     val_fraction: float = 0.1
     text_field: str = "text"
+    errors: str = "strict"  # strict | replace: what to do with bytes that are not UTF-8
 
     def __post_init__(self) -> None:
+        _choice("data", "errors", self.errors, ["strict", "replace"])
         if not 0.0 < self.val_fraction < 1.0:
             raise TinyGPTError(
                 f"data.val_fraction = {self.val_fraction} must be between 0 and 1 (exclusive);"

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tinygpt.errors import TinyGPTError
+
 
 @dataclass
 class EvalResult:
@@ -92,6 +94,10 @@ def evaluate(
     `max_tokens` caps the sequence length evaluated (its first `max_tokens` tokens);
     `window_ids` restricts the default windows to these indices (a fixed subset).
     """
+    if batch_size < 1:
+        raise TinyGPTError(f"the evaluation batch size must be at least 1, got {batch_size}")
+    if stride is not None and stride < 1:
+        raise TinyGPTError(f"--stride must be at least 1, got {stride}")
     seq = tokens[: max_tokens + 1] if max_tokens else tokens
     n = len(seq)
     spans = list(windows(n, block_size, stride))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import io
 import json
 import logging
 import math
@@ -52,6 +53,7 @@ import torch
 from tinygpt import __version__
 from tinygpt.checkpoint import (
     FORMAT_VERSION,
+    atomic_write_text,
     list_checkpoints,
     load_optimizer_state,
     load_weights,
@@ -182,7 +184,7 @@ def lr_at(step: int, progress: float, tc: TrainConfig) -> float:
     lr·min_lr_ratio over the last `warmdown_frac` of the budget; constant holds lr.
 
     >>> tc = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.0, max_steps=100)
-    >>> lr_at(4, 0.05, tc), lr_at(50, 0.5, tc), round(lr_at(99, 1.0, tc), 6)
+    >>> lr_at(4, 0.0, tc), lr_at(50, 0.5, tc), round(lr_at(99, 1.0, tc), 6)
     (0.5, 0.5, 0.0)
     """
     warm = min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else 1.0
@@ -356,7 +358,7 @@ class _Watch:
     def row(self, row: dict[str, Any]) -> None:
         new = not self.metrics.exists()
         with open(self.metrics, "a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
+            writer = csv.DictWriter(f, fieldnames=METRICS_FIELDS, lineterminator="\n")
             if new:
                 writer.writeheader()
             writer.writerow({k: _fmt(row.get(k)) for k in METRICS_FIELDS})
@@ -382,10 +384,11 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
         return
     with open(path, newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= after_step]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRICS_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _git_commit() -> str | None:
@@ -514,6 +517,8 @@ def train(
 
     dataset = open_dataset(data_dir)
     tokenizer = dataset.load_tokenizer()
+    # Record the dataset in the run's config, so that `--resume` finds it again.
+    config.data.dir = str(Path(dataset.path).resolve())
     if config.model.vocab_size != tokenizer.vocab_size:
         config.model.vocab_size = tokenizer.vocab_size
         config.model.__post_init__()
@@ -602,9 +607,19 @@ def train(
             "parameters": model.num_params(),
             "resumed_from": start_ckpt.name if start_ckpt else None,
         }
-        (out / "run.json").write_text(json.dumps(provenance(command, meta, info), indent=1))
+        prov = provenance(command, meta, info)
+        if start_ckpt is not None and (out / "run.json").is_file():
+            # keep how the run started; note each resumption
+            first = json.loads((out / "run.json").read_text(encoding="utf-8"))
+            first.setdefault("resumed", []).append(
+                {k: prov[k] for k in ("started", "command", "git_commit", "resumed_from")}
+            )
+            prov = first
+        atomic_write_text(out / "run.json", json.dumps(prov, indent=1))
         if start_ckpt is not None:
             _truncate_metrics(out / "metrics.csv", step)
+        else:  # rows left by an earlier attempt that never reached a checkpoint
+            (out / "metrics.csv").unlink(missing_ok=True)
         watch = _Watch(out / "metrics.csv", tb=_tensorboard(out, tc), wandb=_wandb(out, config))
         log.info(
             "run %s: %s parameters, %s, %s, %d tokens/step, device %s",
@@ -755,6 +770,8 @@ def train(
     if stopped == "interrupted":
         if step != last_saved and step > 0:
             checkpoint(is_best=False)
+        if dist.is_main:
+            _plots(out)
         _finish(dist)
         return result
 
@@ -788,7 +805,7 @@ def train(
             "device": device,
             **result.timings,
         }
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
         log.info(
             "done: step %d, val_loss %.4f (%d tokens), %.1f s training",
             step,
@@ -828,9 +845,14 @@ def _write_sample(model: GPT, tokenizer: Any, tc: TrainConfig, out: Path, step: 
     from tinygpt.generate import TextGenerator
 
     gen = TextGenerator(model, tokenizer)
+    prompt = tc.sample_prompt
+    try:
+        tokenizer.encode(prompt)
+    except TinyGPTError:  # e.g. a char vocabulary without "\n": start at a document boundary
+        prompt = ""
     try:
         text = gen.generate(
-            tc.sample_prompt,
+            prompt,
             max_new_tokens=tc.sample_tokens,
             temperature=0.8,
             top_k=200,
@@ -838,8 +860,8 @@ def _write_sample(model: GPT, tokenizer: Any, tc: TrainConfig, out: Path, step: 
         )
     finally:
         model.train()
-    (out / "samples" / f"step-{step:06d}.txt").write_text(tc.sample_prompt + text, encoding="utf-8")
-    return tc.sample_prompt + text
+    (out / "samples" / f"step-{step:06d}.txt").write_text(prompt + text, encoding="utf-8")
+    return prompt + text
 
 
 def _setup_log_file(path: Path) -> None:

@@ -43,13 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tinygpt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in GROUPS:
-        try:
-            module = importlib.import_module(f"tinygpt.cli.{name}")
-        except ModuleNotFoundError as exc:  # a group not written yet
-            if exc.name != f"tinygpt.cli.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"tinygpt.cli.{name}").register(sub)
     return parser
 
 
@@ -69,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     except TinyGPTError as exc:
         print(f"tinygpt: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # unwritable folder, full disk, missing file outside our checks
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"tinygpt: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("tinygpt: interrupted", file=sys.stderr)
         return 130

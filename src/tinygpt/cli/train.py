@@ -29,6 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--data", metavar="DIR", help="a folder made by `tinygpt prepare`")
     src.add_argument("--corpus", metavar="NAME", help="a built-in corpus (prepared on the fly)")
     src.add_argument("--input", metavar="PATH", help="your text: file, folder, glob or .jsonl")
+    p.add_argument(
+        "--text-field", metavar="F", help="JSONL field holding the text (data.text_field)"
+    )
+    p.add_argument(
+        "--errors",
+        choices=["strict", "replace"],
+        help="bytes that are not UTF-8: stop, or replace with U+FFFD (data.errors)",
+    )
     p.add_argument("--out", metavar="RUN", help="run folder (default: runs/<preset>-<time>)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--max-tokens", type=int, help="stop after this many training tokens")
@@ -66,6 +74,10 @@ def resolve(args: argparse.Namespace):
         value = getattr(args, flag)
         if value is not None:
             overrides += [f"--train.{flag}", str(value)]
+    for flag in ("text_field", "errors"):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides += [f"--data.{flag}", str(value)]
     config_file = args.config
     out = Path(args.out) if args.out else None
     if args.resume and out and (out / "config.toml").is_file() and not (args.preset or config_file):
@@ -129,5 +141,6 @@ def find_data(args: argparse.Namespace, config) -> Path:
         backend=d.backend,
         val_fraction=d.val_fraction,
         text_field=d.text_field,
+        errors=d.errors,
         block_size=config.model.block_size,
     )
