@@ -59,3 +59,12 @@ def test_cli_reference_is_current():
     assert current == reference_markdown(), (
         "docs/cli.md is stale: run `python -m tinygpt.cli --write-reference docs/cli.md`"
     )
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--max-steps", "many"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("tinygpt train: error: argument --max-steps") and "--help" in err

@@ -74,10 +74,6 @@ class Cleaning:
                     f"such as tr or en (supported: {' '.join(sorted(supported))})"
                 )
 
-    @property
-    def changes_text(self) -> bool:
-        return self.nfc or self.strip_markup or self.collapse_whitespace or self.lang is not None
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -199,7 +199,6 @@ def _plan(
         "text_field": text_field,
         "errors": errors,
         "cleaning": cleaning.to_dict(),
-        "block_size": block_size,
         "tokenizer_sample_mb": tokenizer_sample_mb,
         "format": FORMAT_VERSION,
         "version": __version__,
@@ -554,6 +553,9 @@ def prepare_dataset(
     if out_path.is_dir():
         meta = _is_complete(out_path, plan.key)
         if meta is not None:
+            if block_size is not None:  # the context is not part of the key: check it here
+                splits = meta["splits"]
+                _check_block_size([splits["train"]["tokens"], splits["val"]["tokens"]], block_size)
             return PrepareResult(out_path, True, meta)
     _check_destination(out_path, source, force or out is None)
     workers = workers or os.cpu_count() or 1
@@ -584,6 +586,7 @@ def prepare_dataset(
         if block_size is not None:
             _check_block_size(tokens, block_size)
         meta = _meta(plan, spooled, tok, tmp / TOKENIZER, dtype, tokens, nbytes, command)
+        meta["block_size"] = block_size
         meta["seconds"] = round(time.time() - started, 3)
         meta["workers"] = workers
         (tmp / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")
@@ -677,7 +680,6 @@ def _meta(
         "errors": settings["errors"],
         "cleaning": {**settings["cleaning"], "stats": spooled.stats},
         "split": split,
-        "block_size": settings["block_size"],
         "tokenizer": {
             **settings["tokenizer"],
             "kind": tok.kind,
