@@ -225,8 +225,15 @@ def test_prepare_for_training_reuses_cache_folder(tmp_path):
     stamp = (a / "train.bin").stat().st_mtime_ns
     assert prepare_for_training(str(src), block_size=16, progress=False, workers=1) == a
     assert (a / "train.bin").stat().st_mtime_ns == stamp
-    b = prepare_for_training(str(src), block_size=32, progress=False, workers=1)
-    assert b != a and open_dataset(b).meta["block_size"] == 32
+    # The context length only gates a size check: another one reuses the same tokens ...
+    assert prepare_for_training(str(src), block_size=32, progress=False, workers=1) == a
+    assert (a / "train.bin").stat().st_mtime_ns == stamp
+    # ... and one longer than the reused split is still refused.
+    with pytest.raises(TinyGPTError, match="shorter than one context window"):
+        prepare_for_training(str(src), block_size=10**6, progress=False, workers=1)
+    # Another tokenizer setting is another dataset.
+    b = prepare_for_training(str(src), tokenizer="bpe", vocab_size=300, progress=False, workers=1)
+    assert b != a and open_dataset(b).meta["tokenizer_kind"] == "bpe"
 
 
 # --- bad input: one line, exit 2, nothing left behind ------------------------------------
