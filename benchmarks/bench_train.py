@@ -176,11 +176,9 @@ def bench_quality(data: Path, work: Path, repeats: int, budget: float, extra: li
             raise SystemExit(f"training failed:\n{proc.stderr[-2000:]}")
         summary = json.loads((out / "summary.json").read_text())
         with open(out / "metrics.csv", newline="") as f:
-            curve = [
-                (float(r["time_s"]), float(r["val_loss_est"]))
-                for r in csv.DictReader(f)
-                if r["val_loss_est"]
-            ]
+            rows = list(csv.DictReader(f))
+        curve = [(float(r["time_s"]), float(r["val_loss_est"])) for r in rows if r["val_loss_est"]]
+        train_curve = [(float(r["time_s"]), float(r["train_loss"])) for r in rows]
         runs.append(
             {
                 "val_loss": summary["val_loss"],
@@ -190,6 +188,7 @@ def bench_quality(data: Path, work: Path, repeats: int, budget: float, extra: li
                 "train_s": summary["train_s"],
                 "final_eval_s": summary["final_eval_s"],
                 "curve": curve,
+                "train_curve": train_curve,
                 "run": out,
             }
         )
@@ -218,9 +217,12 @@ def plot_curves(runs: list[dict], path: Path, budget: float) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
     for i, r in enumerate(runs):
+        color = f"C{i}"
+        xs, ys = zip(*r["train_curve"]) if r["train_curve"] else ((), ())
+        ax.plot(xs, ys, color=color, linewidth=0.8, alpha=0.6, label=f"run {i + 1}: train loss")
         xs, ys = zip(*r["curve"]) if r["curve"] else ((), ())
-        ax.plot(xs, ys, marker=".", label=f"run {i + 1}: val_loss_est")
-        ax.scatter([r["train_s"]], [r["val_loss"]], marker="*", s=80, zorder=3)
+        ax.plot(xs, ys, color=color, marker="o", linestyle="--", label=f"run {i + 1}: val_loss_est")
+        ax.scatter([r["train_s"]], [r["val_loss"]], color=color, marker="*", s=90, zorder=3)
     ax.axhline(1.78, color="grey", linestyle="--", linewidth=1, label="target 1.78")
     ax.set_xlabel("seconds of training")
     ax.set_ylabel("validation loss")
