@@ -508,3 +508,20 @@ def test_cli_budget_flag_replaces_the_preset_budget(dataset, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "steps 3," in out and "val_loss" in out and "--- sample ---" in out
+
+
+def test_out_of_memory_suggests_a_smaller_micro_batch(dataset, tmp_path, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("tinygpt.train.train_step", oom)
+    with pytest.raises(TinyGPTError) as exc:
+        train(
+            _config("--train.max_steps", "2"),
+            data_dir=dataset,
+            out_dir=tmp_path / "r",
+            progress=False,
+        )
+    message = str(exc.value)
+    assert "out of GPU memory with micro-batch 4 × context 16" in message
+    assert "--train.batch_size 2" in message and "--train.tokens_per_step 64" in message
