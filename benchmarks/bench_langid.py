@@ -11,13 +11,11 @@ kept, and agreement between the two.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
-import subprocess
 import time
 from pathlib import Path
 
+from common import machine_line
 from tinygpt.cleaning import split_sentences
 from tinygpt.corpora import iter_documents
 
@@ -63,16 +61,6 @@ def run_langdetect(texts: list[str]) -> tuple[list[tuple[str, float]], float, fl
     return out, load, time.perf_counter() - start
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-language", type=int, default=1500)
@@ -93,8 +81,7 @@ def main() -> None:
     results = {"py3langid": run_py3langid(texts), "langdetect": run_langdetect(texts)}
     lines = [
         "# language identification benchmark\n",
-        f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M')}, commit {git_commit()}",
+        f"- {machine_line()}",
         f"- {len(texts)} sentences of at least {args.min_chars} characters (mean {mean_len:.0f}): "
         f"{args.per_language} Turkish from `ataturk`, {args.per_language} English from `shakespeare`",
         "",

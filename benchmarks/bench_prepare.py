@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import resource
 import subprocess
@@ -26,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import machine_line
 
 RESULTS = Path(__file__).parent / "results" / "prepare.md"
 
@@ -84,16 +84,6 @@ def run_child(input_path: Path, out: Path, tokenizer: str, workers: int) -> dict
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus", nargs="?", default="/work/shared/data/tinyshakespeare.txt")
@@ -118,9 +108,7 @@ def main() -> None:
     corpus = Path(args.corpus)
     lines = [
         "# prepare benchmark\n",
-        f"- machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M')}, commit {git_commit()}",
+        f"- {machine_line()}",
         f"- input: paragraphs of {corpus.name} shuffled and repeated into one text file",
         "",
     ]

@@ -16,62 +16,14 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime as dt
 import io
 import os
-import platform
 import pstats
-import statistics
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
+from common import ROOT, machine, timed
 from tinygpt.tokenizer import load_tokenizer, train_tokenizer
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    try:
-        cores = str(len(os.sched_getaffinity(0)))
-    except AttributeError:
-        cores = str(os.cpu_count())
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": cores,
-        "python": platform.python_version(),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit,
-    }
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def main() -> int:

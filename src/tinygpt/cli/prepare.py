@@ -15,7 +15,7 @@ from tinygpt.data import prepare_dataset
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    """--corpus / --input and the flags that say how to read them (shared with `train`)."""
+    """--corpus / --input and the flags that say how to read them (shared with `tokenizer train`)."""
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--corpus", metavar="NAME", help="a built-in corpus (tinygpt corpus list)")
     group.add_argument(

@@ -11,6 +11,7 @@ import sys
 import time
 
 from tinygpt.cli import HelpFormatter
+from tinygpt.cli.prepare import add_source_arguments
 from tinygpt.errors import TinyGPTError
 
 
@@ -33,22 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument("--corpus", metavar="NAME", help="a built-in corpus (tinygpt corpus list)")
-    source.add_argument(
-        "--input",
-        metavar="PATH",
-        help="a text file, a folder of .txt/.md files, a glob, a .jsonl file, or hf:NAME[:CONFIG]",
-    )
-    train.add_argument(
-        "--text-field", default="text", metavar="F", help="the text field of JSONL / HF records"
-    )
-    train.add_argument(
-        "--errors",
-        choices=("strict", "replace"),
-        default="strict",
-        help="what to do with bytes that are not UTF-8: stop, or substitute U+FFFD",
-    )
+    add_source_arguments(train)
     train.add_argument("--tokenizer", choices=("char", "bpe"), default="bpe", help="the kind")
     train.add_argument(
         "--vocab-size",
