@@ -230,10 +230,13 @@ train(cfg, data_dir=sys.argv[1], out_dir=sys.argv[2], resume="auto", progress=Fa
 """
 
 
-def test_killed_and_resumed_run_is_bit_identical(dataset, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_killed_and_resumed_run_is_bit_identical(dataset, tmp_path, optimizer):
     """SIGKILL right after the checkpoint at step 4, resume to 12: same losses, same weights."""
     extra = [
         *TINY,
+        "--train.optimizer",
+        optimizer,
         "--train.max_steps",
         "12",
         "--train.checkpoint_interval",

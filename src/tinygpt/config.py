@@ -89,7 +89,10 @@ class TrainConfig:
     max_tokens: int = 0
     max_time: float = 0.0  # seconds of the optimisation loop
     # optimiser
-    lr: float = 1e-3
+    optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
+    lr: float = 1e-3  # AdamW's learning rate (all parameters, or the non-Muon ones)
+    muon_lr: float = 0.02  # Muon's learning rate; follows the same warm-up and schedule
+    muon_momentum: float = 0.95
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
     schedule: str = "cosine"  # cosine | wsd (constant then linear warm-down) | constant
     warmup_steps: int = 100
@@ -123,6 +126,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _choice("train", "schedule", self.schedule, ["cosine", "wsd", "constant"])
         _choice("train", "precision", self.precision, ["auto", "fp32", "bf16", "fp16"])
+        _choice("train", "optimizer", self.optimizer, ["adamw", "muon"])
         _choice("train", "device", self.device, ["auto", "cpu", "cuda", "mps"])
         positive = {
             "batch_size": self.batch_size,
@@ -154,6 +158,12 @@ class TrainConfig:
                 raise TinyGPTError(f"train.{name} = {value} must not be negative")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TinyGPTError(f"train.lr = {self.lr} must be a positive number, e.g. 1e-3")
+        if not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
+            raise TinyGPTError(
+                f"train.muon_lr = {self.muon_lr} must be a positive number, e.g. 0.02"
+            )
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise TinyGPTError(f"train.muon_momentum = {self.muon_momentum} must be in [0, 1)")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise TinyGPTError(f"train.min_lr_ratio = {self.min_lr_ratio} must be in [0, 1]")
         if not 0.0 <= self.warmdown_frac <= 1.0:

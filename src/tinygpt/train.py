@@ -162,18 +162,50 @@ def autocast_for(precision: str, device: str) -> Callable[[], contextlib.Abstrac
 # ----------------------------------------------------------------------------- optimiser
 
 
-def build_optimizer(model: torch.nn.Module, tc: TrainConfig, device: str) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (embeddings and linear weights), not on
-    biases and norm gains — decaying those hurts and buys no regularisation."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+def build_optimizer(model: torch.nn.Module, tc: TrainConfig, device: str) -> Any:
+    """The optimiser `tc.optimizer` names, with weight decay on matrices only.
+
+    adamw: AdamW on everything; decay on matrices (embeddings and linear weights), not on
+    biases and norm gains — decaying those hurts and buys no regularisation. On CUDA this is
+    torch's fused kernel; elsewhere `tinygpt.optim.AdamW`, the same arithmetic in foreach
+    kernels without torch.optim's start-up cost.
+    muon: Muon (`tinygpt.optim`) on the 2-D weights inside the blocks, at `muon_lr`; AdamW
+    on the embeddings, the output head and the vectors, at `lr`. Each group carries
+    `lr_scale`, its learning rate over `lr`, so one schedule drives both.
+    """
+    from tinygpt import optim
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    betas = (tc.beta1, tc.beta2)
+    if tc.optimizer == "muon":
+        hidden = [p for n, p in named if n.startswith("blocks.") and p.dim() == 2]
+        seen = {id(p) for p in hidden}
+        rest = [p for _, p in named if id(p) not in seen]
+        groups = [
+            {
+                "params": hidden,
+                "algorithm": "muon",
+                "lr": tc.muon_lr,
+                "lr_scale": tc.muon_lr / tc.lr,
+                "weight_decay": tc.weight_decay,
+            },
+            {
+                "params": [p for p in rest if p.dim() >= 2],
+                "algorithm": "adamw",
+                "weight_decay": tc.weight_decay,
+            },
+            {"params": [p for p in rest if p.dim() < 2], "algorithm": "adamw", "weight_decay": 0.0},
+        ]
+        groups = [g for g in groups if g["params"]]
+        return optim.Muon(groups, lr=tc.lr, momentum=tc.muon_momentum, betas=betas)
+    params = [p for _, p in named]
     groups = [
-        {"params": decay, "weight_decay": tc.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": tc.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    extra: dict[str, Any] = {"fused": True} if device.startswith("cuda") else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), **extra)
+    if device.startswith("cuda"):
+        return torch.optim.AdamW(groups, lr=tc.lr, betas=betas, fused=True)
+    return optim.AdamW(groups, lr=tc.lr, betas=betas)
 
 
 def lr_at(step: int, progress: float, tc: TrainConfig) -> float:
@@ -267,7 +299,7 @@ class StepResult:
 def train_step(
     model: torch.nn.Module,
     sampler: BatchSampler,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Any,
     *,
     accum: int,
     lr: float,
@@ -279,7 +311,7 @@ def train_step(
 ) -> StepResult:
     """One optimiser step over `accum` micro-batches; returns the mean loss (all ranks)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     total = torch.zeros((), device=sampler.device)
     for micro in range(accum):
         x, y = sampler.next()
