@@ -203,9 +203,13 @@ def bench_quality(data: Path, work: Path, repeats: int, budget: float, extra: li
     return runs
 
 
+# Every setting the default preset changes is set back, so that the recipe does not inherit
+# the preset's optimiser, schedule or block.
 NANOGPT_RECIPE = [
     "--model.pos", "learned", "--model.norm", "layernorm", "--model.mlp", "gelu_tanh",
-    "--model.bias", "false", "--model.n_layer", "4", "--model.block_size", "64",
+    "--model.bias", "false", "--model.qk_norm", "false", "--model.n_layer", "4",
+    "--model.n_head", "4", "--model.n_embd", "128", "--model.block_size", "64",
+    "--train.optimizer", "adamw", "--train.schedule", "cosine",
     "--train.batch_size", "12", "--train.lr", "1e-3", "--train.min_lr_ratio", "0.1",
     "--train.warmup_steps", "100", "--train.beta2", "0.99", "--max-steps", "2000",
 ]  # fmt: skip

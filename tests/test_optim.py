@@ -210,3 +210,34 @@ def test_building_the_optimiser_does_not_import_dynamo():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_grad_scaler_drives_our_optimisers(name):
+    """fp16 training steps through torch's GradScaler: scaling, unscaling and skipping a step
+    with an inf gradient work on our optimisers as on torch's (the CPU scaler runs the same
+    code as the CUDA one)."""
+    cfg = GPTConfig(vocab_size=13, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    plain, scaled = GPT(cfg), GPT(cfg)
+    scaled.load_state_dict(plain.state_dict())
+    tc = TrainConfig(optimizer=name, lr=1e-2)
+    opt_p, opt_s = build_optimizer(plain, tc, "cpu"), build_optimizer(scaled, tc, "cpu")
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x = torch.randint(0, 13, (4, 8), generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        plain(x, x)[1].backward()
+        opt_p.step()
+        opt_p.zero_grad()
+        scaler.scale(scaled(x, x)[1]).backward()
+        scaler.unscale_(opt_s)
+        scaler.step(opt_s)
+        scaler.update()
+        opt_s.zero_grad()
+    assert _same(plain, scaled, atol=1e-5)
+    before = [p.detach().clone() for p in scaled.parameters()]
+    scaler.scale(scaled(x, x)[1]).backward()
+    next(scaled.parameters()).grad[0, 0] = float("inf")
+    scaler.step(opt_s)  # an inf gradient: the step is skipped and the scale backs off
+    scaler.update()
+    assert all(torch.equal(a, b) for a, b in zip(before, scaled.parameters()))
+    assert scaler.get_scale() < 1024.0
