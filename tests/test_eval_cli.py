@@ -67,6 +67,22 @@ def test_eval_input_stride_and_max_tokens(run, tmp_path, capsys):
     assert "bits/byte" in capsys.readouterr().out
 
 
+def test_eval_input_jsonl_field_and_bad_bytes(run, tmp_path, capsys):
+    jsonl = tmp_path / "recs.jsonl"
+    lines = [json.dumps({"body": "All:\nSpeak, speak.\n", "text": ""}) for _ in range(5)]
+    jsonl.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = ["eval", str(run), "--input", str(jsonl), "--json"]
+    assert main([*args, "--text-field", "body"]) == 0
+    assert _json_line(capsys)["tokens"] > 50  # read from "body", not the empty "text"
+    raw = tmp_path / "latin1.txt"
+    raw.write_bytes(b"All:\nSpeak, speak.\n" * 5 + b"caf\xe9\n")
+    err = _error(capsys, ["eval", str(run), "--input", str(raw)])
+    assert "UTF-8" in err and "--errors replace" in err
+    # Replaced, the bad byte becomes U+FFFD, which this character vocabulary has never seen.
+    err = _error(capsys, ["eval", str(run), "--input", str(raw), "--errors", "replace"])
+    assert "U+FFFD" in err and "not in this character vocabulary" in err
+
+
 def test_eval_prompts_and_samples(run, capsys):
     args = ["eval", str(run), "--no-loss", "--make-prompts", "8,8", "--num-prompts", "3"]
     assert main([*args, "--samples", "2", "--json"]) == 0

@@ -194,14 +194,20 @@ def resolve_eval_tokens(
     data: str | Path | None = None,
     input: str | None = None,
     split: str = "val",
+    text_field: str = "text",
+    errors: str = "strict",
 ) -> tuple[np.ndarray, str]:
-    """(tokens, description) for the text asked for; the run's validation split by default."""
+    """(tokens, description) for the text asked for; the run's validation split by default.
+
+    `text_field` and `errors` say how to read `input` (JSONL field; bytes that are not UTF-8).
+    """
     if data and input:
         raise TinyGPTError("give either --data DIR or --input PATH, not both")
     if input:
         from tinygpt.corpora import iter_documents
 
-        return encode_documents(iter_documents(input), tokenizer), f"input {input}"
+        docs = iter_documents(input, text_field=text_field, errors=errors)
+        return encode_documents(docs, tokenizer), f"input {input}"
     if data is None:
         data = _dataset_path_of(run_dir)
         if data is None or not Path(data).is_dir():
@@ -221,6 +227,8 @@ def evaluate_run(
     checkpoint: str = "best",
     data: str | Path | None = None,
     input: str | None = None,
+    text_field: str = "text",
+    errors: str = "strict",
     stride: int | None = None,
     max_tokens: int | None = None,
     device: str = "cpu",
@@ -237,7 +245,9 @@ def evaluate_run(
             f"run folder {run_dir} does not exist; give a folder `tinygpt train` wrote"
         )
     run = load_run(run_dir, checkpoint=checkpoint, device=resolve_device(device))
-    tokens, what = resolve_eval_tokens(run_dir, run.tokenizer, data=data, input=input)
+    tokens, what = resolve_eval_tokens(
+        run_dir, run.tokenizer, data=data, input=input, text_field=text_field, errors=errors
+    )
     result = score_tokens(
         run.model,
         tokens,

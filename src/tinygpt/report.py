@@ -13,7 +13,6 @@ It knows nothing about how runs are trained or evaluated; it only reads their fi
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 import math
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.plots import read_metrics  # plain csv reading; matplotlib is imported lazily
 
 PLOTS = ("loss.png", "stats.png", "attention.png")
 
@@ -32,16 +32,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _metrics_rows(run_dir: Path) -> list[dict[str, str]]:
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def _num(cell: str | None) -> float | None:
-    return float(cell) if cell not in (None, "") else None
+def _known(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def collect(run_dir: str | Path) -> dict[str, Any]:
@@ -58,20 +50,19 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
     config = RunConfig.from_toml(run_dir / "config.toml")
     run_info = _read_json(run_dir / "run.json") or {}
     summary = _read_json(run_dir / "summary.json")
-    rows = _metrics_rows(run_dir)
+    cols = read_metrics(run_dir) if (run_dir / "metrics.csv").is_file() else None
 
     training: dict[str, Any] = {}
-    if rows:
-        last = rows[-1]
-        vals = [(int(r["step"]), _num(r["val_loss_est"])) for r in rows]
-        vals = [(s, v) for s, v in vals if v is not None]
+    if cols and cols["step"]:
+        steps = [int(s) for s in cols["step"]]
+        vals = [(s, v) for s, v in zip(steps, cols["val_loss_est"]) if not math.isnan(v)]
         best = min(vals, key=lambda sv: sv[1]) if vals else None
         training = {
-            "logged_rows": len(rows),
-            "last_step": int(last["step"]),
-            "last_train_loss": _num(last["train_loss"]),
-            "last_lr": _num(last["lr"]),
-            "last_tokens_per_s": _num(last["tokens_per_s"]),
+            "logged_rows": len(steps),
+            "last_step": steps[-1],
+            "last_train_loss": _known(cols["train_loss"][-1]),
+            "last_lr": _known(cols["lr"][-1]),
+            "last_tokens_per_s": _known(cols["tokens_per_s"][-1]),
             "best_val_loss_est": best[1] if best else None,
             "best_val_step": best[0] if best else None,
             "final_val_loss_est": vals[-1][1] if vals else None,

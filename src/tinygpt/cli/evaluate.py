@@ -44,6 +44,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument(
         "--input", metavar="PATH", help="any text: file, folder, glob, .jsonl or hf:NAME"
     )
+    p.add_argument(
+        "--text-field", default="text", metavar="F", help="with --input: the field of JSONL records"
+    )
+    p.add_argument(
+        "--errors",
+        choices=("strict", "replace"),
+        default="strict",
+        help="with --input: bytes that are not UTF-8: stop, or substitute U+FFFD",
+    )
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (tokens)")
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
@@ -143,6 +152,8 @@ def run_eval(args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint,
             data=args.data,
             input=args.input,
+            text_field=args.text_field,
+            errors=args.errors,
             stride=args.stride,
             max_tokens=args.max_tokens,
             device=args.device,
@@ -179,7 +190,12 @@ def _generation(args: argparse.Namespace, run_dir: Path) -> dict:
     if args.make_prompts:
         k, m = _parse_km(args.make_prompts)
         tokens, _ = metrics.resolve_eval_tokens(
-            run_dir, run.tokenizer, data=args.data, input=args.input
+            run_dir,
+            run.tokenizer,
+            data=args.data,
+            input=args.input,
+            text_field=args.text_field,
+            errors=args.errors,
         )
         prompts = metrics.make_prompts(tokens, run.tokenizer, k, m, args.num_prompts)
         path = metrics.write_prompts(run_dir / metrics.EVAL_DIR / "prompts.jsonl", prompts)
