@@ -28,6 +28,7 @@ windows by N tokens so that every token has at least block_size - N tokens of co
 
 def register(sub: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
+    from tinygpt.cli.prepare import add_reading_arguments
 
     p = sub.add_parser(
         "eval",
@@ -44,15 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument(
         "--input", metavar="PATH", help="any text: file, folder, glob, .jsonl or hf:NAME"
     )
-    p.add_argument(
-        "--text-field", default="text", metavar="F", help="with --input: the field of JSONL records"
-    )
-    p.add_argument(
-        "--errors",
-        choices=("strict", "replace"),
-        default="strict",
-        help="with --input: bytes that are not UTF-8: stop, or substitute U+FFFD",
-    )
+    add_reading_arguments(p)
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (tokens)")
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")

@@ -23,6 +23,11 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, required: bool = Tr
         metavar="PATH",
         help="a text file, a folder of .txt/.md files, a glob, a .jsonl file, or hf:NAME[:CONFIG]",
     )
+    add_reading_arguments(parser)
+
+
+def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
+    """--text-field and --errors: how to read an --input (shared with `eval`)."""
     parser.add_argument(
         "--text-field", default="text", metavar="F", help="the text field of JSONL / HF records"
     )
