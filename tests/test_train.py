@@ -304,7 +304,8 @@ def test_ctrl_c_saves_and_exits_cleanly(dataset, tmp_path):
     assert saved and int(saved[-1].name.split("-")[1]) >= 3
 
 
-def test_ddp_two_processes_equal_one_process(dataset, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_ddp_two_processes_equal_one_process(dataset, tmp_path, optimizer):
     """torchrun, 2 CPU processes (Gloo) with batch 4 each == 1 process with batch 8."""
     if shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists():
         pytest.fail("torchrun is not installed with torch")
@@ -320,6 +321,8 @@ def test_ddp_two_processes_equal_one_process(dataset, tmp_path):
         "--no-progress",
         "--train.eval_interval",
         "1000",
+        "--train.optimizer",
+        optimizer,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TINYGPT_DIST_TIMEOUT": "120"}
     two = tmp_path / "two"
