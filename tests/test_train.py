@@ -497,3 +497,79 @@ def test_out_of_memory_suggests_a_smaller_micro_batch(dataset, tmp_path, monkeyp
     message = str(exc.value)
     assert "out of GPU memory with micro-batch 4 × context 16" in message
     assert "--train.batch_size 2" in message and "--train.tokens_per_step 64" in message
+
+
+# ------------------------------------------------------------------ TensorBoard and W&B
+
+
+class _FakeWriter:
+    """Stands in for torch.utils.tensorboard.SummaryWriter and records what it is given."""
+
+    instances: list = []
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir, self.scalars, self.closed = log_dir, [], False
+        _FakeWriter.instances.append(self)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars.append((tag, value, step))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_tensorboard_gets_every_logged_number(dataset, tmp_path, monkeypatch):
+    import types
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = _FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    _FakeWriter.instances.clear()
+    run = tmp_path / "tb"
+    assert main(_tiny_train(dataset, run, "--max-steps", "4", "--no-progress")) == 0
+    (writer,) = _FakeWriter.instances
+    assert writer.log_dir == str(run / "tensorboard") and writer.closed
+    logged = {(tag, step): value for tag, value, step in writer.scalars}
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:  # the same numbers as metrics.csv, at the same steps
+        assert logged[("train_loss", int(r["step"]))] == float(r["train_loss"])
+        assert logged[("lr", int(r["step"]))] == float(r["lr"])
+    # switched off by the setting
+    _FakeWriter.instances.clear()
+    off = _tiny_train(dataset, tmp_path / "off", "--max-steps", "2", "--no-progress")
+    assert main([*off, "--train.tensorboard", "false"]) == 0
+    assert _FakeWriter.instances == []
+
+
+def test_wandb_logs_and_finishes_or_says_how_to_install(dataset, tmp_path, monkeypatch, capsys):
+    import types
+
+    calls: dict = {"log": [], "summary": {}}
+
+    class _Run:
+        summary = calls["summary"]
+
+        def log(self, numbers, step):
+            calls["log"].append((step, numbers))
+
+        def finish(self):
+            calls["finished"] = True
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: calls.update(init=kw) or _Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    run = tmp_path / "wb"
+    argv = _tiny_train(dataset, run, "--max-steps", "3", "--no-progress", "--train.wandb", "true")
+    assert main(argv) == 0
+    assert calls["init"]["project"] == "tinygpt" and calls["init"]["dir"] == str(run)
+    assert calls["init"]["config"]["train"]["max_steps"] == 3
+    assert [s for s, _ in calls["log"]] == [1, 2, 3] and "train_loss" in calls["log"][0][1]
+    summary = json.loads((run / "summary.json").read_text())
+    assert calls["summary"]["val_loss"] == summary["val_loss"] and calls["finished"]
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: import fails
+    argv = _tiny_train(dataset, tmp_path / "wb2", "--max-steps", "1", "--train.wandb", "true")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "wandb package is not installed" in err and "WANDB_MODE=offline" in err
