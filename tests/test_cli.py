@@ -68,3 +68,40 @@ def test_usage_errors_are_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert err.startswith("tinygpt train: error: argument --max-steps") and "--help" in err
+
+
+def test_the_quick_exit_loses_nothing(tmp_path):
+    """`python -m tinygpt` ends with os._exit after flushing (skipping torch's slow
+    interpreter teardown): output, exit codes and every file of a run must be complete."""
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question\n" * 200, encoding="utf-8")
+    env = {**__import__("os").environ, "TINYGPT_CACHE": str(tmp_path / "cache")}
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "tinygpt", *argv], capture_output=True, text=True, env=env
+        )
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    assert (
+        run("prepare", "--input", str(text), "--tokenizer", "char", "--out", str(data)).returncode
+        == 0
+    )
+    tiny = ["--preset", "one-layer", "--model.n_embd", "16", "--model.n_head", "2",
+            "--model.block_size", "16", "--train.batch_size", "4", "--train.sample_tokens", "10",
+            "--train.log_interval", "1"]  # fmt: skip
+    proc = run(
+        "train", "--data", str(data), "--out", str(out), "--max-steps", "3", "--no-progress", *tiny
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "val_loss" in proc.stdout and "--- sample ---" in proc.stdout
+    summary = __import__("json").loads((out / "summary.json").read_text())
+    assert summary["step"] == 3
+    assert "done: step 3" in (out / "train.log").read_text()  # the log was flushed
+    assert (out / "metrics.csv").read_text().count("\n") == 4  # header + 3 steps
+    bad = run("train", "--data", str(data), "--out", str(out), "--max-steps", "3")
+    assert bad.returncode == 2 and bad.stderr.startswith("tinygpt: error:")  # run exists
+    usage = run("train", "--max-stepz", "3")
+    assert usage.returncode == 2 and "tinygpt: error:" in usage.stderr
+    helped = run("--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: tinygpt")
