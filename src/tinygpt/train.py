@@ -181,31 +181,28 @@ def build_optimizer(model: torch.nn.Module, tc: TrainConfig, device: str) -> Any
         hidden = [p for n, p in named if n.startswith("blocks.") and p.dim() == 2]
         seen = {id(p) for p in hidden}
         rest = [p for _, p in named if id(p) not in seen]
-        groups = [
-            {
-                "params": hidden,
-                "algorithm": "muon",
-                "lr": tc.muon_lr,
-                "lr_scale": tc.muon_lr / tc.lr,
-                "weight_decay": tc.weight_decay,
-            },
-            {
-                "params": [p for p in rest if p.dim() >= 2],
-                "algorithm": "adamw",
-                "weight_decay": tc.weight_decay,
-            },
-            {"params": [p for p in rest if p.dim() < 2], "algorithm": "adamw", "weight_decay": 0.0},
-        ]
+        muon = {
+            "params": hidden,
+            "algorithm": "muon",
+            "lr": tc.muon_lr,
+            "lr_scale": tc.muon_lr / tc.lr,
+            "weight_decay": tc.weight_decay,
+        }
+        groups = [muon, *_decay_groups(rest, tc.weight_decay, algorithm="adamw")]
         groups = [g for g in groups if g["params"]]
         return optim.Muon(groups, lr=tc.lr, momentum=tc.muon_momentum, betas=betas)
-    params = [p for _, p in named]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": tc.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+    groups = _decay_groups([p for _, p in named], tc.weight_decay)
     if device.startswith("cuda"):
         return torch.optim.AdamW(groups, lr=tc.lr, betas=betas, fused=True)
     return optim.AdamW(groups, lr=tc.lr, betas=betas)
+
+
+def _decay_groups(params: list[torch.Tensor], weight_decay: float, **extra: Any) -> list[dict]:
+    """Two parameter groups: matrices with weight decay, vectors without."""
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, **extra},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, **extra},
+    ]
 
 
 def lr_at(step: int, progress: float, tc: TrainConfig) -> float:
