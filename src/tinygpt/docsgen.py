@@ -359,9 +359,9 @@ def make_images(folder: Path, steps: int = 200) -> list[Path]:
     and attention maps into `folder/images/` (needs matplotlib)."""
     import tempfile
 
-    from tinygpt.checkpoint import load_run
     from tinygpt.cli import main as cli
     from tinygpt.plots import _pyplot, attention_figure, plot_run
+    from tinygpt.run import load_run
 
     plt = _pyplot()
     images = folder / "images"

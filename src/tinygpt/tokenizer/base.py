@@ -9,9 +9,7 @@ and `bpe.py`) nor about the layout of the JSON file beyond "a dict written as JS
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import regex
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import atomic_write_json
 
 EOT = "<|endoftext|>"
 UNK = "<unk>"
@@ -132,7 +131,7 @@ class Tokenizer:
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"
-        write_json_atomic(path, self.to_json_dict())
+        atomic_write_json(path, self.to_json_dict(), indent=2)
         return path
 
     def check_id(self, id: int) -> None:
@@ -153,23 +152,6 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} kind={self.kind!r} vocab_size={self.vocab_size}>"
-
-
-def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
-    """Write `obj` as JSON to `path` through a temporary file and a rename.
-
-    A reader (or a run killed mid-write) never sees half a file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def added_token_entry(content: str, id: int) -> dict[str, Any]:

@@ -8,13 +8,13 @@ about how tokenizers are trained.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import sha256_file
 from tinygpt.tokenizer.base import EOT, UNK, Tokenizer
 from tinygpt.tokenizer.bpe import BPETokenizer
 from tinygpt.tokenizer.char import CHAR_SPLIT_PATTERN, CharTokenizer
@@ -87,8 +87,4 @@ def _char_from_json_dict(data: dict[str, Any], where: str) -> CharTokenizer:
 
 def file_hash(path: str | os.PathLike[str]) -> str:
     """sha256 (hex) of a `tokenizer.json`'s bytes: the same file gives the same tokens."""
-    h = hashlib.sha256()
-    with open(_resolve(path), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(_resolve(path))
