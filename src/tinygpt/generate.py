@@ -325,7 +325,10 @@ class TextGenerator:
     - seed: makes the sample reproducible (a private generator; global RNG untouched).
     - stop: strings that end a sample (not included in it); end-of-text always ends it.
 
-    An empty prompt starts from the end-of-text token, i.e. at a document boundary.
+    The prompt is text: a special-token string typed in it (`<|endoftext|>`, a chat marker)
+    is encoded as its characters, as `tinygpt prepare` encodes it in training text (the rule
+    in `tinygpt.chat`). An empty prompt starts from the end-of-text token, i.e. at a document
+    boundary.
     """
 
     def __init__(self, model: GPT, tokenizer: Any) -> None:
@@ -338,7 +341,7 @@ class TextGenerator:
         return next(self.model.parameters()).device
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        ids = self.tokenizer.encode(prompt, allowed_special=True) if prompt else []
+        ids = self.tokenizer.encode(prompt) if prompt else []
         if not ids:
             if self.eot_id is None:
                 raise TinyGPTError("the prompt is empty and the tokenizer has no end-of-text")

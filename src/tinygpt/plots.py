@@ -183,7 +183,7 @@ def attention_maps(model: Any, tokenizer: Any, prompt: str) -> tuple[list[int], 
 
     if not prompt:
         raise TinyGPTError("--prompt is empty; give some text to look at")
-    ids = tokenizer.encode(prompt, allowed_special=True)
+    ids = tokenizer.encode(prompt)  # the prompt is text, as in `tinygpt sample`
     block = model.config.block_size
     if len(ids) > block:
         raise TinyGPTError(

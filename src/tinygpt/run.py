@@ -8,6 +8,7 @@ folder. `RunDir` is the only code that knows what the folder holds:
 RUN/
   config.toml       the resolved RunConfig (model, data, train sections)
   tokenizer.json    a byte-for-byte copy of the dataset's tokenizer (HF-compatible)
+  chat_template.json  the chat template of a fine-tuned run (`tinygpt.chat`), if it has one
   run.json          provenance: versions, command, device, and the record of the dataset
                     the run was trained on ("dataset": path, key, tokenizer hash, source);
                     each resumption appends an entry to "resumed"
@@ -45,6 +46,7 @@ from tinygpt.files import atomic_copy, atomic_write_json, atomic_write_text
 
 CONFIG = "config.toml"
 TOKENIZER = "tokenizer.json"
+CHAT_TEMPLATE = "chat_template.json"
 INFO = "run.json"
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"

@@ -76,11 +76,15 @@ def _char_from_json_dict(data: dict[str, Any], where: str) -> CharTokenizer:
     chars = sorted((i, s) for s, i in vocab.items() if s not in specials)
     if [i for i, _ in chars] != list(range(len(chars))):
         raise TinyGPTError(f"{where}: character ids must be 0..n-1 without gaps")
-    tok = CharTokenizer([s for _, s in chars], unk=UNK in specials)
+    extra = [s for s, _ in sorted(specials.items(), key=lambda kv: kv[1]) if s not in (EOT, UNK)]
+    try:
+        tok = CharTokenizer([s for _, s in chars], unk=UNK in specials, special=extra)
+    except TinyGPTError as exc:
+        raise TinyGPTError(f"{where}: {exc}") from None
     if tok.special_tokens != specials:
         raise TinyGPTError(
             f"{where}: special tokens {specials} do not follow the character layout "
-            f"({EOT} right after the characters, then {UNK} if present)"
+            f"({EOT} right after the characters, then {UNK} if present, then the others)"
         )
     return tok
 
