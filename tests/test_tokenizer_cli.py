@@ -105,7 +105,12 @@ def test_bad_flag_combinations(capsys, text_file, tmp_path):
     base = ["tokenizer", "train", "--input", str(text_file), "--out", str(tmp_path / "t.json")]
     assert "--unk applies to --tokenizer char" in _error(capsys, [*base, "--unk"])
     err = _error(capsys, [*base, "--tokenizer", "char", "--vocab-size", "300"])
-    assert "--vocab-size and --special apply to --tokenizer bpe" in err
+    assert "--vocab-size, --special and --min-frequency apply to --tokenizer bpe" in err
+    err = _error(capsys, [*base, "--tokenizer", "char", "--min-frequency", "2"])
+    assert "--min-frequency apply to --tokenizer bpe" in err
+    assert "--min-frequency must be at least 1" in _error(capsys, [*base, "--min-frequency", "0"])
+    err = _error(capsys, [*base, "--lowercase", "de"])
+    assert "unknown --lowercase language 'de'; choose one of: default, tr" in err
 
 
 def test_empty_input(capsys, tmp_path):

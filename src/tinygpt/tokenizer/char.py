@@ -25,6 +25,7 @@ from typing import Any
 
 from tinygpt.errors import TinyGPTError
 from tinygpt.tokenizer.base import EOT, UNK, Tokenizer, added_token_entry
+from tinygpt.tokenizer.normalize import Normalizer
 
 # One code point per piece; `.` would miss line breaks.
 CHAR_SPLIT_PATTERN = r"[\s\S]"
@@ -35,7 +36,9 @@ class CharTokenizer(Tokenizer):
 
     kind = "char"
 
-    def __init__(self, chars: Sequence[str], *, unk: bool = False) -> None:
+    def __init__(
+        self, chars: Sequence[str], *, unk: bool = False, normalizer: Normalizer | None = None
+    ) -> None:
         chars = list(chars)
         for c in chars:
             if len(c) != 1:
@@ -51,18 +54,21 @@ class CharTokenizer(Tokenizer):
         if unk:
             specials[UNK] = len(chars) + 1
         self.unk_id: int | None = specials.get(UNK)
-        super().__init__(specials)
+        super().__init__(specials, normalizer)
 
     @classmethod
-    def train(cls, texts: Iterable[str], *, unk: bool = False) -> CharTokenizer:
+    def train(
+        cls, texts: Iterable[str], *, unk: bool = False, normalizer: Normalizer | None = None
+    ) -> CharTokenizer:
+        """The characters of `texts` after `normalizer` (which the tokenizer keeps)."""
         seen: set[str] = set()
         for text in texts:
-            seen.update(text)
+            seen.update(normalizer(text) if normalizer is not None else text)
         if not seen:
             raise TinyGPTError(
                 "the training text is empty; give a corpus or file that holds some text"
             )
-        return cls(sorted(seen), unk=unk)
+        return cls(sorted(seen), unk=unk, normalizer=normalizer)
 
     @property
     def vocab_size(self) -> int:
@@ -103,7 +109,7 @@ class CharTokenizer(Tokenizer):
             "truncation": None,
             "padding": None,
             "added_tokens": [added_token_entry(s, i) for s, i in self.special_tokens.items()],
-            "normalizer": None,
+            "normalizer": self._normalizer_json(),
             "pre_tokenizer": {
                 "type": "Split",
                 "pattern": {"Regex": CHAR_SPLIT_PATTERN},

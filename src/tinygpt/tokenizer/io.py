@@ -18,6 +18,7 @@ from tinygpt.errors import TinyGPTError
 from tinygpt.tokenizer.base import EOT, UNK, Tokenizer
 from tinygpt.tokenizer.bpe import BPETokenizer
 from tinygpt.tokenizer.char import CHAR_SPLIT_PATTERN, CharTokenizer
+from tinygpt.tokenizer.normalize import Normalizer
 
 
 def _resolve(path: str | os.PathLike[str]) -> Path:
@@ -76,7 +77,8 @@ def _char_from_json_dict(data: dict[str, Any], where: str) -> CharTokenizer:
     chars = sorted((i, s) for s, i in vocab.items() if s not in specials)
     if [i for i, _ in chars] != list(range(len(chars))):
         raise TinyGPTError(f"{where}: character ids must be 0..n-1 without gaps")
-    tok = CharTokenizer([s for _, s in chars], unk=UNK in specials)
+    normalizer = Normalizer.from_json(data.get("normalizer"), where=where)
+    tok = CharTokenizer([s for _, s in chars], unk=UNK in specials, normalizer=normalizer)
     if tok.special_tokens != specials:
         raise TinyGPTError(
             f"{where}: special tokens {specials} do not follow the character layout "
