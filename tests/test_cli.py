@@ -25,6 +25,24 @@ COMMANDS = [
 ]
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["corpus", "list"], ["tokenizer", "--help"]])
+def test_building_the_parser_and_light_commands_do_not_import_torch(argv):
+    """The test session has imported torch, so a fresh interpreter checks sys.modules."""
+    code = (
+        "import sys\n"
+        "from tinygpt.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "sys.stdout.flush()\n"
+        "print('TORCH', 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "TORCH False"
+
+
 def test_every_canonical_command_exists():
     sub = next(
         a

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from tinygpt.cli import main
-from tinygpt.config import RunConfig, TrainConfig, list_presets, load_config, parse_overrides
+from tinygpt.config import (
+    RunConfig,
+    TrainConfig,
+    list_presets,
+    load_config,
+    parse_overrides,
+    resolve_config,
+)
 from tinygpt.errors import TinyGPTError
 
 PRESETS = [
@@ -70,6 +77,36 @@ def test_parse_overrides_forms():
         "model": {"n_layer": "6"},
         "train": {"lr": "1e-3"},
     }
+
+
+def test_overrides_from_python_in_three_spellings():
+    cli = load_config("one-layer", overrides=["--train.max_steps", "30", "--train.lr", "1e-3"])
+    strings = load_config("one-layer", overrides=["train.max_steps=30", "train.lr=1e-3"])
+    mapping = load_config("one-layer", overrides={"train.max_steps": 30, "train.lr": 1e-3})
+    assert cli == strings == mapping and mapping.train.max_steps == 30
+    with pytest.raises(TinyGPTError, match="train.max_steps expects int"):
+        load_config(overrides={"train.max_steps": "many"})
+    with pytest.raises(TinyGPTError, match="train.max_steps expects int, got 2.5"):
+        load_config(overrides={"train.max_steps": 2.5})
+    with pytest.raises(TinyGPTError, match="section.key=VALUE from Python"):
+        load_config(overrides=["train.max_steps"])
+
+
+def test_resolve_config_budgets_replace_the_presets_and_resume_keeps_the_runs(tmp_path):
+    preset = load_config("shakespeare-char").train
+    assert preset.max_time and not preset.max_steps
+    cfg = resolve_config("shakespeare-char", budgets={"max_steps": 7, "max_time": None})
+    assert (cfg.train.max_steps, cfg.train.max_time, cfg.train.max_epochs) == (7, 0.0, 0.0)
+    typed = resolve_config(settings={"train.seed": 5, "train.compile": True, "train.device": None})
+    assert typed.train.seed == 5 and typed.train.compile is True
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(
+        load_config("one-layer", overrides={"train.lr": 0.5}).to_toml()
+    )
+    assert resolve_config(resume_run=run).train.lr == 0.5  # the run's own settings
+    assert resolve_config("one-layer", resume_run=run).train.lr != 0.5  # unless a preset is named
+    assert resolve_config(resume_run=tmp_path / "new").preset == "shakespeare-char"
 
 
 @pytest.mark.parametrize(

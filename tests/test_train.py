@@ -3,8 +3,11 @@ DDP equivalence, interruption and bad input."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -346,6 +349,9 @@ def test_ddp_two_processes_equal_one_process(dataset, tmp_path, optimizer):
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # rank 0 alone reports, and its sample is there
+    assert proc.stdout.count("run: ") == 1 and proc.stdout.count("--- sample ---") == 1
+    assert proc.stdout.split("--- sample ---\n", 1)[1].strip()
     one = tmp_path / "one"
     assert main(["train", "--out", str(one), *common, "--train.batch_size", "8"]) == 0
     a, b = _losses(one), _losses(two)
@@ -554,6 +560,19 @@ def test_a_missing_tensorboard_is_said_once(dataset, tmp_path, monkeypatch, caps
     assert "--train.tensorboard false" in err
 
 
+@pytest.fixture
+def fresh_wandb(monkeypatch, tmp_path):
+    """W&B keeps its settings in a process-wide singleton: start each test from none, with
+    no settings or credentials of the user (HOME) and in offline mode unless a test says."""
+    import wandb
+
+    wandb.teardown()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    yield
+    wandb.teardown()
+
+
 def _wandb_records(run: Path) -> list:
     """The records of the run's offline W&B transaction log, parsed with wandb's own protobuf
     definitions. The file is a LevelDB-style log: a 7-byte header (":W&B", 0xBEE1, version),
@@ -586,9 +605,7 @@ def _wandb_records(run: Path) -> list:
     return records
 
 
-def test_wandb_offline_run_equals_metrics_csv(dataset, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("HOME", str(tmp_path))  # no settings or credentials of the user
+def test_wandb_offline_run_equals_metrics_csv(dataset, tmp_path, fresh_wandb):
     run = tmp_path / "wb"
     argv = _tiny_train(dataset, run, "--max-steps", "4", "--train.wandb", "true")
     assert main([*argv, "--train.eval_interval", "2"]) == 0
@@ -623,11 +640,9 @@ def test_wandb_offline_run_equals_metrics_csv(dataset, tmp_path, monkeypatch):
     assert exits == [0]  # finished
 
 
-def test_wandb_without_key_network_or_package_is_one_line(dataset, tmp_path, monkeypatch, capsys):
-    import wandb
-
-    wandb.teardown()  # forget settings an earlier test's run left in this process
-    monkeypatch.setenv("HOME", str(tmp_path))
+def test_wandb_without_key_network_or_package_is_one_line(
+    dataset, tmp_path, monkeypatch, capsys, fresh_wandb
+):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     argv = _tiny_train(dataset, tmp_path / "a", "--max-steps", "1", "--train.wandb", "true")
@@ -654,3 +669,282 @@ def test_wandb_without_key_network_or_package_is_one_line(dataset, tmp_path, mon
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "wandb package is not installed" in err and "WANDB_MODE=offline" in err
+
+
+# ------------------------------------------------------------------------------- the loop
+
+# Train losses of the golden run below on this project's development machine (AVX-512).
+# Rerun with ATEN_CPU_CAPABILITY=avx2 and =default (no vector instructions) the same steps
+# differ by at most 5e-7 (two float32 ulps at 3.0; the test runs both), so 1e-5 allows for
+# other instruction sets while any change to data order, initialisation, schedule or
+# optimiser moves these numbers by far more.
+GOLDEN = {
+    "adamw": [3.1422221660614014, 3.081000804901123, 3.026517391204834, 2.995776414871216,
+              2.991863965988159, 2.955702066421509, 2.935973882675171, 2.9234604835510254],
+    "muon": [3.1422221660614014, 3.0866775512695312, 3.0400047302246094, 3.0066826343536377,
+             2.9962480068206787, 2.9580485820770264, 2.9366238117218018, 2.9290971755981445],
+}  # fmt: skip
+GOLDEN_TOLERANCE = 1e-5
+
+GOLDEN_SCRIPT = """
+import csv, json, sys
+import torch
+torch.set_num_threads(1)
+from tinygpt.config import load_config
+from tinygpt.train import train
+cfg = load_config("one-layer", overrides=json.loads(sys.argv[3]))
+train(cfg, data_dir=sys.argv[1], out_dir=sys.argv[2], progress=False)
+with open(sys.argv[2] + "/metrics.csv") as f:
+    print(json.dumps([float(r["train_loss"]) for r in csv.DictReader(f)]))
+"""
+
+
+def _golden_overrides(optimizer: str) -> dict:
+    tiny = dict(zip(TINY[::2], TINY[1::2]))
+    return {
+        **{k[2:]: v for k, v in tiny.items()},
+        "train.max_steps": 8,
+        "train.eval_interval": 4,
+        "train.optimizer": optimizer,
+    }
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_golden_losses_of_a_tiny_seeded_run(dataset, tmp_path, optimizer):
+    train(
+        load_config("one-layer", overrides=_golden_overrides(optimizer)),
+        data_dir=dataset,
+        out_dir=tmp_path / "r",
+        progress=False,
+    )
+    losses = [float(v) for v in _losses(tmp_path / "r").values()]
+    assert losses == pytest.approx(GOLDEN[optimizer], abs=GOLDEN_TOLERANCE, rel=0)
+
+
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_golden_losses_hold_on_other_instruction_sets(dataset, tmp_path, capability):
+    """The same run with torch's kernels limited to AVX2, or to no vector instructions."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+    out = subprocess.run(
+        [sys.executable, "-c", GOLDEN_SCRIPT, str(dataset), str(tmp_path / "r"),
+         json.dumps(_golden_overrides("adamw"))],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    losses = json.loads(out.stdout.strip().splitlines()[-1])
+    assert losses == pytest.approx(GOLDEN["adamw"], abs=GOLDEN_TOLERANCE, rel=0)
+
+
+class ListSource:
+    """A hand-made batch source: the given (x, y) batches in turn."""
+
+    def __init__(self, batches):
+        self.batches, self.i = batches, 0
+
+    def next(self):
+        batch = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return batch
+
+    @property
+    def epochs(self):
+        return self.i / len(self.batches)
+
+    def state(self):
+        return {"i": self.i}, {}
+
+    def restore(self, state, tensors):
+        self.i = state["i"]
+
+
+def _tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16))
+
+
+def test_train_step_accumulation_equals_a_bigger_batch():
+    from tinygpt.runtime import Dist
+    from tinygpt.train import train_step
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(11, (8, 8), generator=g), torch.randint(11, (8, 8), generator=g)
+    tc = TrainConfig(weight_decay=0.1, grad_clip=1.0)
+    results = []
+    for accum, source in [
+        (1, ListSource([(x, y)])),
+        (2, ListSource([(x[:4], y[:4]), (x[4:], y[4:])])),
+    ]:
+        model = _tiny_model()
+        opt = build_optimizer(model, tc, "cpu")
+        common = dict(autocast=contextlib.nullcontext, scaler=None, dist=Dist())
+        res = train_step(
+            model, source, opt, accum=accum, lr=1e-2, grad_clip=1.0, skip_nonfinite=False, **common
+        )
+        results.append((res, model.state_dict()))
+    (a, wa), (b, wb) = results
+    assert a.tokens == b.tokens == 64
+    assert a.loss == pytest.approx(b.loss, abs=1e-6)
+    assert a.grad_norm == pytest.approx(b.grad_norm, rel=1e-5)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)
+
+
+class _FixedEvaluator:
+    def estimate(self, model):
+        return 1.0
+
+    def final(self, model):
+        from tinygpt.evaluate import EvalResult
+
+        return EvalResult(nll=1.0, tokens=1)
+
+
+def test_fit_trains_on_a_masked_source_and_masked_positions_get_no_gradient(tmp_path):
+    """The loop needs nothing new for fine-tuning-style data: targets of -1 are not scored."""
+    from tinygpt.runtime import Runtime
+    from tinygpt.train import fit
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(11, (2, 8), generator=g)
+    y = torch.randint(11, (2, 8), generator=g)
+    masked = torch.zeros(2, 8, dtype=torch.bool)
+    masked[0, :5] = True  # a "prompt"
+    masked[1, 6:] = True  # "padding"
+    y = y.masked_fill(masked, -1)
+    model = _tiny_model()
+    grads = []
+
+    def keep_grad(module, inputs, output):
+        if output.requires_grad:
+            output.register_hook(lambda grad: grads.append(grad.detach().clone()))
+
+    model.lm_head.register_forward_hook(keep_grad)
+    tc = TrainConfig(
+        max_steps=3, warmup_steps=0, eval_interval=2, log_interval=1, tensorboard=False
+    )
+    result = fit(
+        model,
+        ListSource([(x, y)]),
+        build_optimizer(model, tc, "cpu"),
+        tc,
+        RunDir(tmp_path / "run"),
+        evaluator=_FixedEvaluator(),
+        rt=Runtime(),
+        progress=False,
+    )
+    assert result.step == 3 and len(grads) == 3
+    for grad in grads:  # (B, T, V) gradient of the logits
+        assert torch.all(grad[masked] == 0)
+        assert torch.all(grad[~masked].abs().sum(-1) > 0)
+    assert [int(s) for s in _losses(tmp_path / "run")] == [1, 2, 3]
+    assert RunDir(tmp_path / "run").checkpoints()  # saved at the estimate and at the end
+
+
+def test_the_epoch_budget_ends_training_and_drives_the_schedule(dataset, tmp_path, capsys):
+    from tinygpt.data import open_dataset
+
+    n = len(open_dataset(dataset).train)
+    run = tmp_path / "e"
+    assert main(_tiny_train(dataset, run, "--max-epochs", "0.02")) == 0
+    steps = math.ceil(0.02 * n / (4 * 16))
+    assert max(_losses(run)) == steps
+    cfg = RunDir(run).read_config().train
+    assert cfg.max_epochs == 0.02 and cfg.max_steps == 0  # the preset's step budget replaced
+    rows = _metrics_rows(run)
+    assert float(rows[-1]["lr"]) < float(rows[len(rows) // 2]["lr"])  # decayed to the end
+
+
+def test_train_leaves_the_callers_config_alone(dataset, tmp_path):
+    cfg = _config("--train.max_steps", "2")
+    before = copy.deepcopy(cfg.to_dict())
+    train(cfg, data_dir=dataset, out_dir=tmp_path / "r", progress=False)
+    assert cfg.to_dict() == before
+    assert RunDir(tmp_path / "r").read_config().model.vocab_size != before["model"]["vocab_size"]
+
+
+def test_without_a_terminal_progress_is_a_line_now_and_then(dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("tinygpt.train.PROGRESS_EVERY_S", 0.0)
+    cfg = _config("--train.max_steps", "5")
+    train(cfg, data_dir=dataset, out_dir=tmp_path / "r", progress=True)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("step ")]
+    assert len(lines) == 5 and lines[-1].startswith("step 5 (100%): loss ")
+    assert "\r" not in err and "|" not in err  # no progress bar drawn into a log
+
+
+def _fail_at(monkeypatch, call: int, error: BaseException):
+    """Make the `call`-th train_step raise `error` (after the earlier ones ran for real)."""
+    from tinygpt import train as train_module
+
+    real, calls = train_module.train_step, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", flaky)
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (KeyboardInterrupt(), "interrupted"),
+        (torch.OutOfMemoryError("CUDA out of memory"), "out of GPU memory"),
+        ("nan", "loss became nan"),
+    ],
+)
+def test_every_ending_closes_logs_and_the_process_group(
+    dataset, tmp_path, monkeypatch, error, expected, fresh_wandb
+):
+    """Ctrl-C, out-of-memory and a non-finite loss at step 4: metrics.csv and the TensorBoard
+    log hold every step logged before it, W&B is finished, the process group is left, and
+    only a normal end waits at the barrier."""
+    from tinygpt import runtime
+
+    closed = []
+    monkeypatch.setattr(runtime, "close_distributed", lambda dist, ok: closed.append(ok))
+    if error == "nan":
+        real = GPT.forward
+        calls = []
+
+        def poisoned(self, idx, targets=None, **kw):
+            logits, loss = real(self, idx, targets, **kw)
+            if targets is not None and self.training:
+                calls.append(1)
+                if len(calls) == 4:
+                    loss = loss * float("nan")
+            return logits, loss
+
+        monkeypatch.setattr(GPT, "forward", poisoned)
+    else:
+        _fail_at(monkeypatch, 4, error)
+    run = tmp_path / "r"
+    cfg = _config("--train.max_steps", "10", "--train.wandb", "true")
+    if expected == "interrupted":
+        result = train(cfg, data_dir=dataset, out_dir=run, progress=False)
+        assert result.stopped == "interrupted" and closed == [True]
+    else:
+        with pytest.raises(TinyGPTError, match=expected):
+            train(cfg, data_dir=dataset, out_dir=run, progress=False)
+        assert closed == [False]
+    assert [int(r["step"]) for r in _metrics_rows(run)] == [1, 2, 3]
+    assert sorted(_tb_scalars(run)["train_loss"]) == [1, 2, 3]
+    exits = [r.exit.exit_code for r in _wandb_records(run) if r.WhichOneof("record_type") == "exit"]
+    assert exits == [0 if expected == "interrupted" else 1]
+
+
+def test_leaving_the_process_group_waits_only_after_a_normal_end(tmp_path, monkeypatch):
+    import torch.distributed as tdist
+
+    from tinygpt.runtime import Dist, close_distributed
+
+    barriers = []
+    monkeypatch.setattr(tdist, "barrier", lambda *a, **k: barriers.append(1))
+    for ok in (False, True):
+        store = f"file://{tmp_path}/store-{ok}"
+        tdist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+        close_distributed(Dist(rank=0, world_size=2), ok=ok)
+        assert not tdist.is_initialized()
+    assert barriers == [1]  # only the normal end

@@ -166,9 +166,12 @@ class DataConfig:
 
     source: str = "shakespeare"
     dir: str = ""
-    tokenizer: str = "char"  # char | bpe | path to a tokenizer.json
+    tokenizer: str = "char"  # char | bpe | gpt2 | path to a tokenizer.json
     vocab_size: int = 0  # bpe only; 0 = the preset's model.vocab_size
     backend: str = "native"  # native | hf (bpe trainer)
+    min_frequency: int = 1  # bpe only: a pair merges only when seen this often
+    lowercase: str = ""  # "" (keep case) | default | tr (Turkish İ→i, I→ı); char and bpe only
+    normalize_whitespace: bool = False  # collapse runs of spaces and tabs; char and bpe only
     val_fraction: float = 0.1
     text_field: str = "text"
     errors: str = "strict"  # strict | replace: what to do with bytes that are not UTF-8
@@ -181,8 +184,11 @@ class DataConfig:
                 " 0.1 keeps the last 10% for validation"
             )
         _choice("data", "backend", self.backend, ["native", "hf"])
+        _choice("data", "lowercase", self.lowercase, ["", "default", "tr"])
         if self.vocab_size < 0:
             raise TinyGPTError(f"data.vocab_size = {self.vocab_size} must be >= 0")
+        if self.min_frequency < 1:
+            raise TinyGPTError(f"data.min_frequency = {self.min_frequency} must be at least 1")
 
 
 @dataclass
@@ -539,7 +545,9 @@ def resolve_config(
       own `config.toml` is the starting point, so a resumed run keeps its settings.
     """
     if resume_run is not None and not (preset or config_file):
-        own = Path(resume_run) / "config.toml"
+        from tinygpt.run import RunDir
+
+        own = RunDir(resume_run).config_path
         if own.is_file():
             config_file = own
     merged = dict(parse_overrides(overrides))

@@ -217,6 +217,7 @@ class RunDir:
         step and drops later ones, which it is about to log again.
         """
         path = self.metrics_path
+        self.path.mkdir(parents=True, exist_ok=True)
         if after_step is None:
             path.unlink(missing_ok=True)
         elif path.is_file():

@@ -698,7 +698,12 @@ class Watch:
             self.tb.close()
             self.tb = None
         if self.wandb:
+            import wandb
+
             self.wandb.finish(exit_code=0 if ok else 1)
+            # Stop W&B's service process too: it writes the run's log file, and the command
+            # line ends with os._exit, which would not wait for it.
+            wandb.teardown()
             self.wandb = None
 
 
@@ -914,6 +919,9 @@ def find_dataset(
         tokenizer=d.tokenizer,
         vocab_size=d.vocab_size or config.model.vocab_size,
         backend=d.backend,
+        min_frequency=d.min_frequency,
+        lowercase=d.lowercase or None,
+        normalize_whitespace=d.normalize_whitespace,
         val_fraction=d.val_fraction,
         text_field=d.text_field,
         errors=d.errors,
