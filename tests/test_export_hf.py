@@ -420,3 +420,28 @@ def test_import_refuses_sentencepiece_and_bad_folders(exported, tmp_path, capsys
     code, _, err = _cli(capsys, "import", exported, "--out", busy)
     _one_line_error(code, err, "already exists and is not empty")
     assert not any((tmp_path / n).exists() for n in ("r1", "r2", "r3"))
+
+
+def test_import_reads_a_gpt2_folder_with_vocab_and_merges_only(tmp_path, capsys):
+    """GPT-2's classic tokenizer files (no tokenizer.json) are converted by transformers."""
+    texts = [_text(seed=s, lines=80) for s in range(2)]
+    tokenizer = train_tokenizer("bpe", texts, vocab_size=300, pattern="gpt2")
+    config = GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    torch.manual_seed(0)
+    model = GPT(config)
+    with torch.no_grad():
+        for p in model.parameters():  # non-zero biases, so that bias stays true
+            p.add_(torch.randn_like(p) * 0.05)
+    folder = save_hf_folder(model, tmp_path / "gpt2", tokenizer=tokenizer)
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    (folder / "vocab.json").write_text(json.dumps(data["model"]["vocab"]), encoding="utf-8")
+    merges = "\n".join(data["model"]["merges"])
+    (folder / "merges.txt").write_text(f"#version: 0.2\n{merges}\n", encoding="utf-8")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).unlink()
+    code, _, err = _cli(capsys, "import", folder, "--out", tmp_path / "run")
+    assert code == 0, err
+    back = load_run(tmp_path / "run")
+    assert back.config.model == config and back.config.data.tokenizer == "bpe"
+    for text in VARIED:
+        assert back.tokenizer.encode(text) == tokenizer.encode(text)
