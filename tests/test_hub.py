@@ -5,6 +5,9 @@ where the export is on disk."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -213,3 +216,19 @@ def test_bad_repo_id_and_bad_folder(run, tmp_path, uploads, monkeypatch, capsys)
     code, _, err = _cli(capsys, "push", tmp_path, "--repo-id", "me/x")
     _one_line_error(code, err, "neither a run folder")
     assert uploads == [] and not (run / "export").exists()
+
+
+def test_push_offline_in_a_fresh_process(run, tmp_path):
+    """`python -m tinygpt push` as a user runs it: nothing imported beforehand."""
+    assert main(["export", str(run), "--out", str(tmp_path / "hf")]) == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    env.update(HF_TOKEN=TOKEN, HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "home"))
+    done = subprocess.run(
+        [sys.executable, "-m", "tinygpt", "push", str(tmp_path / "hf"), "--repo-id", "me/x"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    _one_line_error(
+        done.returncode, done.stderr, "cannot reach http://127.0.0.1:9",
+        f"the export is on disk at {tmp_path / 'hf'}",
+    )  # fmt: skip
+    assert TOKEN not in done.stdout + done.stderr

@@ -36,7 +36,10 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 def _hub() -> Any:
     try:
+        # The submodules are imported by name: the package exposes them lazily, if at all.
         import huggingface_hub
+        import huggingface_hub.constants
+        import huggingface_hub.utils
     except ImportError as exc:
         raise TinyGPTError(
             "pushing needs the `huggingface_hub` package; install it with:"
