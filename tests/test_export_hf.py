@@ -15,15 +15,14 @@ import pytest
 import torch
 import yaml
 
-from tinygpt.checkpoint import load_run, save_model_run
 from tinygpt.cli import main
-from tinygpt.config import RunConfig, list_presets, load_config
+from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K, RunConfig, list_presets, load_config
 from tinygpt.data import prepare
 from tinygpt.errors import TinyGPTError
 from tinygpt.export.card import language_of
 from tinygpt.export.hf import save_hf_folder
-from tinygpt.generate import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from tinygpt.model import GPT, GPTConfig
+from tinygpt.run import load_run, save_model_run
 from tinygpt.tokenizer import EOT, train_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -121,7 +120,7 @@ def test_folder_files_and_generation_defaults(run, exported):
     eot = load_run(run).tokenizer.eot_id
     gen = json.loads((exported / "generation_config.json").read_text())
     assert gen["bos_token_id"] == gen["eos_token_id"] == gen["pad_token_id"] == eot
-    assert gen["temperature"] == DEFAULT_TEMPERATURE and gen["top_k"] == DEFAULT_TOP_K
+    assert gen["temperature"] == SAMPLE_TEMPERATURE and gen["top_k"] == SAMPLE_TOP_K
     assert gen["do_sample"] is True and gen["max_length"] == 128
     special = json.loads((exported / "special_tokens_map.json").read_text())
     assert special == {"bos_token": EOT, "eos_token": EOT, "pad_token": EOT}
@@ -351,6 +350,48 @@ def test_chat_template_is_exported_twice_and_ends_turns(tmp_path):
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     assert list(hf.generation_config.eos_token_id) == [tokenizer.eot_id, end]
+
+
+@pytest.mark.parametrize("name", ["default", "inst"])
+def test_a_chat_runs_template_is_exported_and_imported(run, name, tmp_path, capsys):
+    """A run with RUN/chat_template.json: its Jinja goes into the export, transformers gives
+    the ids our template gives, and import brings the template back."""
+    from tinygpt.chat import get_template, load_template, save_template
+
+    template = get_template(name)
+    base = load_run(run)
+    tokenizer = base.tokenizer.with_special_tokens(template.special_tokens)
+    config = GPTConfig(**{**base.config.model.__dict__, "vocab_size": tokenizer.vocab_size})
+    torch.manual_seed(0)
+    chat_run = tmp_path / "chat"
+    save_model_run(chat_run, RunConfig(model=config), GPT(config), tokenizer)
+    save_template(chat_run, template)
+    code, _, err = _cli(capsys, "export", chat_run, "--out", tmp_path / "hf")
+    assert code == 0, err
+    out = tmp_path / "hf"
+    jinja = (out / "chat_template.jinja").read_text(encoding="utf-8")
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == jinja
+    assert jinja == template.jinja()
+    end = tokenizer.special_tokens[template.end_of_turn]
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == [tokenizer.eot_id, end]
+    assert "chat template | yes" in (out / "README.md").read_text(encoding="utf-8")
+
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    conversation = [
+        {"role": "system", "content": "to be"},
+        {"role": "user", "content": "ağaç 😀"},
+        {"role": "assistant", "content": "Şişli\nşeker"},
+        {"role": "user", "content": "or not"},
+    ]
+    ids = hf_tok.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True)
+    ids = ids["input_ids"] if not isinstance(ids, list) else ids
+    assert ids == template.encode(tokenizer, conversation, add_generation_prompt=True)[0]
+    assert end in ids
+
+    code, _, err = _cli(capsys, "import", out, "--out", tmp_path / "back")
+    assert code == 0, err
+    assert load_template(tmp_path / "back") is template
 
 
 def test_end_of_turn_must_be_a_special_token(tmp_path):

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tinygpt.checkpoint import save_model_run
 from tinygpt.cli import main
 from tinygpt.config import RunConfig
 from tinygpt.export import hub
 from tinygpt.model import GPT, GPTConfig
+from tinygpt.run import save_model_run
 from tinygpt.tokenizer import train_tokenizer
 
 huggingface_hub = pytest.importorskip("huggingface_hub")

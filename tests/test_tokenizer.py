@@ -238,6 +238,59 @@ def test_bpe_save_load_and_hash(bpe, tmp_path):
     assert file_hash(tmp_path / "v.json") != h
 
 
+# --- special tokens added later (chat markers for fine-tuning) ----------------------------
+
+CHAT = ["<|user|>", "<|assistant|>", "<|end|>"]
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_with_special_tokens_appends_ids_and_keeps_old_ones(kind, bpe, docs, tmp_path):
+    base = bpe if kind == "bpe" else train_tokenizer("char", docs, unk=True)
+    tok = base.with_special_tokens([*CHAT, EOT, CHAT[0]])  # known and repeated ones skipped
+    assert type(tok) is type(base) and base.special_tokens == dict(base.special_tokens)
+    n = base.vocab_size
+    assert tok.vocab_size == n + 3
+    assert tok.special_tokens == {**base.special_tokens, **{s: n + k for k, s in enumerate(CHAT)}}
+    text = docs[0] + "".join(CHAT)
+    assert tok.encode(text) == base.encode(text)  # specials off: the same ids as before
+    ids = tok.encode(f"<|user|>{docs[1]}<|end|>", allowed_special=True)
+    assert ids == [n, *base.encode(docs[1]), n + 2]
+    assert tok.decode(ids) == f"<|user|>{docs[1]}<|end|>"
+    assert tok.with_special_tokens(CHAT) is tok  # nothing missing: the same tokenizer
+    back = load_tokenizer(tok.save(tmp_path / "tokenizer.json"))
+    assert back.special_tokens == tok.special_tokens and back.vocab_size == tok.vocab_size
+    assert back.encode(text, allowed_special=True) == tok.encode(text, allowed_special=True)
+    assert back.to_json_dict() == tok.to_json_dict()
+    # Added twice in two steps gives the same tokenizer as in one step.
+    twice = base.with_special_tokens(CHAT[:1]).with_special_tokens(CHAT)
+    assert twice.to_json_dict() == tok.to_json_dict()
+
+
+def test_with_special_tokens_refuses_ordinary_tokens_and_empty_strings(bpe):
+    char = train_tokenizer("char", ["ab<>"])
+    with pytest.raises(TinyGPTError, match="'a' is already the ordinary token 2"):
+        char.with_special_tokens(["a"])
+    with pytest.raises(TinyGPTError, match=r"'x' is already the ordinary token \d+"):
+        bpe.with_special_tokens(["x"])
+    with pytest.raises(TinyGPTError, match="non-empty string"):
+        bpe.with_special_tokens([""])
+    with pytest.raises(TinyGPTError, match="<unk> is not an extra special token"):
+        char.with_special_tokens([UNK])
+    assert char.with_special_tokens(["<a>"]).special_tokens["<a>"] == char.vocab_size
+
+
+def test_char_file_with_misplaced_special_is_refused(tmp_path):
+    tok = train_tokenizer("char", ["ab"]).with_special_tokens(["<x>", "<y>"])
+    data = tok.to_json_dict()
+    for entry in data["added_tokens"]:
+        if entry["content"] == "<y>":
+            entry["id"] = 9
+    data["model"]["vocab"]["<y>"] = 9
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(TinyGPTError, match="do not follow the character layout"):
+        load_tokenizer(tmp_path)
+
+
 # --- bad input --------------------------------------------------------------------------
 
 

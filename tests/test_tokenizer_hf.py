@@ -156,3 +156,30 @@ def test_char_tokenizer_parity(tmp_path):
         assert ids == hf_tok.encode(text).ids == fast.encode(text, add_special_tokens=False)
     text = "İstanbul'da ağaç\n"
     assert hf_tok.decode(tok.encode(text)) == text
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_added_special_tokens_parity(trained, tmp_path, kind):
+    """Special tokens added after training keep every old id, and `tokenizers` and
+    `transformers` read them as single tokens with our ids."""
+    base = trained[0] if kind == "bpe" else train_tokenizer("char", corpus(20_000), unk=True)
+    chat = ["<|im_start|>", "<|im_end|>", "<INST>", "</INST>"]
+    tok = base.with_special_tokens(chat)
+    path = tok.save(tmp_path / "tokenizer.json")
+    hf_tok = tokenizers.Tokenizer.from_file(str(path))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
+    assert hf_tok.get_vocab_size(with_added_tokens=True) == tok.vocab_size
+    for s in chat:
+        assert hf_tok.token_to_id(s) == tok.special_tokens[s] >= base.vocab_size
+    texts = [
+        *corpus(3_000, seed=12),
+        "<|im_start|>user\nMerhaba<|im_end|>\n<|im_start|>assistant\n",
+        f"<INST>soru</INST>cevap{EOT}<INST><INST>x",
+        "<|im_start<|im_end|>|>",
+    ]
+    for text in texts:
+        ids = tok.encode(text, allowed_special=True)
+        assert ids == hf_tok.encode(text).ids == fast.encode(text, add_special_tokens=False)
+        assert hf_tok.decode(ids, skip_special_tokens=False) == tok.decode(ids)
+    for text in corpus(3_000, seed=13):
+        assert tok.encode(text, allowed_special=True) == base.encode(text, allowed_special=True)

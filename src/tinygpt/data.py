@@ -47,8 +47,9 @@ import numpy as np
 
 from tinygpt import __version__
 from tinygpt.cleaning import LANGUAGE_SAMPLE_CHARS, Cleaner, Cleaning, document_digest
-from tinygpt.corpora import Source, cache_dir, cut_point, open_source, sha256_file
+from tinygpt.corpora import Source, cache_dir, cut_point, open_source
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import sha256_file
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -95,7 +96,8 @@ class Dataset:
         return load_tokenizer(self.tokenizer_path)
 
 
-def _read_meta(path: Path) -> dict[str, Any] | None:
+def read_meta(path: Path) -> dict[str, Any] | None:
+    """A dataset folder's meta.json, or None when it is missing or not a dataset's."""
     try:
         meta = json.loads((path / META).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -111,7 +113,7 @@ def open_dataset(path: str | os.PathLike[str]) -> Dataset:
         raise TinyGPTError(f"dataset folder {path} does not exist; {hint}")
     if not (path / META).is_file():
         raise TinyGPTError(f"{path} is not a tinygpt dataset (no {META}); {hint}")
-    meta = _read_meta(path)
+    meta = read_meta(path)
     if meta is None:
         raise TinyGPTError(f"{path / META} is damaged or not a dataset description; {hint}")
     dtype = np.dtype(meta["dtype"])
@@ -162,15 +164,12 @@ def _plan(
     text_field: str,
     errors: str,
     cleaning: Cleaning,
-    block_size: int | None,
     tokenizer_sample_mb: float,
 ) -> _Plan:
     if not 0.0 < val_fraction < 1.0:
         raise TinyGPTError(
             f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}"
         )
-    if block_size is not None and block_size < 1:
-        raise TinyGPTError(f"--block-size must be at least 1, got {block_size}")
     if tokenizer_sample_mb <= 0:
         raise TinyGPTError(f"the tokenizer sample must be positive, got {tokenizer_sample_mb} MB")
     tokenizer_file: Path | None = None
@@ -209,7 +208,7 @@ def _plan(
 
 def _is_complete(path: Path, key: str) -> dict[str, Any] | None:
     """The meta of a finished dataset at `path` made with `key`, else None."""
-    meta = _read_meta(path)
+    meta = read_meta(path)
     if meta is None or meta.get("key") != key:
         return None
     try:
@@ -225,7 +224,7 @@ def _check_destination(out: Path, source: str, force: bool) -> None:
         return
     if not out.is_dir():
         raise TinyGPTError(f"output path {out} is a file; choose a folder for --out")
-    meta = _read_meta(out)
+    meta = read_meta(out)
     if meta is None:
         if any(out.iterdir()):
             raise TinyGPTError(
@@ -536,6 +535,8 @@ def prepare_dataset(
     cleaning = cleaning if cleaning is not None else Cleaning()
     if workers is not None and workers < 1:
         raise TinyGPTError(f"--workers must be at least 1, got {workers}")
+    if block_size is not None and block_size < 1:
+        raise TinyGPTError(f"--block-size must be at least 1, got {block_size}")
     plan = _plan(
         source,
         tokenizer=tokenizer,
@@ -546,7 +547,6 @@ def prepare_dataset(
         text_field=text_field,
         errors=errors,
         cleaning=cleaning,
-        block_size=block_size,
         tokenizer_sample_mb=tokenizer_sample_mb,
     )
     out_path = Path(out) if out is not None else cache_dir() / "datasets" / plan.key[:24]
@@ -601,21 +601,6 @@ def prepare(source: str, out: str | os.PathLike[str], **kwargs: Any) -> Path:
     """Prepare `source` into dataset folder `out` and return its path (see `prepare_dataset`
     for the arguments)."""
     return prepare_dataset(source, out, **kwargs).path
-
-
-def prepare_for_training(
-    source: str,
-    *,
-    tokenizer: str = "char",
-    vocab_size: int | None = None,
-    block_size: int | None = None,
-    **kwargs: Any,
-) -> Path:
-    """Prepare `source` into `cache_dir()/datasets/<key>`, reusing an earlier result made
-    with the same inputs and flags; used by `tinygpt train --corpus/--input`."""
-    return prepare_dataset(
-        source, None, tokenizer=tokenizer, vocab_size=vocab_size, block_size=block_size, **kwargs
-    ).path
 
 
 def _empty_error(source: str, stats: dict[str, Any]) -> TinyGPTError:

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
 from tinygpt.errors import TinyGPTError
 from tinygpt.export.hf import HF_CLASSES
 
@@ -131,7 +132,8 @@ def model_card(
         "```",
         "",
         "The generation defaults (`generation_config.json`) are tinygpt's: sampling with"
-        f" temperature 0.8 and top-k 200, at most {fmt(c.block_size)} tokens in all"
+        f" temperature {SAMPLE_TEMPERATURE} and top-k {SAMPLE_TOP_K}, at most"
+        f" {fmt(c.block_size)} tokens in all"
         " (prompt included): the model was trained on no longer a context, and"
         " `transformers` does not slide the window past it.",
         "",

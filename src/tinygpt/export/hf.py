@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import temp_sibling
 from tinygpt.model import GPT, GPTConfig
 
 GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
@@ -530,7 +531,7 @@ def generation_config_for(
     or run on untrained positions (RoPE). With a chat template's end-of-turn token the end
     ids are a list, so that generation stops at the end of an assistant turn too.
     """
-    from tinygpt.generate import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+    from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
 
     eot = tokenizer.eot_id
     eos: int | list[int] = eot
@@ -547,8 +548,8 @@ def generation_config_for(
         "eos_token_id": eos,
         "pad_token_id": eot,
         "do_sample": True,
-        "temperature": DEFAULT_TEMPERATURE,
-        "top_k": DEFAULT_TOP_K,
+        "temperature": SAMPLE_TEMPERATURE,
+        "top_k": SAMPLE_TOP_K,
         "max_length": block_size,
     }
 
@@ -612,7 +613,7 @@ def save_hf_folder(
             tokenizer, model_max_length=model.config.block_size, chat_template=chat_template
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    tmp = temp_sibling(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tf = _transformers()
@@ -638,15 +639,14 @@ def _replace_folder(tmp: Path, out_dir: Path) -> None:
     """Move the finished `tmp` to `out_dir` (files fsync'ed first); an old `out_dir` is
     first moved aside under a hidden name (atomic), then deleted, so no moment shows a
     mixed folder."""
-    from tinygpt.checkpoint import fsync_dir
+    from tinygpt.files import fsync_dir, fsync_file
 
     for file in tmp.iterdir():  # the contents are on disk before the name says "complete"
-        with open(file, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync_file(file)
     fsync_dir(tmp)
     old = None
     if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        old = temp_sibling(out_dir, "old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)

@@ -3,14 +3,17 @@
 
 `export_run` loads one checkpoint of a run (through `tinygpt.checkpoint.load_run`), writes
 its model card from the run's files (`tinygpt.export.card`) and hands both to
-`tinygpt.export.hf.save_hf_folder`, which writes the folder atomically. `import_hf` goes
-the other way: a local transformers folder of the GPT-2, Llama or Qwen3 family, with a
-byte-level BPE or character `tokenizer.json`, becomes a run folder (config.toml,
-tokenizer.json, run.json and one checkpoint marked best and latest) that `sample`, `eval`
-and `info` accept. Exporting a run and importing the result gives bit-identical weights.
+`tinygpt.export.hf.save_hf_folder`, which writes the folder atomically. A run fine-tuned
+with a chat template (`RUN/chat_template.json`, `tinygpt.chat`) exports that template as
+Jinja and its end-of-turn token as a second end id. `import_hf` goes the other way: a local
+transformers folder of the GPT-2, Llama or Qwen3 family, with a byte-level BPE or character
+`tokenizer.json`, becomes a run folder (config.toml, tokenizer.json, run.json, one
+checkpoint marked best and latest, and the chat template when the folder's Jinja is one of
+ours) that `sample`, `eval` and `info` accept. Exporting a run and importing the result
+gives bit-identical weights.
 
-This module knows the run folder only through `tinygpt.checkpoint` and `tinygpt.config`;
-it knows nothing about how runs are trained.
+This module knows the run folder only through `tinygpt.run`, `tinygpt.checkpoint` and
+`tinygpt.chat`; it knows nothing about how runs are trained.
 """
 
 from __future__ import annotations
@@ -51,22 +54,26 @@ def export_run(
     `end_of_turn` (one of the tokenizer's special tokens) then joins end-of-text as an end
     id in generation_config.json. `license`, `language` and `repo_id` go into the card.
     """
-    from tinygpt.checkpoint import load_run, read_state, resolve_checkpoint
-    from tinygpt.config import RunConfig
+    from tinygpt.chat import load_template
+    from tinygpt.checkpoint import read_state
     from tinygpt.export.card import model_card
     from tinygpt.export.hf import check_destination, save_hf_folder, twin_family
+    from tinygpt.run import RunDir, load_run
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if not run_dir.is_dir():
-        raise TinyGPTError(f"run folder {run_dir} does not exist; give a folder `train` wrote")
-    ckpt = resolve_checkpoint(run_dir, checkpoint)  # no config.toml / no checkpoint: clear error
+    run_folder = RunDir(run_dir)
+    ckpt = run_folder.resolve_checkpoint(checkpoint)  # not a run / no checkpoint: clear error
     if _inside(run_dir, out_dir) or out_dir.resolve() == run_dir.resolve():
         raise TinyGPTError(
             f"--out {out_dir} would hold the run folder {run_dir} itself; give a folder"
             f" outside it, or one inside it such as {run_dir / 'export' / 'hf'}"
         )
-    family = twin_family(RunConfig.from_toml(run_dir / "config.toml").model)  # before loading
+    family = twin_family(run_folder.read_config().model)  # before loading any weights
     check_destination(out_dir, force)
+    if chat_template is None:
+        template = load_template(run_dir)  # a fine-tuned chat run has one
+        if template is not None:
+            chat_template, end_of_turn = template.jinja(), template.end_of_turn
     run = load_run(run_dir, checkpoint=ckpt.name, device="cpu")
     card = model_card(
         run_dir,
@@ -156,9 +163,11 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
     """Turn a local transformers folder into a run folder at `out_dir` (which must be new
     or empty); returns `out_dir`. Written into a temporary sibling and renamed at the end."""
     from tinygpt import __version__
-    from tinygpt.checkpoint import fsync_dir, save_model_run
+    from tinygpt.chat import save_template, template_for_jinja
     from tinygpt.config import DataConfig, RunConfig
     from tinygpt.export.hf import load_hf
+    from tinygpt.files import fsync_dir, temp_sibling
+    from tinygpt.run import RunDir, save_model_run
 
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     if not (hf_dir / "config.json").is_file():
@@ -169,6 +178,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise TinyGPTError(f"{out_dir} already exists and is not empty; give a new run folder")
     tokenizer = read_hf_tokenizer(hf_dir)
+    jinja = read_hf_chat_template(hf_dir)
+    template = template_for_jinja(jinja) if jinja is not None else None
     model, config = load_hf(hf_dir)
     if tokenizer.vocab_size > config.vocab_size:
         raise TinyGPTError(
@@ -183,17 +194,23 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
     )
     run_config = RunConfig(model=config, data=data)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    tmp = temp_sibling(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save_model_run(tmp, run_config, model, tokenizer)
-        provenance = {
+        info: dict[str, Any] = {
             "tinygpt": __version__,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "imported_from": str(hf_dir.resolve()),
             "parameters": model.num_params(),
         }
-        (tmp / "run.json").write_text(json.dumps(provenance, indent=1), encoding="utf-8")
+        if template is not None:
+            save_template(tmp, template)
+            info["chat_template"] = template.name
+        elif jinja is not None:
+            # sample/eval do not need it; a fine-tuning run would use one of ours
+            info["chat_template"] = "a template tinygpt does not know (not imported)"
+        RunDir(tmp).write_info(info)
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above)
         os.replace(tmp, out_dir)
@@ -202,3 +219,17 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def read_hf_chat_template(hf_dir: str | Path) -> str | None:
+    """The Jinja chat template of a transformers folder (chat_template.jinja, else the
+    `chat_template` of tokenizer_config.json), or None."""
+    hf_dir = Path(hf_dir)
+    if (hf_dir / "chat_template.jinja").is_file():
+        return (hf_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    try:
+        config = json.loads((hf_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    template = config.get("chat_template") if isinstance(config, dict) else None
+    return template if isinstance(template, str) else None

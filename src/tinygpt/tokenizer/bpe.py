@@ -392,6 +392,17 @@ class BPETokenizer(Tokenizer):
             ids = _merge_pair(ids, a, b, new)
         return ids
 
+    def _append_special(self, tokens: list[str]) -> BPETokenizer:
+        n = self.vocab_size
+        vocab = [None if self.is_special(i) else self._vocab[i] for i in range(n)]
+        return BPETokenizer(
+            vocab=[*vocab, *([None] * len(tokens))],
+            merges=self.merges,
+            special_tokens={**self.special_tokens, **{t: n + k for k, t in enumerate(tokens)}},
+            pattern=self.pattern,
+            pattern_name=self.pattern_name,
+        )
+
     def to_json_dict(self) -> dict[str, Any]:
         b2u = bytes_to_unicode()
 

@@ -7,8 +7,9 @@ The vocabulary follows nanoGPT's convention: the sorted set of every character s
 training text, so ids 0..n-1 are the characters in code-point order (for Tiny Shakespeare,
 0 is '\\n' and 1 is ' '). After them come the special tokens: `<|endoftext|>` (id n), then,
 when trained with `unk=True`, `<unk>` (id n+1), which stands for any character the training
-text did not contain. Without `<unk>`, encoding an unseen character is an error that names
-the character and where it is.
+text did not contain, then any further special tokens (chat markers added for fine-tuning,
+`Tokenizer.with_special_tokens`) in the order they were added. Without `<unk>`, encoding an
+unseen character is an error that names the character and where it is.
 
 A "character" is a code point, not a grapheme: an emoji with a skin tone or a ZWJ sequence is
 several tokens, as is 'e' followed by a combining accent.
@@ -31,11 +32,14 @@ CHAR_SPLIT_PATTERN = r"[\s\S]"
 
 
 class CharTokenizer(Tokenizer):
-    """One id per character of a fixed alphabet, plus `<|endoftext|>` (and maybe `<unk>`)."""
+    """One id per character of a fixed alphabet, plus `<|endoftext|>` (and maybe `<unk>`),
+    then the extra special tokens `special`."""
 
     kind = "char"
 
-    def __init__(self, chars: Sequence[str], *, unk: bool = False) -> None:
+    def __init__(
+        self, chars: Sequence[str], *, unk: bool = False, special: Sequence[str] = ()
+    ) -> None:
         chars = list(chars)
         for c in chars:
             if len(c) != 1:
@@ -50,6 +54,16 @@ class CharTokenizer(Tokenizer):
         specials = {EOT: len(chars)}
         if unk:
             specials[UNK] = len(chars) + 1
+        self.extra_special: list[str] = []
+        for token in special:
+            if token == UNK:
+                raise TinyGPTError(f"{UNK} is not an extra special token; build with unk=True")
+            if not token or token in specials or token in self.stoi:
+                raise TinyGPTError(
+                    f"special token {token!r} is empty, listed twice or one of the characters"
+                )
+            specials[token] = len(chars) + len(specials)
+            self.extra_special.append(token)
         self.unk_id: int | None = specials.get(UNK)
         super().__init__(specials)
 
@@ -67,6 +81,11 @@ class CharTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return len(self.chars) + len(self.special_tokens)
+
+    def _append_special(self, tokens: list[str]) -> CharTokenizer:
+        return CharTokenizer(
+            self.chars, unk=self.unk_id is not None, special=[*self.extra_special, *tokens]
+        )
 
     def _encode_ordinary(self, text: str) -> list[int]:
         stoi = self.stoi
