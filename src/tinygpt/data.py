@@ -151,6 +151,8 @@ class _Plan:
     key: str
     tokenizer: str
     tokenizer_file: Path | None
+    normalizer: Any = None  # tinygpt.tokenizer.Normalizer, or None
+    min_frequency: int = 1
 
 
 def _plan(
@@ -165,6 +167,9 @@ def _plan(
     errors: str,
     cleaning: Cleaning,
     tokenizer_sample_mb: float,
+    lowercase: str | None = None,
+    normalize_whitespace: bool = False,
+    min_frequency: int = 1,
 ) -> _Plan:
     if not 0.0 < val_fraction < 1.0:
         raise TinyGPTError(
@@ -172,22 +177,49 @@ def _plan(
         )
     if tokenizer_sample_mb <= 0:
         raise TinyGPTError(f"the tokenizer sample must be positive, got {tokenizer_sample_mb} MB")
+    from tinygpt.tokenizer import Normalizer
+
+    normalizer = Normalizer.build(lowercase=lowercase, whitespace=normalize_whitespace)
+    if min_frequency != 1 and tokenizer != "bpe":
+        raise TinyGPTError(
+            f"--min-frequency applies to --tokenizer bpe, not {tokenizer}; drop it or train a bpe"
+        )
     tokenizer_file: Path | None = None
     tokenizer_id: dict[str, Any]
     if tokenizer in ("char", "bpe"):
         tokenizer_id = {"kind": tokenizer}
         if tokenizer == "bpe":
             tokenizer_id.update(vocab_size=vocab_size, backend=backend)
+            if min_frequency != 1:
+                from tinygpt.tokenizer.bpe import check_min_frequency
+
+                check_min_frequency(min_frequency)
+                tokenizer_id["min_frequency"] = min_frequency
+    elif tokenizer == "gpt2":
+        from tinygpt.tokenizer.gpt2 import gpt2_tokenizer_file
+
+        # Fetched (or found in the cache) now, before any text is read: offline, this is
+        # where the one-line error about where to put the file comes from.
+        tokenizer_file = gpt2_tokenizer_file()
+        tokenizer_id = {"name": "gpt2", "file_sha256": sha256_file(tokenizer_file)}
     else:
+        if normalizer is not None:
+            raise TinyGPTError(
+                "--lowercase and --normalize-whitespace apply to a tokenizer trained here "
+                f"(char, bpe) or to gpt2; {tokenizer} carries its own normalizer, so drop them"
+            )
         candidate = Path(tokenizer).expanduser()
         if candidate.is_dir():
             candidate = candidate / TOKENIZER
         if not candidate.is_file():
             raise TinyGPTError(
-                f"--tokenizer must be char, bpe or a tokenizer.json file; {tokenizer} does not exist"
+                f"--tokenizer must be char, bpe, gpt2 or a tokenizer.json file; {tokenizer} "
+                "does not exist"
             )
         tokenizer_file = candidate
         tokenizer_id = {"file_sha256": sha256_file(candidate)}
+    if normalizer is not None:
+        tokenizer_id["normalizer"] = normalizer.to_json()
     src = open_source(source, text_field=text_field, errors=errors)
     settings = {
         "source": source,
@@ -203,7 +235,7 @@ def _plan(
         "version": __version__,
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    return _Plan(src, settings, key, tokenizer, tokenizer_file)
+    return _Plan(src, settings, key, tokenizer, tokenizer_file, normalizer, min_frequency)
 
 
 def _is_complete(path: Path, key: str) -> dict[str, Any] | None:
@@ -473,10 +505,23 @@ def _make_tokenizer(plan: _Plan, spooled: _Spooled, vocab_size: int | None, back
     from tinygpt.tokenizer import load_tokenizer, train_tokenizer
 
     if plan.tokenizer_file is not None:
-        return load_tokenizer(plan.tokenizer_file)
+        tok = load_tokenizer(plan.tokenizer_file)
+        if plan.normalizer is not None:  # gpt2 with --lowercase / --normalize-whitespace
+            tok.normalizer = plan.normalizer
+        return tok
     if plan.tokenizer == "char":
-        return train_tokenizer("char", ["".join(sorted(spooled.chars or ()))])
-    return train_tokenizer("bpe", spooled.sample, vocab_size=vocab_size, backend=backend)
+        # The characters are what the normalizer leaves of the text: it works on each
+        # character alone, except that it joins whitespace runs, which it also does here.
+        chars = "".join(sorted(spooled.chars or ()))
+        return train_tokenizer("char", [chars], normalizer=plan.normalizer)
+    return train_tokenizer(
+        "bpe",
+        spooled.sample,
+        vocab_size=vocab_size,
+        backend=backend,
+        min_frequency=plan.min_frequency,
+        normalizer=plan.normalizer,
+    )
 
 
 def _make_temp_dir(out: Path) -> Path:
@@ -521,12 +566,18 @@ def prepare_dataset(
     tokenizer_sample_mb: float = 64.0,
     progress: bool = True,
     command: str | None = None,
+    lowercase: str | None = None,
+    normalize_whitespace: bool = False,
+    min_frequency: int = 1,
 ) -> PrepareResult:
     """Prepare `source` into folder `out` (or a cache folder keyed by the inputs and flags
     when `out` is None) and say whether an earlier result was reused.
 
-    `source` is anything `tinygpt.corpora.open_source` accepts. `tokenizer` is "char", "bpe"
-    or the path of a tokenizer.json to reuse. A folder that already holds a dataset made
+    `source` is anything `tinygpt.corpora.open_source` accepts. `tokenizer` is "char", "bpe",
+    "gpt2" (GPT-2's vocabulary; `vocab_size` and `backend` are then ignored) or the path of a
+    tokenizer.json to reuse. `lowercase` ("default" or "tr") and `normalize_whitespace` give
+    the tokenizer a normalizer (see `tinygpt.tokenizer.normalize`); a BPE merges only pairs
+    seen at least `min_frequency` times. A folder that already holds a dataset made
     with the same inputs and flags is reused as it is; one made from the same source with
     other flags, or from inputs that changed since, is rebuilt; one made from another
     source is replaced only with `force`. Raises `TinyGPTError` on bad input, leaving no
@@ -548,6 +599,9 @@ def prepare_dataset(
         errors=errors,
         cleaning=cleaning,
         tokenizer_sample_mb=tokenizer_sample_mb,
+        lowercase=lowercase,
+        normalize_whitespace=normalize_whitespace,
+        min_frequency=min_frequency,
     )
     out_path = Path(out) if out is not None else cache_dir() / "datasets" / plan.key[:24]
     if out_path.is_dir():
@@ -574,6 +628,8 @@ def prepare_dataset(
         if not spooled.docs:
             raise _empty_error(source, spooled.stats)
         tok = _make_tokenizer(plan, spooled, vocab_size, backend)
+        if tok.shortfall and progress:
+            print(f"note: {tok.shortfall}", file=sys.stderr)
         tok.save(tmp / TOKENIZER)
         dtype = dtype_for(tok.vocab_size)
         items = _items(spool_path, spooled, val_fraction, seed)
@@ -669,6 +725,7 @@ def _meta(
             **settings["tokenizer"],
             "kind": tok.kind,
             "sample_mb": settings["tokenizer_sample_mb"],
+            **({"shortfall": tok.shortfall} if tok.shortfall else {}),
         },
         "tokenizer_kind": tok.kind,
         "tokenizer_hash": file_hash(tokenizer_json),

@@ -1,9 +1,9 @@
 """The interface every tokenizer offers, and what all of them share.
 
-Owns: the `Tokenizer` base class (encode, decode, special tokens and adding more of them,
-save), the name of the end-of-text token, the splitting of text around literal special-token strings, and atomic
-writing of a `tokenizer.json`. Knows nothing about how a vocabulary is learned (see `char.py`
-and `bpe.py`) nor about the layout of the JSON file beyond "a dict written as JSON" (see
+Owns: the `Tokenizer` base class (normalize, encode, decode, special tokens and adding more of
+them, save), the name of the end-of-text token, the splitting of text around literal
+special-token strings, and atomic writing of a `tokenizer.json`. Knows nothing about how a
+vocabulary is learned (see `char.py` and `bpe.py`) nor about the layout of the JSON file beyond "a dict written as JSON" (see
 `io.py`).
 """
 
@@ -18,6 +18,7 @@ import regex
 
 from tinygpt.errors import TinyGPTError
 from tinygpt.files import atomic_write_json
+from tinygpt.tokenizer.normalize import Normalizer
 
 EOT = "<|endoftext|>"
 UNK = "<unk>"
@@ -32,11 +33,21 @@ class Tokenizer:
     `<|endoftext|>` in the text only becomes the special id when the caller asks for it with
     `allowed_special=True` (text from users or the web should not be able to forge document
     boundaries).
+
+    A tokenizer may carry a `normalizer` (lowercasing, whitespace; see `normalize.py`):
+    `encode` applies it to the text between special tokens, as Hugging Face does, so that
+    every caller gets the same normalised text; `decode` gives the normalised text back.
     """
 
     kind: str = ""
+    # Set by training when the vocabulary stopped short of the size asked for: why, in words.
+    # Not saved with the tokenizer.
+    shortfall: str | None = None
 
-    def __init__(self, special_tokens: dict[str, int]) -> None:
+    def __init__(
+        self, special_tokens: dict[str, int], normalizer: Normalizer | None = None
+    ) -> None:
+        self.normalizer = normalizer
         if EOT not in special_tokens:
             raise TinyGPTError(f"a tokenizer needs the end-of-text token {EOT!r}; add it")
         self.special_tokens: dict[str, int] = dict(special_tokens)
@@ -70,21 +81,26 @@ class Tokenizer:
     def is_special(self, id: int) -> bool:
         return id in self._special_by_id
 
+    def normalize(self, text: str) -> str:
+        """`text` as this tokenizer's normalizer leaves it (unchanged when it has none)."""
+        return self.normalizer(text) if self.normalizer is not None else text
+
     def encode(self, text: str, *, allowed_special: bool = False) -> list[int]:
-        """Token ids of `text`.
+        """Token ids of `text`, normalised first.
 
         With `allowed_special=True`, literal special-token strings become their ids and the
-        text between them is encoded on its own (as Hugging Face `tokenizers` does with added
-        tokens); otherwise they are encoded like any other text.
+        text between them is normalised and encoded on its own (as Hugging Face `tokenizers`
+        does with added tokens); otherwise they are encoded like any other text.
         """
+        norm = self.normalize
         if not allowed_special:
-            return self._encode_ordinary(text)
+            return self._encode_ordinary(norm(text))
         ids: list[int] = []
         for part, special in self._split_special(text):
             if special:
                 ids.append(self.special_tokens[part])
             elif part:
-                ids.extend(self._encode_ordinary(part))
+                ids.extend(self._encode_ordinary(norm(part)))
         return ids
 
     def encode_batch(
@@ -193,6 +209,9 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} kind={self.kind!r} vocab_size={self.vocab_size}>"
+
+    def _normalizer_json(self) -> dict[str, Any] | None:
+        return self.normalizer.to_json() if self.normalizer is not None else None
 
 
 def added_token_entry(content: str, id: int) -> dict[str, Any]:

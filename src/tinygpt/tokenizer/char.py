@@ -26,6 +26,7 @@ from typing import Any
 
 from tinygpt.errors import TinyGPTError
 from tinygpt.tokenizer.base import EOT, UNK, Tokenizer, added_token_entry
+from tinygpt.tokenizer.normalize import Normalizer
 
 # One code point per piece; `.` would miss line breaks.
 CHAR_SPLIT_PATTERN = r"[\s\S]"
@@ -38,7 +39,12 @@ class CharTokenizer(Tokenizer):
     kind = "char"
 
     def __init__(
-        self, chars: Sequence[str], *, unk: bool = False, special: Sequence[str] = ()
+        self,
+        chars: Sequence[str],
+        *,
+        unk: bool = False,
+        special: Sequence[str] = (),
+        normalizer: Normalizer | None = None,
     ) -> None:
         chars = list(chars)
         for c in chars:
@@ -65,18 +71,21 @@ class CharTokenizer(Tokenizer):
             specials[token] = len(chars) + len(specials)
             self.extra_special.append(token)
         self.unk_id: int | None = specials.get(UNK)
-        super().__init__(specials)
+        super().__init__(specials, normalizer)
 
     @classmethod
-    def train(cls, texts: Iterable[str], *, unk: bool = False) -> CharTokenizer:
+    def train(
+        cls, texts: Iterable[str], *, unk: bool = False, normalizer: Normalizer | None = None
+    ) -> CharTokenizer:
+        """The characters of `texts` after `normalizer` (which the tokenizer keeps)."""
         seen: set[str] = set()
         for text in texts:
-            seen.update(text)
+            seen.update(normalizer(text) if normalizer is not None else text)
         if not seen:
             raise TinyGPTError(
                 "the training text is empty; give a corpus or file that holds some text"
             )
-        return cls(sorted(seen), unk=unk)
+        return cls(sorted(seen), unk=unk, normalizer=normalizer)
 
     @property
     def vocab_size(self) -> int:
@@ -84,7 +93,10 @@ class CharTokenizer(Tokenizer):
 
     def _append_special(self, tokens: list[str]) -> CharTokenizer:
         return CharTokenizer(
-            self.chars, unk=self.unk_id is not None, special=[*self.extra_special, *tokens]
+            self.chars,
+            unk=self.unk_id is not None,
+            special=[*self.extra_special, *tokens],
+            normalizer=self.normalizer,
         )
 
     def _encode_ordinary(self, text: str) -> list[int]:
@@ -122,7 +134,7 @@ class CharTokenizer(Tokenizer):
             "truncation": None,
             "padding": None,
             "added_tokens": [added_token_entry(s, i) for s, i in self.special_tokens.items()],
-            "normalizer": None,
+            "normalizer": self._normalizer_json(),
             "pre_tokenizer": {
                 "type": "Split",
                 "pattern": {"Regex": CHAR_SPLIT_PATTERN},

@@ -18,6 +18,7 @@ from tinygpt.files import sha256_file
 from tinygpt.tokenizer.base import EOT, UNK, Tokenizer
 from tinygpt.tokenizer.bpe import BPETokenizer
 from tinygpt.tokenizer.char import CHAR_SPLIT_PATTERN, CharTokenizer
+from tinygpt.tokenizer.normalize import Normalizer
 
 
 def _resolve(path: str | os.PathLike[str]) -> Path:
@@ -77,8 +78,11 @@ def _char_from_json_dict(data: dict[str, Any], where: str) -> CharTokenizer:
     if [i for i, _ in chars] != list(range(len(chars))):
         raise TinyGPTError(f"{where}: character ids must be 0..n-1 without gaps")
     extra = [s for s, _ in sorted(specials.items(), key=lambda kv: kv[1]) if s not in (EOT, UNK)]
+    normalizer = Normalizer.from_json(data.get("normalizer"), where=where)
     try:
-        tok = CharTokenizer([s for _, s in chars], unk=UNK in specials, special=extra)
+        tok = CharTokenizer(
+            [s for _, s in chars], unk=UNK in specials, special=extra, normalizer=normalizer
+        )
     except TinyGPTError as exc:
         raise TinyGPTError(f"{where}: {exc}") from None
     if tok.special_tokens != specials:
