@@ -290,6 +290,20 @@ def test_every_builtin_preset_exports(preset, tmp_path):
     assert tok("abc j\n")["input_ids"] == tokenizer.encode("abc j\n")
 
 
+def test_a_normalizing_tokenizer_exports_with_its_normalizer(tmp_path):
+    """Turkish lowercasing and whitespace folding happen inside HF's tokenizer too."""
+    from tinygpt.tokenizer.normalize import Normalizer
+
+    normalizer = Normalizer.build(lowercase="tr", whitespace=True)
+    texts = [_text(seed=s, lines=60) for s in range(2)]
+    tokenizer = train_tokenizer("bpe", texts, vocab_size=300, normalizer=normalizer)
+    config = GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    out = save_hf_folder(GPT(config), tmp_path / "hf", tokenizer=tokenizer)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    for text in [*VARIED, "İSTANBUL  IĞDIR\t\tŞİŞLİ\u00a0dağ"]:
+        assert hf_tok(text)["input_ids"] == tokenizer.encode(text, allowed_special=True), text
+
+
 # ------------------------------------------------------------------------- chat templates
 
 CHAT_TEMPLATE = (
