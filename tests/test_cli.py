@@ -22,6 +22,9 @@ COMMANDS = [
     "report",
     "plot",
     "attention",
+    "export",
+    "import",
+    "push",
 ]
 
 

@@ -1,21 +1,35 @@
 """Exporters: our models in other ecosystems' formats, and back.
 
-`tinygpt.export.hf` maps our GPT to and from Hugging Face `transformers` (GPT-2 and Llama
-families). This package knows nothing about training or run folders beyond the model and
-tokenizer objects it is handed.
+- `tinygpt.export.hf`: our GPT <-> Hugging Face `transformers` (GPT-2, Llama and Qwen3
+  families), and the writing of a complete transformers folder;
+- `tinygpt.export.hf_run`: a run folder <-> a transformers folder (`tinygpt export`,
+  `tinygpt import`);
+- `tinygpt.export.card`: the model card of an exported run;
+- `tinygpt.export.hub`: pushing to the Hugging Face Hub (`tinygpt push`).
+
+This package knows nothing about training; it reads run folders through
+`tinygpt.checkpoint` and `tinygpt.report`.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-__all__ = ["load_hf", "to_hf", "hf_config_for"]
+_WHERE = {
+    "load_hf": "hf",
+    "to_hf": "hf",
+    "hf_config_for": "hf",
+    "save_hf_folder": "hf",
+    "export_run": "hf_run",
+    "import_hf": "hf_run",
+    "push_to_hub": "hub",
+}
+__all__ = list(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that `import tinygpt.export` stays cheap until an exporter is used.
-    if name in __all__:
-        from tinygpt.export import hf
-
-        return getattr(hf, name)
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"tinygpt.export.{_WHERE[name]}"), name)
     raise AttributeError(f"module 'tinygpt.export' has no attribute {name!r}")

@@ -1,32 +1,55 @@
-"""Our GPT <-> Hugging Face `transformers` models: config mapping and weight conversion.
+"""Our GPT <-> Hugging Face `transformers`: config mapping, weight conversion, model folders.
 
-Owns the correspondence between `GPTConfig` and the two `transformers` families that are
-twins of our model, and the renaming/reshaping of weights both ways. It does not know about
-run folders, tokenizer training or training; `transformers` is imported only when a
-function here is called (it is an optional dependency, `pip install tinygpt[hf]`).
+Owns the correspondence between `GPTConfig` and the three `transformers` families that are
+twins of our model, the renaming/reshaping of weights both ways, and the writing of a
+complete transformers folder (weights, config, generation defaults, tokenizer files, model
+card) that `AutoModelForCausalLM`, `AutoTokenizer` and `pipeline` load offline without
+`trust_remote_code`. It does not know about run folders (see `tinygpt.export.hf_run`), how
+a model card is worded (`tinygpt.export.card`) or training; `transformers` is imported only
+when a function here is called (an optional dependency, `pip install tinygpt[hf]`).
 
-Which of our configurations have a twin:
+Which of our configurations have a twin, chosen by position kind and QK-norm:
 
 - `GPT2LMHeadModel`: pos="learned", norm="layernorm", mlp="gelu_tanh" (transformers'
-  "gelu_new") or "gelu", bias=True, n_kv_head unset (or equal to n_head), qk_norm=False.
-  Tied or untied head; any mlp_hidden (`n_inner`).
+  "gelu_new") or "gelu", n_kv_head unset (or equal to n_head), qk_norm=False. Tied or untied
+  head; any mlp_hidden (`n_inner`). bias=False is written with zero biases (GPT-2 always has
+  them; a LayerNorm or linear layer with a zero bias computes the same function).
 - `LlamaForCausalLM`: pos="rope", norm="rmsnorm", mlp="swiglu", qk_norm=False; any n_kv_head
   (GQA); bias True or False (`attention_bias` and `mlp_bias`); tied or untied head; any
   mlp_hidden (`intermediate_size`) and rope_theta.
+- `Qwen3ForCausalLM`: the Llama layout plus qk_norm=True, bias=False. Checked against
+  transformers' `modeling_qwen3.py`: `q_norm`/`k_norm` are RMSNorms over each head's D
+  channels with the same `rms_norm_eps` as the block norms, applied to the projected
+  queries and keys before RoPE (as ours: `CausalSelfAttention.forward`); the RMSNorm
+  normalises in fp32 and multiplies the gain after casting back (as our `RMSNorm`); the MLP
+  has no biases at all (`attention_bias` covers q/k/v/o only), so bias=True has no Qwen3
+  twin; `head_dim` must be given (its default is 128); sliding-window attention is off
+  (`use_sliding_window=False`, every layer "full_attention"); RoPE is the same
+  rotate-half convention with `rope_parameters = {"rope_type": "default", "rope_theta"}`.
 
-Anything else (e.g. RoPE with LayerNorm, learned positions with SwiGLU, QK-norm) is a mixed
-configuration without a twin: `hf_config_for` raises and names the fields to change.
+Anything else (e.g. RoPE with LayerNorm, learned positions with SwiGLU or QK-norm) is a
+mixed configuration without a twin: `hf_config_for` raises and names the settings to change.
 `attn` (sdpa/manual), `dropout` and `init_std` do not change the function computed.
+
+Importing goes the other way for any folder of these three families. Biases that are all
+zero import as bias=False; a model with biases in some layers only (Llama's
+`attention_bias` without `mlp_bias`, Qwen3's `attention_bias`) imports with bias=True and
+zero biases where transformers has none.
 
 Weight layout notes: GPT-2 stores its projections as `Conv1D` with weight (in, out), the
 transpose of `nn.Linear`, and packs q, k, v in `attn.c_attn`; our `qkv` packs them in the
-same order, so only a transpose is needed. Llama's separate q/k/v and gate/up matrices are
-concatenated into our fused `qkv` and `fc`.
+same order, so only a transpose is needed. Llama's and Qwen3's separate q/k/v and gate/up
+matrices are concatenated into our fused `qkv` and `fc`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +57,11 @@ import torch
 from torch import Tensor
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import temp_sibling
 from tinygpt.model import GPT, GPTConfig
 
 GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
+HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
 def _transformers() -> Any:
@@ -49,39 +74,70 @@ def _transformers() -> Any:
     return transformers
 
 
+@contextlib.contextmanager
+def _quiet(tf: Any) -> Iterator[None]:
+    """No progress bars from transformers while it reads or writes a folder for us (a
+    command prints one line when it is done)."""
+    logging = tf.utils.logging
+    was = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
+
+
 # ---------------------------------------------------------------------------------- config
 
 
-def twin_family(config: GPTConfig) -> str:
-    """'gpt2' or 'llama'; raises TinyGPTError naming the fields that have no twin."""
+def _layout(config: GPTConfig) -> str:
+    """The transformers weight layout our config's tensors follow (no twin check)."""
     if config.pos == "learned":
-        family, wanted = "gpt2", {"norm": "layernorm", "bias": True, "qk_norm": False}
-        broken = [
-            f"{k} = {getattr(config, k)!r} (needs {v!r})"
-            for k, v in wanted.items()
-            if getattr(config, k) != v
-        ]
+        return "gpt2"
+    return "qwen3" if config.qk_norm else "llama"
+
+
+def twin_family(config: GPTConfig) -> str:
+    """'gpt2', 'llama' or 'qwen3'; raises TinyGPTError naming the settings with no twin."""
+    family = _layout(config)
+
+    def need(field: str, wanted: Any, why: str = "") -> None:
+        value = getattr(config, field)
+        if value != wanted:
+            broken.append(f"model.{field} = {value!r} (needs {wanted!r}{why})")
+
+    broken: list[str] = []
+    if family == "gpt2":
+        need("norm", "layernorm")
+        need("qk_norm", False, "; QK-norm has a twin with rotary positions, Qwen3")
         if config.mlp not in GPT2_ACTIVATIONS:
-            broken.append(f"mlp = {config.mlp!r} (needs 'gelu_tanh' or 'gelu')")
+            broken.append(f"model.mlp = {config.mlp!r} (needs 'gelu_tanh' or 'gelu')")
         if config.kv_heads != config.n_head:
-            broken.append(f"n_kv_head = {config.n_kv_head} (GPT-2 has no grouped-query heads)")
+            broken.append(
+                f"model.n_kv_head = {config.n_kv_head} (GPT-2 has no grouped-query heads;"
+                " leave it unset)"
+            )
+        name = "GPT-2 (learned positions)"
     else:
-        family, wanted = "llama", {"norm": "rmsnorm", "mlp": "swiglu", "qk_norm": False}
-        broken = [
-            f"{k} = {getattr(config, k)!r} (needs {v!r})"
-            for k, v in wanted.items()
-            if getattr(config, k) != v
-        ]
+        need("norm", "rmsnorm")
+        need("mlp", "swiglu")
+        if family == "qwen3":
+            need("bias", False, "; Qwen3 has no MLP biases; or model.qk_norm = false for Llama")
+        name = (
+            "Qwen3 (rotary positions, QK-norm)" if family == "qwen3" else "Llama (rotary positions)"
+        )
     if broken:
-        name = "GPT-2 (learned positions)" if family == "gpt2" else "Llama (rotary positions)"
         raise TinyGPTError(
-            f"this configuration has no transformers twin: a {name} twin needs " + "; ".join(broken)
+            f"this configuration has no transformers twin; for a {name} twin change: "
+            + "; ".join(broken)
+            + ", and train again"
         )
     return family
 
 
-def hf_config_for(config: GPTConfig, eot_id: int | None = None) -> Any:
-    """The `transformers` config (GPT2Config or LlamaConfig) of our config's twin."""
+def hf_config_for(config: GPTConfig, eot_id: int | None = None, pad_id: int | None = None) -> Any:
+    """The `transformers` config (GPT2Config, LlamaConfig or Qwen3Config) of our twin."""
     tf = _transformers()
     family = twin_family(config)
     common = dict(
@@ -90,6 +146,7 @@ def hf_config_for(config: GPTConfig, eot_id: int | None = None) -> Any:
         initializer_range=config.init_std,
         bos_token_id=eot_id,
         eos_token_id=eot_id,
+        pad_token_id=eot_id if pad_id is None else pad_id,
     )
     if family == "gpt2":
         return tf.GPT2Config(
@@ -105,7 +162,7 @@ def hf_config_for(config: GPTConfig, eot_id: int | None = None) -> Any:
             attn_pdrop=config.dropout,
             **common,
         )
-    return tf.LlamaConfig(
+    rotary = dict(
         max_position_embeddings=config.block_size,
         hidden_size=config.n_embd,
         num_hidden_layers=config.n_layer,
@@ -116,11 +173,14 @@ def hf_config_for(config: GPTConfig, eot_id: int | None = None) -> Any:
         hidden_act="silu",
         rms_norm_eps=config.norm_eps,
         rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-        attention_bias=config.bias,
-        mlp_bias=config.bias,
         attention_dropout=config.dropout,
         **common,
     )
+    if family == "qwen3":
+        return tf.Qwen3Config(
+            attention_bias=False, use_sliding_window=False, sliding_window=None, **rotary
+        )
+    return tf.LlamaConfig(attention_bias=config.bias, mlp_bias=config.bias, **rotary)
 
 
 def _rope_theta(hf: Any) -> float:
@@ -133,10 +193,11 @@ def _rope_theta(hf: Any) -> float:
 
 
 def config_from_hf(hf: Any) -> GPTConfig:
-    """Our GPTConfig for a transformers GPT2Config or LlamaConfig.
+    """Our GPTConfig for a transformers GPT2Config, LlamaConfig or Qwen3Config.
 
     Sizes that equal our defaults (mlp_hidden, n_kv_head) are left unset, so that a config
-    exported and loaded back compares equal.
+    exported and loaded back compares equal. `bias` is True whenever the transformers model
+    has any bias tensors; `from_hf_model` turns all-zero ones into bias=False.
     """
     config = _config_from_hf(hf)
     if config.mlp_hidden == dataclasses.replace(config, mlp_hidden=None).hidden:
@@ -172,16 +233,25 @@ def _config_from_hf(hf: Any) -> GPTConfig:
             tie_weights=bool(hf.tie_word_embeddings),
             init_std=hf.initializer_range,
         )
-    if kind == "llama":
+    if kind in ("llama", "qwen3"):
+        name = "Llama" if kind == "llama" else "Qwen3"
         if hf.hidden_act != "silu":
-            raise TinyGPTError(f"Llama activation {hf.hidden_act!r} is not supported; only silu")
+            raise TinyGPTError(f"{name} activation {hf.hidden_act!r} is not supported; only silu")
         if hf.head_dim * hf.num_attention_heads != hf.hidden_size:
             raise TinyGPTError(
-                f"Llama head_dim {hf.head_dim} x {hf.num_attention_heads} heads != hidden size "
+                f"{name} head_dim {hf.head_dim} x {hf.num_attention_heads} heads != hidden size "
                 f"{hf.hidden_size}; our model needs head_dim = hidden_size / heads"
             )
-        if bool(hf.attention_bias) != bool(hf.mlp_bias):
-            raise TinyGPTError("Llama models with attention_bias != mlp_bias do not load")
+        if kind == "qwen3":
+            sliding = [t for t in (getattr(hf, "layer_types", None) or []) if t != "full_attention"]
+            if sliding or getattr(hf, "sliding_window", None) is not None:
+                raise TinyGPTError(
+                    "Qwen3 models with sliding-window attention do not load; tinygpt attends to"
+                    " the whole context in every layer"
+                )
+            bias = bool(hf.attention_bias)
+        else:
+            bias = bool(hf.attention_bias) or bool(hf.mlp_bias)
         return GPTConfig(
             vocab_size=hf.vocab_size,
             block_size=hf.max_position_embeddings,
@@ -189,30 +259,35 @@ def _config_from_hf(hf: Any) -> GPTConfig:
             n_head=hf.num_attention_heads,
             n_embd=hf.hidden_size,
             n_kv_head=hf.num_key_value_heads,
-            bias=bool(hf.attention_bias),
+            bias=bias,
             norm="rmsnorm",
             norm_eps=hf.rms_norm_eps,
             mlp="swiglu",
             mlp_hidden=hf.intermediate_size,
             pos="rope",
             rope_theta=_rope_theta(hf),
+            qk_norm=kind == "qwen3",
             tie_weights=bool(hf.tie_word_embeddings),
             init_std=hf.initializer_range,
         )
     raise TinyGPTError(
-        f"model type {kind!r} is not supported; tinygpt loads 'gpt2' and 'llama' models"
+        f"model type {kind!r} is not supported; tinygpt loads 'gpt2', 'llama' and 'qwen3' models"
     )
 
 
 # --------------------------------------------------------------------------------- weights
 
 
-def _gpt2_pairs(config: GPTConfig) -> list[tuple[str, str, bool]]:
-    """(our name, transformers name, transposed) for every GPT-2 tensor."""
+def _gpt2_pairs(config: GPTConfig) -> list[tuple[str, str, bool, bool]]:
+    """(our name, transformers name, transposed, is_bias) for every GPT-2 tensor.
+
+    Bias entries are listed even for bias=False: GPT-2 always has them (zero for us).
+    """
     pairs = [
-        ("tok_emb.weight", "transformer.wte.weight", False),
-        ("pos_emb.weight", "transformer.wpe.weight", False),
+        ("tok_emb.weight", "transformer.wte.weight", False, False),
+        ("pos_emb.weight", "transformer.wpe.weight", False, False),
     ]
+    modules = [("norm_f", "transformer.ln_f", False)]
     for i in range(config.n_layer):
         ours, theirs = f"blocks.{i}.", f"transformer.h.{i}."
         for a, b, t in [
@@ -223,38 +298,51 @@ def _gpt2_pairs(config: GPTConfig) -> list[tuple[str, str, bool]]:
             ("mlp.fc", "mlp.c_fc", True),
             ("mlp.proj", "mlp.c_proj", True),
         ]:
-            pairs.append((f"{ours}{a}.weight", f"{theirs}{b}.weight", t))
-            pairs.append((f"{ours}{a}.bias", f"{theirs}{b}.bias", False))
-    pairs += [
-        ("norm_f.weight", "transformer.ln_f.weight", False),
-        ("norm_f.bias", "transformer.ln_f.bias", False),
-    ]
+            modules.append((ours + a, theirs + b, t))
+    for a, b, t in modules:
+        pairs.append((f"{a}.weight", f"{b}.weight", t, False))
+        pairs.append((f"{a}.bias", f"{b}.bias", False, True))
     if not config.tie_weights:
-        pairs.append(("lm_head.weight", "lm_head.weight", False))
+        pairs.append(("lm_head.weight", "lm_head.weight", False, False))
     return pairs
 
 
-def _llama_pairs(config: GPTConfig) -> list[tuple[str, list[str]]]:
-    """(our name, transformers names concatenated along dim 0) for every Llama tensor."""
-    pairs: list[tuple[str, list[str]]] = [("tok_emb.weight", ["model.embed_tokens.weight"])]
+def _rotary_pairs(config: GPTConfig) -> list[tuple[str, list[str], bool]]:
+    """(our name, transformers names concatenated along dim 0, is_bias) for every Llama or
+    Qwen3 tensor; bias entries only when config.bias."""
+    pairs: list[tuple[str, list[str], bool]] = [
+        ("tok_emb.weight", ["model.embed_tokens.weight"], False)
+    ]
     suffixes = ["weight", "bias"] if config.bias else ["weight"]
     for i in range(config.n_layer):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
-        pairs.append((f"{ours}norm1.weight", [f"{theirs}input_layernorm.weight"]))
-        pairs.append((f"{ours}norm2.weight", [f"{theirs}post_attention_layernorm.weight"]))
+        pairs.append((f"{ours}norm1.weight", [f"{theirs}input_layernorm.weight"], False))
+        pairs.append((f"{ours}norm2.weight", [f"{theirs}post_attention_layernorm.weight"], False))
+        if config.qk_norm:
+            for n in ("q_norm", "k_norm"):
+                pairs.append((f"{ours}attn.{n}.weight", [f"{theirs}self_attn.{n}.weight"], False))
         for s in suffixes:
-            pairs.append(
-                (f"{ours}attn.qkv.{s}", [f"{theirs}self_attn.{p}_proj.{s}" for p in "qkv"])
-            )
-            pairs.append((f"{ours}attn.proj.{s}", [f"{theirs}self_attn.o_proj.{s}"]))
-            pairs.append(
-                (f"{ours}mlp.fc.{s}", [f"{theirs}mlp.gate_proj.{s}", f"{theirs}mlp.up_proj.{s}"])
-            )
-            pairs.append((f"{ours}mlp.proj.{s}", [f"{theirs}mlp.down_proj.{s}"]))
-    pairs.append(("norm_f.weight", ["model.norm.weight"]))
+            b = s == "bias"
+            pairs += [
+                (f"{ours}attn.qkv.{s}", [f"{theirs}self_attn.{p}_proj.{s}" for p in "qkv"], b),
+                (f"{ours}attn.proj.{s}", [f"{theirs}self_attn.o_proj.{s}"], b),
+                (
+                    f"{ours}mlp.fc.{s}",
+                    [f"{theirs}mlp.gate_proj.{s}", f"{theirs}mlp.up_proj.{s}"],
+                    b,
+                ),
+                (f"{ours}mlp.proj.{s}", [f"{theirs}mlp.down_proj.{s}"], b),
+            ]
+    pairs.append(("norm_f.weight", ["model.norm.weight"], False))
     if not config.tie_weights:
-        pairs.append(("lm_head.weight", ["lm_head.weight"]))
+        pairs.append(("lm_head.weight", ["lm_head.weight"], False))
     return pairs
+
+
+def _split_sizes(config: GPTConfig, n_parts: int) -> list[int]:
+    """Rows of each transformers matrix inside one of our fused ones (qkv or gate|up)."""
+    H, K, D = config.n_head, config.kv_heads, config.head_dim
+    return [H * D, K * D, K * D] if n_parts == 3 else [config.hidden] * 2
 
 
 def to_hf_state_dict(model: GPT) -> dict[str, Tensor]:
@@ -263,33 +351,69 @@ def to_hf_state_dict(model: GPT) -> dict[str, Tensor]:
     ours = model.state_dict()
     out: dict[str, Tensor] = {}
     if twin_family(config) == "gpt2":
-        for a, b, transpose in _gpt2_pairs(config):
-            out[b] = ours[a].t().contiguous() if transpose else ours[a].clone()
-    else:
-        H, K, D = config.n_head, config.kv_heads, config.head_dim
-        for a, names in _llama_pairs(config):
-            if len(names) == 1:
-                out[names[0]] = ours[a].clone()
-                continue
-            sizes = [H * D, K * D, K * D] if len(names) == 3 else [config.hidden] * 2
-            for name, part in zip(names, ours[a].split(sizes, dim=0)):
-                out[name] = part.clone()
+        for a, b, transpose, is_bias in _gpt2_pairs(config):
+            if is_bias and a not in ours:  # bias=False: a zero bias computes the same
+                weight = ours[a[: -len("bias")] + "weight"]
+                out[b] = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+            elif a in ours:
+                out[b] = ours[a].t().contiguous() if transpose else ours[a].clone()
+        return out
+    for a, names, _ in _rotary_pairs(config):
+        if len(names) == 1:
+            out[names[0]] = ours[a].clone()
+            continue
+        for name, part in zip(names, ours[a].split(_split_sizes(config, len(names)), dim=0)):
+            out[name] = part.clone()
     return out
 
 
+def _is_zero(t: Tensor) -> bool:
+    return not bool(t.detach().ne(0).any())
+
+
+def hf_biases_all_zero(config: GPTConfig, state: dict[str, Tensor]) -> bool:
+    """Whether every bias tensor a transformers state dict holds for `config` is zero."""
+    return all(_is_zero(t) for t in _hf_bias_tensors(config, state))
+
+
+def _hf_bias_tensors(config: GPTConfig, state: dict[str, Tensor]) -> list[Tensor]:
+    if _layout(config) == "gpt2":
+        return [state[b] for _, b, _, is_bias in _gpt2_pairs(config) if is_bias and b in state]
+    pairs = _rotary_pairs(dataclasses.replace(config, bias=True))
+    return [state[n] for _, names, is_bias in pairs if is_bias for n in names if n in state]
+
+
 def from_hf_state_dict(config: GPTConfig, state: dict[str, Tensor]) -> GPT:
-    """Build our model for `config` with weights from a transformers state dict."""
-    family = twin_family(config)
+    """Build our model for `config` with weights from a transformers state dict.
+
+    With bias=True, bias tensors transformers does not have (Qwen3's MLP, Llama with
+    attention_bias only) are zeros; with bias=False, any bias transformers has must be zero.
+    """
+    if not config.bias and not hf_biases_all_zero(config, state):
+        raise TinyGPTError(
+            "the transformers weights hold non-zero biases, but model.bias = false; "
+            "load them with model.bias = true"
+        )
     ours: dict[str, Tensor] = {}
     try:
-        if family == "gpt2":
-            for a, b, transpose in _gpt2_pairs(config):
+        if _layout(config) == "gpt2":
+            for a, b, transpose, is_bias in _gpt2_pairs(config):
+                if is_bias and not config.bias:
+                    continue
                 ours[a] = state[b].t() if transpose else state[b]
         else:
-            for a, names in _llama_pairs(config):
-                ours[a] = torch.cat([state[n] for n in names], dim=0)
+            for a, names, is_bias in _rotary_pairs(config):
+                # a missing bias is a zero one; unfused ones (o_proj, down_proj) have C entries
+                sizes = _split_sizes(config, len(names)) if len(names) > 1 else [config.n_embd]
+                ours[a] = torch.cat(
+                    [
+                        torch.zeros(size) if is_bias and n not in state else state[n]
+                        for n, size in zip(names, sizes)
+                    ],
+                    dim=0,
+                )
     except KeyError as exc:
-        raise TinyGPTError(f"the transformers weights lack {exc.args[0]!r}") from exc
+        raise TinyGPTError(f"the transformers weights lack {exc.args[0]!r}") from None
     if config.tie_weights:
         ours["lm_head.weight"] = ours["tok_emb.weight"]
     model = GPT(config)
@@ -297,18 +421,24 @@ def from_hf_state_dict(config: GPTConfig, state: dict[str, Tensor]) -> GPT:
     return model
 
 
-# ----------------------------------------------------------------------------- folders
+# ----------------------------------------------------------------------------- models
 
 
 def from_hf_model(hf_model: Any) -> tuple[GPT, GPTConfig]:
-    """Our model (eval mode, fp32) with the weights of an in-memory transformers model."""
+    """Our model (eval mode, fp32) with the weights of an in-memory transformers model.
+
+    A model whose bias tensors are all zero becomes bias=False (the same function).
+    """
     config = config_from_hf(hf_model.config)
-    model = from_hf_state_dict(config, hf_model.state_dict())
+    state = hf_model.state_dict()
+    if config.bias and hf_biases_all_zero(config, state):
+        config = dataclasses.replace(config, bias=False)
+    model = from_hf_state_dict(config, state)
     return model.eval(), config
 
 
 def load_hf(path: str | Path) -> tuple[GPT, GPTConfig]:
-    """Load a local transformers folder (GPT2LMHeadModel or LlamaForCausalLM) into our model."""
+    """Load a local transformers folder (GPT-2, Llama or Qwen3 family) into our model."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise TinyGPTError(
@@ -318,9 +448,10 @@ def load_hf(path: str | Path) -> tuple[GPT, GPTConfig]:
     tf = _transformers()
     hf_config = tf.AutoConfig.from_pretrained(path, local_files_only=True)
     config_from_hf(hf_config)  # fail early, before loading weights, on unsupported models
-    hf_model = tf.AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, dtype=torch.float32
-    )
+    with _quiet(tf):
+        hf_model = tf.AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=torch.float32
+        )
     return from_hf_model(hf_model)
 
 
@@ -328,7 +459,7 @@ def to_hf_model(model: GPT, eot_id: int | None = None) -> Any:
     """An in-memory transformers twin of our model (eval mode) with the same weights."""
     tf = _transformers()
     hf_config = hf_config_for(model.config, eot_id=eot_id)
-    cls = tf.GPT2LMHeadModel if hf_config.model_type == "gpt2" else tf.LlamaForCausalLM
+    cls = getattr(tf, HF_CLASSES[hf_config.model_type])
     hf_model = cls(hf_config)
     missing, unexpected = hf_model.load_state_dict(to_hf_state_dict(model), strict=False)
     # The tied head is the only tensor we leave out; anything else is a mapping bug.
@@ -340,19 +471,208 @@ def to_hf_model(model: GPT, eot_id: int | None = None) -> Any:
     return hf_model.to(next(model.parameters()).device).eval()
 
 
-def to_hf(
-    model: GPT, out_dir: str | Path, *, tokenizer: Any = None, eot_id: int | None = None
-) -> Path:
-    """Write a transformers folder (config.json, model.safetensors[, tokenizer.json]).
+# -------------------------------------------------------------------------- tokenizer
 
-    The folder loads with `AutoModelForCausalLM.from_pretrained(out_dir)`.
+
+def tokenizer_files(
+    tokenizer: Any,
+    *,
+    model_max_length: int,
+    chat_template: str | None = None,
+) -> dict[str, Any]:
+    """tokenizer_config.json and special_tokens_map.json for our `tokenizer.json`.
+
+    `PreTrainedTokenizerFast` (every transformers version since 4.0; `TokenizersBackend` in
+    5.x) takes the `tokenizer.json` as it is, so it encodes exactly as ours. The end-of-text
+    token is also the beginning, end and padding token (GPT-2's convention); no post-processor
+    adds it, so `tokenizer(text)` gives the ids of the text alone, as `tokenizer.encode` does
+    here. `clean_up_tokenization_spaces` would change decoded text ("a ." -> "a."), so it is
+    off. A chat template goes into `tokenizer_config.json`, and `save_hf_folder` also writes
+    it to `chat_template.jinja` (the file transformers 5 writes), with identical content.
     """
-    if tokenizer is not None and eot_id is None:
-        eot_id = getattr(tokenizer, "eot_id", None)
-    hf_model = to_hf_model(model, eot_id=eot_id)
+    from tinygpt.tokenizer import EOT, UNK
+
+    specials: dict[str, str] = {"bos_token": EOT, "eos_token": EOT, "pad_token": EOT}
+    if UNK in tokenizer.special_tokens:
+        specials["unk_token"] = UNK
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **specials,
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": False,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        # decoder-only batched generation pads on the left, so each row ends at its last token
+        "padding_side": "left",
+        "added_tokens_decoder": {
+            str(i): {
+                "content": s,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
+            }
+            for s, i in sorted(tokenizer.special_tokens.items(), key=lambda kv: kv[1])
+        },
+    }
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    return {"tokenizer_config.json": config, "special_tokens_map.json": specials}
+
+
+def generation_config_for(
+    tokenizer: Any, *, block_size: int, end_of_turn: str | None = None
+) -> dict[str, Any]:
+    """generation_config.json: special ids and the sampling defaults of `tinygpt sample`.
+
+    `max_length` is the context: transformers does not slide its window past the positions
+    the model was trained on (our generator does), so a default beyond it would fail (GPT-2)
+    or run on untrained positions (RoPE). With a chat template's end-of-turn token the end
+    ids are a list, so that generation stops at the end of an assistant turn too.
+    """
+    from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
+
+    eot = tokenizer.eot_id
+    eos: int | list[int] = eot
+    if end_of_turn is not None:
+        if end_of_turn not in tokenizer.special_tokens:
+            raise TinyGPTError(
+                f"the end-of-turn token {end_of_turn!r} is not a special token of this "
+                f"tokenizer (it has {', '.join(tokenizer.special_tokens)}); add it to the "
+                "tokenizer or give another"
+            )
+        eos = [eot, tokenizer.special_tokens[end_of_turn]]
+    return {
+        "bos_token_id": eot,
+        "eos_token_id": eos,
+        "pad_token_id": eot,
+        "do_sample": True,
+        "temperature": SAMPLE_TEMPERATURE,
+        "top_k": SAMPLE_TOP_K,
+        "max_length": block_size,
+    }
+
+
+# ---------------------------------------------------------------------------- folders
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def check_destination(out_dir: Path, force: bool) -> None:
+    """Refuse to overwrite a non-empty folder without `force`, and a run folder ever."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TinyGPTError(f"{out_dir} exists and is not a folder; give a folder path for --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if (out_dir / "checkpoints").is_dir() or (out_dir / "train.bin").is_file():
+            raise TinyGPTError(
+                f"{out_dir} holds a run or dataset, which an export never replaces; "
+                "give another --out folder"
+            )
+        if not force:
+            raise TinyGPTError(
+                f"{out_dir} exists and is not empty; give an empty or new folder, "
+                "or pass --force to replace it"
+            )
+
+
+def save_hf_folder(
+    model: GPT,
+    out_dir: str | Path,
+    *,
+    tokenizer: Any = None,
+    chat_template: str | None = None,
+    end_of_turn: str | None = None,
+    card: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Write a complete transformers folder for `model` (and `tokenizer`) at `out_dir`.
+
+    Files: config.json, model.safetensors, generation_config.json; with a tokenizer also
+    tokenizer.json, tokenizer_config.json, special_tokens_map.json (and chat_template.jinja
+    with a chat template); README.md when `card` is given. Everything is written into a
+    temporary sibling folder that is renamed into place at the end, so `out_dir` is never
+    a half-written folder that looks complete; an existing non-empty `out_dir` is replaced
+    only with `force`.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    hf_model.save_pretrained(out_dir)
-    if tokenizer is not None:
-        tokenizer.save(out_dir / "tokenizer.json")
+    check_destination(out_dir, force)
+    if chat_template is not None and tokenizer is None:
+        raise TinyGPTError("a chat template needs a tokenizer to go with it")
+    eot_id = getattr(tokenizer, "eot_id", None)
+    hf_model = to_hf_model(model, eot_id=eot_id)
+    files: dict[str, Any] = {}
+    gen = None
+    if tokenizer is not None:  # everything that can fail on bad input, before any file
+        gen = generation_config_for(
+            tokenizer, block_size=model.config.block_size, end_of_turn=end_of_turn
+        )
+        files = tokenizer_files(
+            tokenizer, model_max_length=model.config.block_size, chat_template=chat_template
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(out_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tf = _transformers()
+        with _quiet(tf):
+            hf_model.save_pretrained(tmp)
+        if gen is not None:
+            tf.GenerationConfig(**gen).save_pretrained(tmp)  # replaces the one derived above
+            tokenizer.save(tmp / "tokenizer.json")
+            for name, content in files.items():
+                _write_json(tmp / name, content)
+            if chat_template is not None:
+                (tmp / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+        _replace_folder(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out_dir
+
+
+def _replace_folder(tmp: Path, out_dir: Path) -> None:
+    """Move the finished `tmp` to `out_dir` (files fsync'ed first); an old `out_dir` is
+    first moved aside under a hidden name (atomic), then deleted, so no moment shows a
+    mixed folder."""
+    from tinygpt.files import fsync_dir, fsync_file
+
+    for file in tmp.iterdir():  # the contents are on disk before the name says "complete"
+        fsync_file(file)
+    fsync_dir(tmp)
+    old = None
+    if out_dir.exists():
+        old = temp_sibling(out_dir, "old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    fsync_dir(out_dir.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def to_hf(
+    model: GPT,
+    out_dir: str | Path,
+    *,
+    tokenizer: Any = None,
+    chat_template: str | None = None,
+    end_of_turn: str | None = None,
+    card: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Write a transformers folder that `AutoModelForCausalLM.from_pretrained(out_dir)` (and,
+    with a tokenizer, `AutoTokenizer` and `pipeline`) load; see `save_hf_folder`."""
+    return save_hf_folder(
+        model,
+        out_dir,
+        tokenizer=tokenizer,
+        chat_template=chat_template,
+        end_of_turn=end_of_turn,
+        card=card,
+        force=force,
+    )

@@ -1,0 +1,117 @@
+"""`tinygpt export`, `tinygpt import` and `tinygpt push`: argument parsing for sharing models.
+
+The work is done by `tinygpt.export.hf_run` (run folder <-> transformers folder) and
+`tinygpt.export.hub` (token lookup and upload); torch and transformers are imported only
+when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+FORMATS = ["hf"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from tinygpt.cli import HelpFormatter
+
+    export = subparsers.add_parser(
+        "export",
+        help="write a run as a Hugging Face transformers folder",
+        description="Write one checkpoint of a run as a folder that transformers loads with no "
+        "network and no trust_remote_code: config.json, model.safetensors, "
+        "generation_config.json, tokenizer.json + tokenizer_config.json + "
+        "special_tokens_map.json, and a model card README.md. GPT-2-style configs become "
+        "GPT2LMHeadModel, Llama-style ones LlamaForCausalLM, Llama-style with QK-norm (the "
+        "default preset) Qwen3ForCausalLM. The folder is written next to --out and renamed "
+        "into place when complete.",
+        formatter_class=HelpFormatter,
+    )
+    export.add_argument("run", metavar="RUN", help="a run folder written by `tinygpt train`")
+    export.add_argument("--format", default="hf", choices=FORMATS, help="output format")
+    export.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    export.add_argument("--checkpoint", default="best", help="best, latest or step-N")
+    export.add_argument(
+        "--force", action="store_true", help="replace --out when it exists and is not empty"
+    )
+    _card_arguments(export)
+    export.set_defaults(func=run_export)
+
+    imp = subparsers.add_parser(
+        "import",
+        help="turn a local transformers folder into a run folder",
+        description="Turn a local transformers folder (GPT-2, Llama or Qwen3 family, with a "
+        "byte-level BPE or character tokenizer.json) into a run folder that sample, eval "
+        "and info accept. Biases that are all zero become model.bias = false.",
+        formatter_class=HelpFormatter,
+    )
+    imp.add_argument("hf_dir", metavar="HF_DIR", help="a folder save_pretrained wrote")
+    imp.add_argument("--out", required=True, metavar="RUN", help="new run folder to write")
+    imp.set_defaults(func=run_import)
+
+    push = subparsers.add_parser(
+        "push",
+        help="upload a run or an exported folder to the Hugging Face Hub",
+        description="Upload to the Hugging Face Hub. A run folder is exported first, into "
+        "RUN/export/hf (replaced on each push). The token comes from HF_TOKEN, then a .env "
+        "file in the working directory (HF_TOKEN=...), then a prior `hf auth login`; it is "
+        "never printed or written. Needs the huggingface_hub package (tinygpt[hub]).",
+        formatter_class=HelpFormatter,
+    )
+    push.add_argument("path", metavar="DIR_OR_RUN", help="a run folder or a folder `export` wrote")
+    push.add_argument("--repo-id", required=True, metavar="USER/NAME", help="Hub repository")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--revision", default=None, help="branch to push to (default: main)")
+    push.add_argument("--checkpoint", default="best", help="for a run: best, latest or step-N")
+    _card_arguments(push)
+    push.set_defaults(func=run_push)
+
+
+def _card_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--license", default="mit", help="licence of the weights, for the model card"
+    )
+    parser.add_argument(
+        "--language",
+        default=None,
+        help="language code for the model card (default: that of a built-in corpus)",
+    )
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from tinygpt.export.hf_run import export_run
+
+    out = export_run(
+        args.run,
+        args.out,
+        checkpoint=args.checkpoint,
+        force=args.force,
+        license=args.license,
+        language=args.language,
+    )
+    print(f"exported {args.run} to {out}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from tinygpt.export.hf_run import import_hf
+
+    out = import_hf(args.hf_dir, args.out)
+    print(f"imported {args.hf_dir} into the run folder {out}")
+    return 0
+
+
+def run_push(args: argparse.Namespace) -> int:
+    from tinygpt.export.hub import push_to_hub
+
+    url = push_to_hub(
+        args.path,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        checkpoint=args.checkpoint,
+        license=args.license,
+        language=args.language,
+    )
+    print(f"pushed to {url}")
+    return 0
