@@ -303,7 +303,7 @@ class StreamDecoder:
         return self._decoder.decode(b"", final=True)
 
 
-class _RowText:
+class RowText:
     """The text of one row as it grows: decodes, finds stop strings, and releases only text
     that can no longer turn out to be the start of a stop string."""
 
@@ -417,7 +417,7 @@ class TextGenerator:
         if any(len(i) < T for i in ids):
             mask = torch.tensor([[0] * (T - len(i)) + [1] * len(i) for i in ids])
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        rows = [_RowText(self.tokenizer, stops) for _ in ids]
+        rows = [RowText(self.tokenizer, stops) for _ in ids]
         steps = generate_tokens(
             self.model,
             prompt_t,
