@@ -227,13 +227,19 @@ def test_leaving_an_async_stream_cancels_the_request(tok):
 
 def test_queue_full(tok):
     engine = Engine(make_model(tok), tok, max_batch=1, max_queue=2, start=False)
-    engine.submit("a", max_tokens=3)
-    engine.submit("b", max_tokens=3)
-    with pytest.raises(QueueFull, match="all 1 rows are busy and 2 requests are waiting") as err:
-        engine.submit("c", max_tokens=3)
+    for prompt in "abc":  # the first will take the free row, two wait
+        engine.submit(prompt, max_tokens=3)
+    with pytest.raises(
+        QueueFull, match=r"1 rows generate and 2 requests wait \(at most 2\)"
+    ) as err:
+        engine.submit("d", max_tokens=3)
     assert err.value.retry_after >= 1
-    engine.step()  # one request takes the row: one place in the queue frees
-    engine.submit("c", max_tokens=3)
+    engine.step()  # one request takes the row, two wait: still full
+    with pytest.raises(QueueFull):
+        engine.submit("d", max_tokens=3)
+    while engine.stats().active:  # the first finishes: one place frees
+        engine.step()
+    engine.submit("d", max_tokens=3)
 
 
 def test_time_limit(tok):

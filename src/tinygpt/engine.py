@@ -220,6 +220,7 @@ class Request:
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
+        self._streaming = False  # an async iterator wants every event, not only the last
 
     @property
     def prompt_tokens(self) -> int:
@@ -256,7 +257,9 @@ class Request:
             self._events.append(event)
             self._cond.notify_all()
             loop, wakeup = self._loop, self._wakeup
-        if loop is not None and wakeup is not None:
+            # Waking the event loop costs its thread a turn on the GIL: only when awaited.
+            wanted = self._streaming or event.finish_reason is not None
+        if loop is not None and wakeup is not None and wanted:
             try:
                 loop.call_soon_threadsafe(wakeup.set)
             except RuntimeError:  # the event loop is closed: nobody listens any more
@@ -291,6 +294,7 @@ class Request:
             return self._wakeup
 
     async def _aiter(self) -> AsyncIterator[Event]:
+        self._streaming = True
         wakeup = self._attach()
         finished = False
         try:
@@ -421,7 +425,7 @@ class Engine:
     Engine(model, tokenizer, max_batch=16, max_queue=64, timeout=600.0):
     - max_batch: rows of the batch, i.e. requests generated at once. The KV cache for all of
       them is allocated up front: 2 * n_layer * max_batch * block_size * K * D numbers.
-    - max_queue: requests that may wait for a row; one more raises QueueFull.
+    - max_queue: requests that may wait while every row is busy; one more raises QueueFull.
     - timeout: the default time limit of a request, seconds from submission (None: none).
     - prefill_chunk: feed prompts in pieces of this many tokens (None: whole), which bounds
       how long one prefill holds up the running rows.
@@ -514,10 +518,13 @@ class Engine:
         with self._cond:
             if self._closed:
                 raise TinyGPTError("the engine is closed; start a new one")
-            if len(self._queue) >= self.max_queue:
+            # Requests that the next step will give a free row do not count as waiting.
+            free = max(0, self.max_batch - len(self._rows))
+            if len(self._queue) >= self.max_queue + free:
                 raise QueueFull(
-                    f"all {self.max_batch} rows are busy and {len(self._queue)} requests "
-                    "are waiting; try again shortly"
+                    f"the engine is full: {self.max_batch} rows generate and "
+                    f"{len(self._queue) - free} requests wait (at most {self.max_queue}); "
+                    "try again shortly"
                 )
             self._queue.append(req)
             self._cond.notify_all()
@@ -565,7 +572,13 @@ class Engine:
                     self._cond.wait()
                 if self._closed:
                     return
-            self.step()
+            try:
+                self.step()
+            except Exception as exc:  # a fault outside a request's own work: end them all
+                rows, self._rows = self._rows, []
+                with self._cond:
+                    waiting, self._queue = list(self._queue), collections.deque()
+                self._fail([row.req for row in rows] + waiting, exc)
 
     @torch.inference_mode()
     def step(self) -> None:
