@@ -8,9 +8,11 @@ async API as a server does, half of the requests streamed and half awaited whole
 client sends its requests one after another. Every request: a 16-token prompt, exactly 64
 new tokens (end-of-text ignored), temperature 0.8 with its own seed. A phase runs --requests
 requests with c clients; phases take turns over --repeats rounds (load from other processes
-spreads over all of them) and the medians are reported. Writes benchmarks/results/engine.md.
+spreads over all of them) and the medians are reported. Then one decoding step of 1 and of
+32 rows is profiled (torch.profiler): the share of matrix products, attention and the rest.
+Writes benchmarks/results/engine.md.
 
-    python benchmarks/bench_engine.py [--repeats 3] [--requests 32] [--threads 1]
+    python benchmarks/bench_engine.py [--repeats 5] [--requests 32] [--threads 1]
 """
 
 from __future__ import annotations
@@ -86,12 +88,40 @@ def measure(config: GPTConfig, tokenizer, args) -> dict[int, dict[str, float]]:
     return {c: {k: statistics.median(r[k] for r in runs[c]) for k in runs[c][0]} for c in CLIENTS}
 
 
+def profile_step(config: GPTConfig, tokenizer, rows: int) -> dict[str, float]:
+    """Milliseconds of one decoding step of `rows` rows, by kind of operator (median of 10
+    profiled steps, the engine stepped by hand, without its thread)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    engine = Engine(GPT(config).eval(), tokenizer, max_batch=rows, start=False)
+    for i in range(rows):
+        engine.submit([1 + i, 2, 3, 4] * 4, max_tokens=NEW, stop_token_ids=(), seed=i)
+    for _ in range(8):  # joined, and past the first steps
+        engine.step()
+    kinds = {"matmul": ("aten::mm", "aten::addmm", "aten::bmm"), "attention": ("sdpa", "attention")}
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(10):
+            engine.step()
+    spent = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+    total = 0.0
+    for event in prof.key_averages():
+        total += event.self_cpu_time_total
+        kind = next(
+            (k for k, names in kinds.items() if any(n in event.key for n in names)), "other"
+        )
+        spent[kind] += event.self_cpu_time_total
+    return {k: v / 10 / 1000 for k, v in spent.items()} | {"total": total / 10 / 1000}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--requests", type=int, default=32, help="requests per phase")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
+    if args.requests < max(CLIENTS):
+        parser.error(f"--requests must be at least {max(CLIENTS)}, one per client")
     torch.set_num_threads(args.threads)
 
     # Printable ASCII: 100 characters + end-of-text, inside both models' vocabulary of 128
@@ -135,8 +165,19 @@ def main() -> None:
             f"32 clients vs 1: {ratio:.1f}x the aggregate tokens/s "
             f"(target >= 4x: {'met' if ratio >= 4 else 'NOT met'})",
             "",
+            "One decoding step, profiled (ms of operator time; the profiler adds its own):",
+            "",
+            "| rows | total | matrix products | attention | other ops |",
+            "|---:|---:|---:|---:|---:|",
         ]
-        print("\n".join(lines[-(len(results) + 7) :]), flush=True)
+        for rows in (1, 32):
+            p = profile_step(config, tokenizer, rows)
+            lines.append(
+                f"| {rows} | {p['total']:.2f} | {p['matmul']:.2f} | {p['attention']:.2f} | "
+                f"{p['other']:.2f} |"
+            )
+        lines.append("")
+        print("\n".join(lines[-(len(results) + 14) :]), flush=True)
     text = "\n".join(lines) + "\n"
     print(text)
     write_section("engine", text)

@@ -283,6 +283,8 @@ def test_background_thread_and_asyncio_never_block_the_loop(tok):
     with Engine(model, tok, max_batch=4) as engine:
         texts, whole, ticks = asyncio.run(main(engine))
         sync = [engine.submit(p, **settings).result(10).text for p in PROMPTS[:2]]
+        with pytest.raises(TinyGPTError, match="runs its own thread"):
+            engine.step()
     assert texts == whole == expected
     assert sync == expected[:2]
     assert ticks > 100  # the event loop kept running while the engine generated

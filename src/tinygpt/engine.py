@@ -583,7 +583,10 @@ class Engine:
     @torch.inference_mode()
     def step(self) -> None:
         """One turn of the loop: end cancelled and timed-out requests, let waiting requests
-        join (prefill, first token), then one decoding step for every running row."""
+        join (prefill, first token), then one decoding step for every running row. Called
+        by the engine's thread, or by hand when the engine was made with start=False."""
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            raise TinyGPTError("this engine runs its own thread; step() is for start=False")
         now = time.monotonic()
         for i in reversed(range(len(self._rows))):
             row = self._rows[i]

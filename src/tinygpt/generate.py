@@ -242,9 +242,8 @@ def _left_padding(mask: Tensor | None, B: int, T: int) -> list[int]:
             f"attention_mask has shape {tuple(mask.shape)} but the prompt has {(B, T)}"
         )
     pad = (mask == 0).sum(1)  # (B,)
-    if not torch.equal(mask.bool(), _real_columns(pad.tolist(), 0, T, mask.device)) or bool(
-        (pad == T).any()
-    ):
+    left = torch.equal(mask.bool(), _real_columns(pad.tolist(), 0, T, mask.device))
+    if not left or bool((pad == T).any()):
         raise TinyGPTError(
             "attention_mask must be left padding: in each row zeros, then ones, with at "
             "least one token of prompt"
