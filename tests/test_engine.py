@@ -131,7 +131,7 @@ def test_stop_string_spanning_tokens_while_streaming(tok):
     stop = full[6:9]  # three characters: three tokens
     cut = full[: full.find(stop)]
     engine = Engine(model, tok, max_batch=2, start=False)
-    other = engine.submit("a", max_tokens=40, temperature=0.0)
+    other = engine.submit("a", max_tokens=40, temperature=0.0, stop_token_ids=())
     req = engine.submit(
         "Friends", max_tokens=40, temperature=0.0, stop=["zzzz", stop], stop_token_ids=()
     )
@@ -164,10 +164,10 @@ def test_end_of_text_and_other_stop_ids(tok):
 def test_context_limits(tok):
     model = make_model(tok)  # context 64
     ids = tok.encode("ab" * 40)
-    res = alone(model, tok, ids[:61], max_tokens=10, temperature=0.0)
+    res = alone(model, tok, ids[:61], max_tokens=10, temperature=0.0, stop_token_ids=())
     assert res.finish_reason == "length" and res.usage.completion_tokens == 3
     assert res.usage.total_tokens == 64
-    res = alone(model, tok, ids[:63], max_tokens=10, temperature=0.0)
+    res = alone(model, tok, ids[:63], max_tokens=10, temperature=0.0, stop_token_ids=())
     assert res.usage.completion_tokens == 1
     engine = Engine(model, tok, start=False)
     for n in (64, 80):
@@ -227,28 +227,30 @@ def test_leaving_an_async_stream_cancels_the_request(tok):
 
 def test_queue_full(tok):
     engine = Engine(make_model(tok), tok, max_batch=1, max_queue=2, start=False)
+    exact = dict(max_tokens=5, temperature=0.0, stop_token_ids=())  # ends after 5 tokens
     for prompt in "abc":  # the first will take the free row, two wait
-        engine.submit(prompt, max_tokens=3)
+        engine.submit(prompt, **exact)
     with pytest.raises(
         QueueFull, match=r"1 rows generate and 2 requests wait \(at most 2\)"
     ) as err:
-        engine.submit("d", max_tokens=3)
+        engine.submit("d", **exact)
     assert err.value.retry_after >= 1
     engine.step()  # one request takes the row, two wait: still full
     with pytest.raises(QueueFull):
-        engine.submit("d", max_tokens=3)
+        engine.submit("d", **exact)
     while engine.stats().active:  # the first finishes: one place frees
         engine.step()
-    engine.submit("d", max_tokens=3)
+    engine.submit("d", **exact)
 
 
 def test_time_limit(tok):
     engine = Engine(make_model(tok), tok, max_batch=1, start=False, timeout=None)
-    running = engine.submit("a", max_tokens=50, timeout=0.05, stop_token_ids=())
-    waiting = engine.submit("b", max_tokens=50, timeout=0.05)
+    # 0.3 s: ample for two steps of a tiny model even on a busy machine.
+    running = engine.submit("a", max_tokens=50, timeout=0.3, stop_token_ids=())
+    waiting = engine.submit("b", max_tokens=50, timeout=0.3)
     engine.step()
     engine.step()
-    time.sleep(0.06)
+    time.sleep(0.35)
     engine.step()
     assert running.finish_reason == waiting.finish_reason == "timeout"
     assert running.completion_tokens == 3 and waiting.completion_tokens == 0
