@@ -210,3 +210,29 @@ def test_bad_masks_and_positions():
     model(torch.zeros(2, 30, dtype=torch.long), cache=cache, attention_mask=torch.ones(2, 30))
     with pytest.raises(TinyGPTError, match=r"sequence of 33 tokens is longer than"):
         model(torch.zeros(2, 3, dtype=torch.long), cache=cache, attention_mask=torch.ones(2, 3))
+
+
+def test_padded_forward_exports_with_symbolic_batch_and_time():
+    """torch.export (what the ONNX exporter builds on) traces the masked path: nothing in it
+    reads tensor values into Python, and the batch and time axes stay symbolic."""
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, model: GPT) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids, mask, positions):
+            return self.model(ids, attention_mask=mask, positions=positions)[0]
+
+    model = Wrapped(model_of(VARIANTS["llama-gqa"]))
+    ids, mask = left_pad(random_rows([3, 5, 2]))
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    B, T = torch.export.Dim("B", min=2), torch.export.Dim("T", min=2, max=32)
+    dims = {0: B, 1: T}
+    program = torch.export.export(model, (ids, mask, positions), dynamic_shapes=(dims,) * 3)
+    ids2, mask2 = left_pad(random_rows([7, 1], seed=5))
+    positions2 = (mask2.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            program.module()(ids2, mask2, positions2), model(ids2, mask2, positions2)
+        )

@@ -397,6 +397,8 @@ def sample_rows(
 
 # ---------------------------------------------------------------------------- the engine
 
+_Logprob = tuple[float, list[tuple[int, float]]]  # chosen token's, [(id, logprob) of the top]
+
 
 @dataclass
 class _Row:
@@ -707,23 +709,23 @@ class Engine:
 
     def _logprobs(
         self, rows: list[_Row], logits: Tensor, tokens: Tensor
-    ) -> list[tuple[float, list[tuple[int, float]]]] | None:
-        """(logprob of the chosen token, [(id, logprob) of the top ones]) per row, or None
-        when no row asked for logprobs."""
+    ) -> list[_Logprob | None] | None:
+        """Per row, (logprob of the chosen token, [(id, logprob) of the top ones]) or None
+        for a row that did not ask; None when no row asked."""
         if not any(r.req.params.logprobs for r in rows):
             return None
         logp = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
         chosen = logp.gather(1, tokens[:, None])[:, 0].tolist()  # (n,)
         k = max(r.req.params.top_logprobs for r in rows)
         top_v, top_i = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
-        out = []
+        out: list[_Logprob | None] = []
         for j, r in enumerate(rows):
             kj = r.req.params.top_logprobs
             pairs = list(zip(top_i[j, :kj].tolist(), top_v[j, :kj].tolist()))
             out.append((chosen[j], pairs) if r.req.params.logprobs else None)
-        return out  # type: ignore[return-value]
+        return out
 
-    def _token(self, token: int, logprob: tuple[float, list[tuple[int, float]]] | None) -> Token:
+    def _token(self, token: int, logprob: _Logprob | None) -> Token:
         if logprob is None:
             return self._describe(token)
         value, top = logprob

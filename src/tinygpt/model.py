@@ -646,13 +646,17 @@ class GPT(nn.Module):
                 f"positions has shape {tuple(positions.shape)} but the input ids have {(B, T)}; "
                 "give one position per input token"
             )
+        positions = positions.to(device=self.tok_emb.weight.device, dtype=torch.long)
+        if torch.compiler.is_compiling():
+            # An export or compile traces symbolic values: a check of data would stop it.
+            return positions
         lo, hi = (int(p) for p in torch.aminmax(positions))
         if lo < 0 or hi >= self.config.block_size:
             raise TinyGPTError(
                 f"positions must lie in [0, {self.config.block_size}) (the model's context), "
                 f"got {lo} to {hi}"
             )
-        return positions.to(device=self.tok_emb.weight.device, dtype=torch.long)
+        return positions
 
     @torch.no_grad()
     def attention_maps(self, idx: Tensor) -> list[Tensor]:
