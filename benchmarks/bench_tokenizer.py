@@ -6,7 +6,10 @@ Usage: python benchmarks/bench_tokenizer.py CORPUS_PATH [--vocab-size 4096] [--r
 Measures, as medians over the repeats:
 - training time of a byte-level BPE with the given vocabulary, ours vs `tokenizers`;
 - encode throughput over the whole corpus (one string), both reading OUR tokenizer.json,
-  with a cold cache for ours (a fresh load each repeat), and whether their ids agree.
+  with a cold cache for ours (a fresh load each repeat), and whether their ids agree;
+- the same with GPT-2's 50,257-id vocabulary (`--tokenizer gpt2`, from the cache or fetched),
+  ours and HF reading the converted tokenizer.json, against `tiktoken` built from the same
+  ranks (skipped with a note when the ranks cannot be had).
 If our trainer is more than 10x slower than theirs, a profile of ours is added.
 
 Prints machine, date, commit and figures, and writes them as a markdown section.
@@ -23,7 +26,9 @@ import tempfile
 from pathlib import Path
 
 from common import ROOT, machine, timed
+from tinygpt.errors import TinyGPTError
 from tinygpt.tokenizer import load_tokenizer, train_tokenizer
+from tinygpt.tokenizer.bpe import PATTERNS
 
 
 def main() -> int:
@@ -69,6 +74,8 @@ def main() -> int:
     )
     print(f"tokens {n_tokens:,}  ({n_bytes / n_tokens:.2f} bytes per token)")
 
+    gpt2 = bench_gpt2(text, args.repeats)
+
     profile = ""
     if ours_train > 10 * hf_train:
         prof = cProfile.Profile()
@@ -104,6 +111,7 @@ def main() -> int:
         f"{n_bytes / n_tokens:.2f} bytes per token). Target: our trainer within 10x of HF's "
         f"time: {'met' if ours_train <= 10 * hf_train else 'NOT met'}.",
         "",
+        *gpt2,
     ]
     if profile:
         lines += ["Profile of our trainer:", "", "```", profile.strip(), "```", ""]
@@ -111,6 +119,54 @@ def main() -> int:
     args.out.write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {args.out}")
     return 0
+
+
+def bench_gpt2(text: str, repeats: int) -> list[str]:
+    """Encode `text` with GPT-2's vocabulary: ours, HF tokenizers, tiktoken. Markdown lines."""
+    import tokenizers
+
+    from tinygpt.tokenizer.gpt2 import gpt2_tokenizer_file, ranks_file
+
+    try:
+        path = gpt2_tokenizer_file()
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+    except (TinyGPTError, ImportError) as exc:
+        print(f"gpt2: skipped ({exc})")
+        return ["GPT-2 vocabulary: skipped (" + str(exc) + ").", ""]
+    ranks = load_tiktoken_bpe(str(ranks_file()))
+    enc = tiktoken.Encoding(
+        "gpt2", pat_str=PATTERNS["gpt2"], mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": len(ranks)},
+    )  # fmt: skip
+    hf = tokenizers.Tokenizer.from_file(str(path))
+    ours_s, ids = timed(lambda: load_tokenizer(path).encode(text), repeats)
+    hf_s, hf_ids = timed(lambda: hf.encode(text).ids, repeats)
+    tt_s, tt_ids = timed(lambda: enc.encode_ordinary(text), repeats)
+    same = ids == hf_ids == tt_ids
+    mb = len(text.encode("utf-8")) / 1e6
+    print(
+        f"gpt2   ours {ours_s:.2f} s ({mb / ours_s:.2f} MB/s)   hf {hf_s:.2f} s "
+        f"({mb / hf_s:.2f} MB/s)   tiktoken {tt_s:.3f} s ({mb / tt_s:.2f} MB/s)   "
+        f"identical ids: {same}"
+    )
+    return [
+        "GPT-2's vocabulary (50,257 ids, `--tokenizer gpt2`): encode the whole corpus, ours "
+        "and HF reading the converted tokenizer.json (ours with a fresh load each repeat), "
+        "tiktoken built from the same ranks; one thread each.",
+        "",
+        "| | ours (Python) | HF tokenizers (Rust) | tiktoken (Rust) |",
+        "|---|---:|---:|---:|",
+        f"| encode whole corpus | {ours_s:.2f} s | {hf_s:.2f} s | {tt_s:.3f} s |",
+        f"| encode throughput | {mb / ours_s:.2f} MB/s | {mb / hf_s:.2f} MB/s "
+        f"| {mb / tt_s:.2f} MB/s |",
+        f"| tokens/s | {len(ids) / ours_s:,.0f} | {len(ids) / hf_s:,.0f} "
+        f"| {len(ids) / tt_s:,.0f} |",
+        "",
+        f"Ids over the whole corpus: {'identical' if same else 'DIFFERENT'} in all three "
+        f"({len(ids):,} tokens).",
+        "",
+    ]
 
 
 if __name__ == "__main__":

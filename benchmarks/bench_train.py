@@ -36,10 +36,12 @@ from pathlib import Path
 import torch
 
 from common import ROOT, machine, machine_line, write_section
+from tinygpt.batches import RandomWindows
 from tinygpt.config import TrainConfig
 from tinygpt.data import open_dataset, prepare
 from tinygpt.model import GPT, GPTConfig
-from tinygpt.train import BatchSampler, Dist, build_optimizer, cpu_has_fast_bf16
+from tinygpt.runtime import Dist, cpu_has_fast_bf16
+from tinygpt.train import build_optimizer
 
 SHAPES = {
     "4x128, ctx 64, batch 12": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch=12),
@@ -80,7 +82,7 @@ def _theirs(shape: dict, vocab: int) -> torch.nn.Module:
     return GPT2LMHeadModel(cfg)
 
 
-def _step_fn(model, kind: str, sampler: BatchSampler, autocast_bf16: bool):
+def _step_fn(model, kind: str, sampler: RandomWindows, autocast_bf16: bool):
     opt = build_optimizer(model, TrainConfig(lr=1e-3), "cpu")
     model.train()
 
@@ -119,7 +121,7 @@ def bench_steps(data: Path, steps: int) -> tuple[list[dict], str]:
         }
         fns = {}
         for label, (kind, model, bf16) in contenders.items():
-            sampler = BatchSampler(ds.train, shape["block_size"], shape["batch"], 0, Dist(), "cpu")
+            sampler = RandomWindows(ds.train, shape["block_size"], shape["batch"], 0, Dist(), "cpu")
             fns[label] = _step_fn(model, kind, sampler, bf16)
         # Without bf16 hardware (no AMX / AVX-512 BF16) autocast is emulated and an order of
         # magnitude slower: a few steps are enough to show it.

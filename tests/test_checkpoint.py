@@ -1,4 +1,5 @@
-"""Checkpoints: tied weights stored once, atomic folders, pointers, rotation, disk errors."""
+"""Checkpoints: tied weights stored once, atomic folders; in a run folder: pointers,
+rotation, disk errors."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from tinygpt import checkpoint as ckpt
 from tinygpt.errors import TinyGPTError
 from tinygpt.model import GPT, GPTConfig
+from tinygpt.run import RunDir
 
 
 def _model(tie=True):
@@ -54,8 +56,7 @@ def test_save_pointers_and_rotation(tmp_path):
     model = _model()
     opt = torch.optim.AdamW(model.parameters())
     for step in (10, 20, 30, 40):
-        ckpt.save_checkpoint(
-            tmp_path,
+        RunDir(tmp_path).save_checkpoint(
             step,
             model,
             optimizer=opt,
@@ -64,14 +65,14 @@ def test_save_pointers_and_rotation(tmp_path):
             is_best=step == 20,
             keep_last=2,
         )
-    names = [p.name for p in ckpt.list_checkpoints(tmp_path)]
+    names = [p.name for p in RunDir(tmp_path).checkpoints()]
     assert names == ["step-000020", "step-000030", "step-000040"]  # best survives rotation
     (tmp_path / "config.toml").write_text("")
-    assert ckpt.resolve_checkpoint(tmp_path, "best").name == "step-000020"
-    assert ckpt.resolve_checkpoint(tmp_path, "latest").name == "step-000040"
-    assert ckpt.resolve_checkpoint(tmp_path, "step-30").name == "step-000030"
+    assert RunDir(tmp_path).resolve_checkpoint("best").name == "step-000020"
+    assert RunDir(tmp_path).resolve_checkpoint("latest").name == "step-000040"
+    assert RunDir(tmp_path).resolve_checkpoint("step-30").name == "step-000030"
     with pytest.raises(TinyGPTError, match="use best, latest or one of: step-000020"):
-        ckpt.resolve_checkpoint(tmp_path, "step-10")
+        RunDir(tmp_path).resolve_checkpoint("step-10")
     state = ckpt.read_state(tmp_path / "checkpoints" / "step-000040")
     assert state["tokens"] == 40 and state["format_version"] == ckpt.FORMAT_VERSION
     assert ckpt.load_optimizer_state(tmp_path / "checkpoints" / "step-000040")["param_groups"]
@@ -80,29 +81,29 @@ def test_save_pointers_and_rotation(tmp_path):
 
 def test_a_partial_checkpoint_is_never_seen(tmp_path):
     model = _model()
-    ckpt.save_checkpoint(tmp_path, 1, model)
+    RunDir(tmp_path).save_checkpoint(1, model)
     # A crash mid-save leaves only a hidden temp folder, which is ignored.
     partial = tmp_path / "checkpoints" / ".step-000002.tmp-999"
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"garbage")
     # A folder without state.json (written last) is not a checkpoint either.
     (tmp_path / "checkpoints" / "step-000003").mkdir()
-    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000001"]
+    assert [p.name for p in RunDir(tmp_path).checkpoints()] == ["step-000001"]
     (tmp_path / "config.toml").write_text("")
-    assert ckpt.resolve_checkpoint(tmp_path, "latest").name == "step-000001"
+    assert RunDir(tmp_path).resolve_checkpoint("latest").name == "step-000001"
 
 
 def test_disk_full_while_saving_is_a_clear_error_and_keeps_the_previous(tmp_path, monkeypatch):
     model = _model()
-    ckpt.save_checkpoint(tmp_path, 1, model)
+    RunDir(tmp_path).save_checkpoint(1, model)
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt, "save_file", full)
     with pytest.raises(TinyGPTError, match="disk is full.*previous checkpoint is intact"):
-        ckpt.save_checkpoint(tmp_path, 2, model)
-    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000001"]
+        RunDir(tmp_path).save_checkpoint(2, model)
+    assert [p.name for p in RunDir(tmp_path).checkpoints()] == ["step-000001"]
     assert not any(
         p.name.startswith(".") for p in (tmp_path / "checkpoints").iterdir() if p.is_dir()
     )
@@ -111,13 +112,13 @@ def test_disk_full_while_saving_is_a_clear_error_and_keeps_the_previous(tmp_path
 
 def test_not_a_run_folder(tmp_path):
     with pytest.raises(TinyGPTError, match="is not a run folder"):
-        ckpt.resolve_checkpoint(tmp_path)
+        RunDir(tmp_path).resolve_checkpoint()
     (tmp_path / "config.toml").write_text("")
     with pytest.raises(TinyGPTError, match="no complete checkpoint"):
-        ckpt.resolve_checkpoint(tmp_path)
+        RunDir(tmp_path).resolve_checkpoint()
 
 
 def test_state_is_json(tmp_path):
-    ckpt.save_checkpoint(tmp_path, 5, _model(), state={"numpy_rng": [1, 2]})
+    RunDir(tmp_path).save_checkpoint(5, _model(), state={"numpy_rng": [1, 2]})
     body = json.loads((tmp_path / "checkpoints" / "step-000005" / "state.json").read_text())
     assert body["step"] == 5 and body["numpy_rng"] == [1, 2]

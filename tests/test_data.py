@@ -13,7 +13,7 @@ from tinygpt import corpora, data
 from tinygpt.cleaning import Cleaning
 from tinygpt.cli import main
 from tinygpt.corpora import cache_dir
-from tinygpt.data import open_dataset, prepare, prepare_dataset, prepare_for_training
+from tinygpt.data import open_dataset, prepare, prepare_dataset
 from tinygpt.errors import TinyGPTError
 from tinygpt.tokenizer import file_hash, train_tokenizer
 
@@ -218,21 +218,23 @@ def test_builtin_corpus_through_prepare(tmp_path, monkeypatch):
     assert sorted(texts) == sorted(["Ey Türk gençliği!", "İstiklal."])
 
 
-def test_prepare_for_training_reuses_cache_folder(tmp_path):
+def test_a_cached_dataset_is_reused_across_context_sizes(tmp_path):
     src = write(tmp_path / "input.txt", TEXT)
-    a = prepare_for_training(str(src), block_size=16, progress=False, workers=1)
+    a = prepare_dataset(str(src), None, block_size=16, progress=False, workers=1).path
     assert a.parent == cache_dir() / "datasets"
     stamp = (a / "train.bin").stat().st_mtime_ns
-    assert prepare_for_training(str(src), block_size=16, progress=False, workers=1) == a
+    assert prepare_dataset(str(src), None, block_size=16, progress=False, workers=1).path == a
     assert (a / "train.bin").stat().st_mtime_ns == stamp
     # The context length only gates a size check: another one reuses the same tokens ...
-    assert prepare_for_training(str(src), block_size=32, progress=False, workers=1) == a
+    assert prepare_dataset(str(src), None, block_size=32, progress=False, workers=1).path == a
     assert (a / "train.bin").stat().st_mtime_ns == stamp
     # ... and one longer than the reused split is still refused.
     with pytest.raises(TinyGPTError, match="shorter than one context window"):
-        prepare_for_training(str(src), block_size=10**6, progress=False, workers=1)
+        prepare_dataset(str(src), None, block_size=10**6, progress=False, workers=1)
     # Another tokenizer setting is another dataset.
-    b = prepare_for_training(str(src), tokenizer="bpe", vocab_size=300, progress=False, workers=1)
+    b = prepare_dataset(
+        str(src), None, tokenizer="bpe", vocab_size=300, progress=False, workers=1
+    ).path
     assert b != a and open_dataset(b).meta["tokenizer_kind"] == "bpe"
 
 
@@ -253,7 +255,7 @@ def run_cli(argv: list[str], capsys) -> str:
         (lambda d: write(d / "blank.txt", " \n\n"), ["--collapse-whitespace"], "holds no text"),
         (lambda d: write(d / "short.txt", "tiny text here"), ["--block-size", "64"], "shorter than one context window.*--block-size \\+ 1 = 65"),
         (lambda d: write(d / "in.txt", TEXT), ["--tokenizer", "bpe", "--vocab-size", "100"], "vocab"),
-        (lambda d: write(d / "in.txt", TEXT), ["--tokenizer", str(Path("/nonexistent/tok.json"))], "must be char, bpe or a tokenizer.json"),
+        (lambda d: write(d / "in.txt", TEXT), ["--tokenizer", str(Path("/nonexistent/tok.json"))], "must be char, bpe, gpt2 or a tokenizer.json"),
         (lambda d: write(d / "in.txt", TEXT), ["--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
         (lambda d: write(d / "in.txt", TEXT), ["--dedup", "--min-chars", "999999"], "cleaning dropped all 1 documents.*shorter than --min-chars: 1"),
         (lambda d: write_jsonl(d / "d.jsonl", ["a", "b"], field="body"), [], "d.jsonl:1: no 'text' field.*--text-field"),

@@ -14,6 +14,7 @@ from tinygpt.errors import TinyGPTError
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = [DOCS / name for name in docsgen.DOCS if (DOCS / name).is_file()]
+WALKTHROUGHS = [p for p in PAGES if p.name.startswith("walkthrough")]
 NUMBER = re.compile(r"[-+]?\d+\.\d+")
 
 
@@ -33,11 +34,19 @@ def test_walkthrough_exists():
     assert (DOCS / "walkthrough.md").is_file()
 
 
+def test_chat_page_shows_every_template():
+    from tinygpt.chat import list_templates
+
+    text = (DOCS / "chat.md").read_text(encoding="utf-8")
+    for name in list_templates():
+        assert f"<!-- gen:chat-template {name} -->" in text and f"| `{name}` |" in text
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_generated_blocks_are_up_to_date(page):
     text = page.read_text(encoding="utf-8")
     blocks = list(docsgen.BLOCK.finditer(text))
-    assert len(blocks) >= 8
+    assert len(blocks) >= (8 if page in WALKTHROUGHS else 1)
     fresh = list(docsgen.BLOCK.finditer(docsgen.regenerate(text)))
     assert len(fresh) == len(blocks)
     for old, new in zip(blocks, fresh):
@@ -51,7 +60,7 @@ def test_generated_blocks_are_up_to_date(page):
 def test_code_references_resolve(page):
     text = page.read_text(encoding="utf-8")
     refs = set(re.findall(r"`(tinygpt(?:\.[A-Za-z_]\w*)+)`", text))
-    assert len(refs) >= 20
+    assert len(refs) >= (20 if page in WALKTHROUGHS else 5)
     for ref in sorted(refs):
         parts = ref.split(".")
         for cut in range(len(parts), 0, -1):
@@ -67,7 +76,7 @@ def test_code_references_resolve(page):
             pytest.fail(f"{page.name}: {ref} does not import")
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+@pytest.mark.parametrize("page", WALKTHROUGHS, ids=lambda p: p.name)
 def test_images_exist_and_are_small(page):
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page.read_text(encoding="utf-8"))
     assert images

@@ -234,8 +234,8 @@ def test_text_generator_on_real_model():
 
 @pytest.fixture
 def char_run(tmp_path):
-    from tinygpt.checkpoint import save_model_run
     from tinygpt.config import RunConfig
+    from tinygpt.run import save_model_run
     from tinygpt.tokenizer import train_tokenizer
 
     tok = train_tokenizer("char", ["hello world, ahoy there"])

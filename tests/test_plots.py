@@ -13,9 +13,9 @@ from tinygpt.plots import (
     attention_figure,
     plot_run,
     plot_runs,
-    read_metrics,
     token_label,
 )
+from tinygpt.run import RunDir
 from tinygpt.tokenizer import CharTokenizer
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -53,7 +53,7 @@ def _fake_run(folder, scale=1.0):
 
 
 def test_read_metrics_keeps_gaps(tmp_path):
-    cols = read_metrics(_fake_run(tmp_path / "r"))
+    cols = RunDir(_fake_run(tmp_path / "r")).read_metrics()
     assert len(cols["step"]) == 20
     assert sum(v == v for v in cols["val_loss_est"]) == 4  # nan elsewhere
 

@@ -23,6 +23,7 @@ from tinygpt.tokenizer import (
 from tinygpt.tokenizer.bpe import (
     PATTERNS,
     MergeStats,
+    _tie_keys,
     bytes_to_unicode,
     count_chunks,
     learn_merges,
@@ -121,6 +122,7 @@ def test_bpe_known_answer():
 
 def naive_merges(chunk_counts: dict[bytes, int], num_tokens: int):
     """Reference trainer: recount every pair over every chunk before each merge."""
+    key = _tie_keys()
     vocab = [bytes([b]) for b in range(256)]
     words = [(list(c), f) for c, f in chunk_counts.items()]
     merges, touched = [], []
@@ -131,11 +133,12 @@ def naive_merges(chunk_counts: dict[bytes, int], num_tokens: int):
                 counts[p] += f
         if not counts:
             break
-        a, b = min(counts, key=lambda p: (-counts[p], p))
+        a, b = min(counts, key=lambda p: (-counts[p], key[p[0]], key[p[1]]))
         joined = vocab[a] + vocab[b]
         new = vocab.index(joined) if joined in vocab else len(vocab)
         if new == len(vocab):
             vocab.append(joined)
+            key.append(new)
         merges.append((a, b, new))
         n_touched = 0
         for k, (w, f) in enumerate(words):
@@ -238,6 +241,99 @@ def test_bpe_save_load_and_hash(bpe, tmp_path):
     assert file_hash(tmp_path / "v.json") != h
 
 
+# --- special tokens added later (chat markers for fine-tuning) ----------------------------
+
+CHAT = ["<|user|>", "<|assistant|>", "<|end|>"]
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_with_special_tokens_appends_ids_and_keeps_old_ones(kind, bpe, docs, tmp_path):
+    base = bpe if kind == "bpe" else train_tokenizer("char", docs, unk=True)
+    tok = base.with_special_tokens([*CHAT, EOT, CHAT[0]])  # known and repeated ones skipped
+    assert type(tok) is type(base) and base.special_tokens == dict(base.special_tokens)
+    n = base.vocab_size
+    assert tok.vocab_size == n + 3
+    assert tok.special_tokens == {**base.special_tokens, **{s: n + k for k, s in enumerate(CHAT)}}
+    text = docs[0] + "".join(CHAT)
+    assert tok.encode(text) == base.encode(text)  # specials off: the same ids as before
+    ids = tok.encode(f"<|user|>{docs[1]}<|end|>", allowed_special=True)
+    assert ids == [n, *base.encode(docs[1]), n + 2]
+    assert tok.decode(ids) == f"<|user|>{docs[1]}<|end|>"
+    assert tok.with_special_tokens(CHAT) is tok  # nothing missing: the same tokenizer
+    back = load_tokenizer(tok.save(tmp_path / "tokenizer.json"))
+    assert back.special_tokens == tok.special_tokens and back.vocab_size == tok.vocab_size
+    assert back.encode(text, allowed_special=True) == tok.encode(text, allowed_special=True)
+    assert back.to_json_dict() == tok.to_json_dict()
+    # Added twice in two steps gives the same tokenizer as in one step.
+    twice = base.with_special_tokens(CHAT[:1]).with_special_tokens(CHAT)
+    assert twice.to_json_dict() == tok.to_json_dict()
+
+
+def test_with_special_tokens_refuses_ordinary_tokens_and_empty_strings(bpe):
+    char = train_tokenizer("char", ["ab<>"])
+    with pytest.raises(TinyGPTError, match="'a' is already the ordinary token 2"):
+        char.with_special_tokens(["a"])
+    with pytest.raises(TinyGPTError, match=r"'x' is already the ordinary token \d+"):
+        bpe.with_special_tokens(["x"])
+    with pytest.raises(TinyGPTError, match="non-empty string"):
+        bpe.with_special_tokens([""])
+    with pytest.raises(TinyGPTError, match="<unk> is not an extra special token"):
+        char.with_special_tokens([UNK])
+    assert char.with_special_tokens(["<a>"]).special_tokens["<a>"] == char.vocab_size
+
+
+def test_char_file_with_misplaced_special_is_refused(tmp_path):
+    tok = train_tokenizer("char", ["ab"]).with_special_tokens(["<x>", "<y>"])
+    data = tok.to_json_dict()
+    for entry in data["added_tokens"]:
+        if entry["content"] == "<y>":
+            entry["id"] = 9
+    data["model"]["vocab"]["<y>"] = 9
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(TinyGPTError, match="do not follow the character layout"):
+        load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("backend", ["native", "hf"])
+def test_min_frequency_stops_merging_and_says_why(backend):
+    # In "aaabdaaabac" (see the known answer above) only the first three merges join pairs
+    # seen twice or more; after them every pair occurs once.
+    tok = train_tokenizer(
+        "bpe", ["aaabdaaabac"], vocab_size=300, pattern="gpt2", min_frequency=2, backend=backend
+    )
+    assert [tok.token_bytes(i) for i in range(256, 259)] == [b"aa", b"ab", b"aaab"]
+    assert tok.vocab_size == 256 + 3 + 1
+    assert tok.shortfall == (
+        "the BPE vocabulary stopped at 260 of the 300 ids asked: no pair of adjacent tokens "
+        "occurs 2 times or more (--min-frequency 2); give more text, lower --min-frequency, "
+        "or ask for --vocab-size 260 or less to silence this"
+    )
+
+
+@pytest.mark.parametrize("backend", ["native", "hf"])
+def test_vocabulary_that_runs_out_of_pairs_says_why(backend):
+    tok = train_tokenizer("bpe", ["ab ab abc"], vocab_size=1000, pattern="gpt2", backend=backend)
+    # Chunks "ab", " ab", " abc": once each is one token, nothing is left to merge.
+    assert tok.encode("ab ab abc") == [tok.encode("ab")[0], *tok.encode(" ab abc")]
+    assert len(tok.encode(" abc")) == 1
+    assert tok.shortfall.startswith(
+        f"the BPE vocabulary stopped at {tok.vocab_size} of the 1,000 ids asked: every word "
+        "(pre-split chunk) of the training text is already a single token"
+    )
+    full = train_tokenizer("bpe", ["ab ab abc"], vocab_size=258, backend=backend)
+    assert full.vocab_size == 258 and full.shortfall is None
+
+
+def test_min_frequency_stop_reason_in_stats():
+    stats = MergeStats()
+    learn_merges({b"aaab": 1, b"ab": 2}, 300, min_frequency=2, stats=stats)
+    assert stats.stop == "min_frequency"
+    learn_merges({b"aaab": 1, b"ab": 2}, 300, stats=stats)
+    assert stats.stop == "no_pairs"
+    learn_merges({b"aaab": 1, b"ab": 2}, 257, stats=stats)
+    assert stats.stop == "size"
+
+
 # --- bad input --------------------------------------------------------------------------
 
 
@@ -260,6 +356,10 @@ def test_unknown_pattern_kind_backend():
         train_tokenizer("word", ["hello"])
     with pytest.raises(TinyGPTError, match=r"unknown backend 'rust'"):
         train_tokenizer("bpe", ["hello"], backend="rust")
+    with pytest.raises(TinyGPTError, match=r"--min-frequency must be at least 1, got 0"):
+        train_tokenizer("bpe", ["hello"], min_frequency=0)
+    with pytest.raises(TinyGPTError, match=r"--min-frequency applies to the bpe tokenizer"):
+        train_tokenizer("char", ["hello"], min_frequency=2)
 
 
 @pytest.mark.parametrize("kind", ["char", "bpe"])

@@ -105,7 +105,12 @@ def test_bad_flag_combinations(capsys, text_file, tmp_path):
     base = ["tokenizer", "train", "--input", str(text_file), "--out", str(tmp_path / "t.json")]
     assert "--unk applies to --tokenizer char" in _error(capsys, [*base, "--unk"])
     err = _error(capsys, [*base, "--tokenizer", "char", "--vocab-size", "300"])
-    assert "--vocab-size and --special apply to --tokenizer bpe" in err
+    assert "--vocab-size, --special and --min-frequency apply to --tokenizer bpe" in err
+    err = _error(capsys, [*base, "--tokenizer", "char", "--min-frequency", "2"])
+    assert "--min-frequency apply to --tokenizer bpe" in err
+    assert "--min-frequency must be at least 1" in _error(capsys, [*base, "--min-frequency", "0"])
+    err = _error(capsys, [*base, "--lowercase", "de"])
+    assert "unknown --lowercase language 'de'; choose one of: default, tr" in err
 
 
 def test_empty_input(capsys, tmp_path):
@@ -145,3 +150,15 @@ def test_unknown_pattern_is_refused_by_argparse(capsys, text_file, tmp_path):
               "--out", str(tmp_path / "t.json")])  # fmt: skip
     assert exc.value.code == 2
     assert "invalid choice: 'gpt3'" in capsys.readouterr().err
+
+
+def test_train_says_when_the_vocabulary_stops_short(tmp_path, text_file, capsys):
+    out = tmp_path / "t.json"
+    args = ["tokenizer", "train", "--input", str(text_file), "--vocab-size", "50257",
+            "--min-frequency", "3", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    n = load_tokenizer(out).vocab_size
+    assert n < 50257
+    assert f"note: the BPE vocabulary stopped at {n:,} of the 50,257 ids asked: no pair" in err
+    assert "(--min-frequency 3)" in err

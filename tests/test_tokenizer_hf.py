@@ -156,3 +156,57 @@ def test_char_tokenizer_parity(tmp_path):
         assert ids == hf_tok.encode(text).ids == fast.encode(text, add_special_tokens=False)
     text = "İstanbul'da ağaç\n"
     assert hf_tok.decode(tok.encode(text)) == text
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_added_special_tokens_parity(trained, tmp_path, kind):
+    """Special tokens added after training keep every old id, and `tokenizers` and
+    `transformers` read them as single tokens with our ids."""
+    base = trained[0] if kind == "bpe" else train_tokenizer("char", corpus(20_000), unk=True)
+    chat = ["<|im_start|>", "<|im_end|>", "<INST>", "</INST>"]
+    tok = base.with_special_tokens(chat)
+    path = tok.save(tmp_path / "tokenizer.json")
+    hf_tok = tokenizers.Tokenizer.from_file(str(path))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
+    assert hf_tok.get_vocab_size(with_added_tokens=True) == tok.vocab_size
+    for s in chat:
+        assert hf_tok.token_to_id(s) == tok.special_tokens[s] >= base.vocab_size
+    texts = [
+        *corpus(3_000, seed=12),
+        "<|im_start|>user\nMerhaba<|im_end|>\n<|im_start|>assistant\n",
+        f"<INST>soru</INST>cevap{EOT}<INST><INST>x",
+        "<|im_start<|im_end|>|>",
+    ]
+    for text in texts:
+        ids = tok.encode(text, allowed_special=True)
+        assert ids == hf_tok.encode(text).ids == fast.encode(text, add_special_tokens=False)
+        assert hf_tok.decode(ids, skip_special_tokens=False) == tok.decode(ids)
+    for text in corpus(3_000, seed=13):
+        assert tok.encode(text, allowed_special=True) == base.encode(text, allowed_special=True)
+
+
+def _merged_bytes(tok: BPETokenizer) -> list[tuple[bytes, bytes]]:
+    return [(tok.token_bytes(a), tok.token_bytes(b)) for a, b in tok.merges]
+
+
+@pytest.mark.parametrize(
+    "pattern, min_frequency, vocab_size",
+    [("gpt4", 1, 1200), ("gpt2", 2, 50_000), ("gpt4", 3, 50_000), ("gpt2", 1, 50_000)],
+)
+def test_native_and_hf_trainers_learn_the_same_merges(pattern, min_frequency, vocab_size):
+    """Same counts, same tie-break, same stopping rules: the same merges, in the same order,
+    whether the vocabulary fills up, runs out of pairs or hits --min-frequency."""
+    docs = corpus(40_000, seed=3)
+    kwargs = dict(vocab_size=vocab_size, pattern=pattern, min_frequency=min_frequency)
+    ours = train_tokenizer("bpe", docs, **kwargs)
+    theirs = train_tokenizer("bpe", docs, backend="hf", **kwargs)
+    assert len(ours.merges) > 500
+    assert _merged_bytes(ours) == _merged_bytes(theirs)
+    assert ours.vocab_size == theirs.vocab_size
+    assert ours.shortfall == theirs.shortfall
+    assert (ours.shortfall is None) == (vocab_size == 1200)
+    for text in FIXED_TEXTS:
+        assert ours.decode(ours.encode(text)) == theirs.decode(theirs.encode(text))
+        assert [ours.token_bytes(i) for i in ours.encode(text)] == [
+            theirs.token_bytes(i) for i in theirs.encode(text)
+        ]

@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinygpt.checkpoint import list_checkpoints
 from tinygpt.cli import main
 from tinygpt.config import TrainConfig, load_config
 from tinygpt.data import prepare
 from tinygpt.errors import TinyGPTError
 from tinygpt.model import GPT, GPTConfig
-from tinygpt.train import budget_progress, build_optimizer, choose_precision, lr_at, train
+from tinygpt.run import RunDir
+from tinygpt.runtime import choose_precision
+from tinygpt.train import budget_progress, build_optimizer, lr_at, train
 
 WORDS = [
     "to",
@@ -145,10 +146,10 @@ def test_weight_decay_only_on_matrices():
 
 def test_precision_choice(monkeypatch):
     small, wide = GPTConfig(n_embd=128, n_head=4), GPTConfig(n_embd=384, n_head=6)
-    monkeypatch.setattr("tinygpt.train.cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr("tinygpt.runtime.cpu_has_fast_bf16", lambda: True)
     assert choose_precision("auto", "cpu", small) == "fp32"
     assert choose_precision("auto", "cpu", wide) == "bf16"
-    monkeypatch.setattr("tinygpt.train.cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr("tinygpt.runtime.cpu_has_fast_bf16", lambda: False)
     assert choose_precision("auto", "cpu", wide) == "fp32"
     assert choose_precision("bf16", "cpu", small) == "bf16"
     with pytest.raises(TinyGPTError, match="fp16 needs a CUDA GPU"):
@@ -258,7 +259,7 @@ def test_killed_and_resumed_run_is_bit_identical(dataset, tmp_path, optimizer):
         timeout=300,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert [p.name for p in list_checkpoints(run)] == ["step-000004"]
+    assert [p.name for p in RunDir(run).checkpoints()] == ["step-000004"]
     # No --data: the run's config.toml names the dataset it was trained on.
     code = main(["train", "--out", str(run), "--resume", "--no-progress"])
     assert code == 0
@@ -300,7 +301,7 @@ def test_ctrl_c_saves_and_exits_cleanly(dataset, tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted at step" in err and "--resume" in err
     assert "Traceback" not in err
-    saved = list_checkpoints(run)
+    saved = RunDir(run).checkpoints()
     assert saved and int(saved[-1].name.split("-")[1]) >= 3
 
 
@@ -502,74 +503,154 @@ def test_out_of_memory_suggests_a_smaller_micro_batch(dataset, tmp_path, monkeyp
 # ------------------------------------------------------------------ TensorBoard and W&B
 
 
-class _FakeWriter:
-    """Stands in for torch.utils.tensorboard.SummaryWriter and records what it is given."""
+def _tb_scalars(run: Path) -> dict[str, dict[int, float]]:
+    """Every scalar of the run's TensorBoard log, read with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    instances: list = []
-
-    def __init__(self, log_dir: str) -> None:
-        self.log_dir, self.scalars, self.closed = log_dir, [], False
-        _FakeWriter.instances.append(self)
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        self.scalars.append((tag, value, step))
-
-    def close(self) -> None:
-        self.closed = True
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
 
 
-def test_tensorboard_gets_every_logged_number(dataset, tmp_path, monkeypatch):
-    import types
-
-    fake = types.ModuleType("torch.utils.tensorboard")
-    fake.SummaryWriter = _FakeWriter
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
-    _FakeWriter.instances.clear()
-    run = tmp_path / "tb"
-    assert main(_tiny_train(dataset, run, "--max-steps", "4", "--no-progress")) == 0
-    (writer,) = _FakeWriter.instances
-    assert writer.log_dir == str(run / "tensorboard") and writer.closed
-    logged = {(tag, step): value for tag, value, step in writer.scalars}
+def _metrics_rows(run: Path) -> list[dict[str, str]]:
     with open(run / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:  # the same numbers as metrics.csv, at the same steps
-        assert logged[("train_loss", int(r["step"]))] == float(r["train_loss"])
-        assert logged[("lr", int(r["step"]))] == float(r["lr"])
+        return list(csv.DictReader(f))
+
+
+def _f32(text: str) -> float:
+    import numpy as np
+
+    return float(np.float32(float(text)))
+
+
+def test_tensorboard_log_equals_metrics_csv(dataset, tmp_path):
+    run = tmp_path / "tb"
+    assert main(_tiny_train(dataset, run, "--max-steps", "6", "--train.eval_interval", "3")) == 0
+    scalars = _tb_scalars(run)
+    rows = _metrics_rows(run)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    for column in ("tokens", "time_s", "train_loss", "lr", "grad_norm", "tokens_per_s"):
+        assert scalars[column] == {int(r["step"]): _f32(r[column]) for r in rows}, column
+    assert scalars["val_loss_est"] == {
+        int(r["step"]): _f32(r["val_loss_est"]) for r in rows if r["val_loss_est"]
+    }
     # switched off by the setting
-    _FakeWriter.instances.clear()
-    off = _tiny_train(dataset, tmp_path / "off", "--max-steps", "2", "--no-progress")
-    assert main([*off, "--train.tensorboard", "false"]) == 0
-    assert _FakeWriter.instances == []
+    off = tmp_path / "off"
+    assert (
+        main([*_tiny_train(dataset, off, "--max-steps", "2"), "--train.tensorboard", "false"]) == 0
+    )
+    assert not (off / "tensorboard").exists()
 
 
-def test_wandb_logs_and_finishes_or_says_how_to_install(dataset, tmp_path, monkeypatch, capsys):
-    import types
+def test_a_missing_tensorboard_is_said_once(dataset, tmp_path, monkeypatch, capsys):
+    from tinygpt import train as train_module
 
-    calls: dict = {"log": [], "summary": {}}
+    train_module._say_once.cache_clear()
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
+    for name in ("a", "b"):
+        assert main(_tiny_train(dataset, tmp_path / name, "--max-steps", "1")) == 0
+    err = capsys.readouterr().err
+    assert err.count("tensorboard package is not installed") == 1
+    assert "--train.tensorboard false" in err
 
-    class _Run:
-        summary = calls["summary"]
 
-        def log(self, numbers, step):
-            calls["log"].append((step, numbers))
+def _wandb_records(run: Path) -> list:
+    """The records of the run's offline W&B transaction log, parsed with wandb's own protobuf
+    definitions. The file is a LevelDB-style log: a 7-byte header (":W&B", 0xBEE1, version),
+    then 32 KiB blocks of records, each with a 7-byte header (CRC-32 of type + data, length,
+    type: 1 full, 2 first, 3 middle, 4 last)."""
+    import struct
+    import zlib
 
-        def finish(self):
-            calls["finished"] = True
+    from wandb.proto import wandb_internal_pb2 as pb
 
-    fake = types.ModuleType("wandb")
-    fake.init = lambda **kw: calls.update(init=kw) or _Run()
-    monkeypatch.setitem(sys.modules, "wandb", fake)
+    (path,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    data = path.read_bytes()
+    ident, magic, _ = struct.unpack("<4sHB", data[:7])
+    assert ident == b":W&B" and magic == 0xBEE1
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if left < 7 or (crc, length, kind) == (0, 0, 0):  # block padding
+            pos += left
+            continue
+        chunk = data[pos + 7 : pos + 7 + length]
+        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == crc
+        pos += 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def test_wandb_offline_run_equals_metrics_csv(dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no settings or credentials of the user
     run = tmp_path / "wb"
-    argv = _tiny_train(dataset, run, "--max-steps", "3", "--no-progress", "--train.wandb", "true")
-    assert main(argv) == 0
-    assert calls["init"]["project"] == "tinygpt" and calls["init"]["dir"] == str(run)
-    assert calls["init"]["config"]["train"]["max_steps"] == 3
-    assert [s for s, _ in calls["log"]] == [1, 2, 3] and "train_loss" in calls["log"][0][1]
+    argv = _tiny_train(dataset, run, "--max-steps", "4", "--train.wandb", "true")
+    assert main([*argv, "--train.eval_interval", "2"]) == 0
+    records = _wandb_records(run)
+    history = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "history":
+            items = {
+                i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item
+            }
+            history[items["_step"]] = items
+    rows = _metrics_rows(run)
+    assert sorted(history) == [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        logged = history[int(r["step"])]
+        for column in ("tokens", "time_s", "train_loss", "lr", "grad_norm", "tokens_per_s"):
+            assert _f32(str(logged[column])) == _f32(r[column]), column
+        assert ("val_loss_est" in logged) == bool(r["val_loss_est"])
     summary = json.loads((run / "summary.json").read_text())
-    assert calls["summary"]["val_loss"] == summary["val_loss"] and calls["finished"]
+    finals = [
+        json.loads(i.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "summary"
+        for i in r.summary.update
+        if i.key == "val_loss"
+    ]
+    assert finals and finals[-1] == pytest.approx(summary["val_loss"])
+    (start,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    config = {i.key: json.loads(i.value_json) for i in start.config.update}
+    assert config["train"]["max_steps"] == 4 and config["model"]["vocab_size"] == 22
+    exits = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
+    assert exits == [0]  # finished
 
+
+def test_wandb_without_key_network_or_package_is_one_line(dataset, tmp_path, monkeypatch, capsys):
+    import wandb
+
+    wandb.teardown()  # forget settings an earlier test's run left in this process
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    argv = _tiny_train(dataset, tmp_path / "a", "--max-steps", "1", "--train.wandb", "true")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "WANDB_API_KEY" in err and "WANDB_MODE=offline" in err
+    # a key but no server: a closed port on this machine, bounded by WANDB_INIT_TIMEOUT
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "2")
+    started = time.perf_counter()
+    argv = _tiny_train(dataset, tmp_path / "b", "--max-steps", "1", "--train.wandb", "true")
+    assert main(argv) == 2
+    assert time.perf_counter() - started < 30
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "W&B could not" in err and "WANDB_MODE=offline" in err
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: import fails
-    argv = _tiny_train(dataset, tmp_path / "wb2", "--max-steps", "1", "--train.wandb", "true")
+    argv = _tiny_train(dataset, tmp_path / "c", "--max-steps", "1", "--train.wandb", "true")
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "wandb package is not installed" in err and "WANDB_MODE=offline" in err

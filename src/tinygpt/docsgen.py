@@ -1,6 +1,7 @@
 """Numbers for the documentation, produced by the code they describe.
 
-The walkthrough (`docs/walkthrough.md`, and its Turkish twin) holds generated blocks:
+The walkthrough (`docs/walkthrough.md`, and its Turkish twin) and the chat templates' page
+(`docs/chat.md`) hold generated blocks:
 
     <!-- gen:params one-layer -->
     ...text written by this module...
@@ -12,7 +13,7 @@ name plus space-separated arguments); `python -m tinygpt.docsgen --write` update
 redraws the pictures in `docs/images/` (a short training run; not part of the check).
 
 Every generator is deterministic and cheap: seeded, untrained models of the `one-layer`
-preset, tokenizers trained on a fixed sentence, CPU and fp32. It knows nothing about
+preset, tokenizers trained on a fixed sentence or conversation, CPU and fp32. It knows nothing about
 Markdown beyond the block markers.
 """
 
@@ -34,7 +35,7 @@ BLOCK = re.compile(
     r"(?P<open><!-- gen:(?P<name>[\w-]+)(?P<args>(?: [^>]*?)?) -->\n)(?P<body>.*?)(?P<close><!-- /gen -->)",
     re.S,
 )
-DOCS = ("walkthrough.md", "walkthrough.tr.md")
+DOCS = ("walkthrough.md", "walkthrough.tr.md", "chat.md")
 SENTENCE = "To be, or not to be: that is the question.\n"
 BPE_TEXT = "the cat sat on the mat. the cat ate the rat. that hat is the best hat. "
 SEED = 0
@@ -299,6 +300,56 @@ def gen_kv_cache() -> str:
     )
 
 
+CHAT_EXAMPLE = [
+    {"role": "system", "content": "Answer in one sentence."},
+    {"role": "user", "content": "What is the capital of Türkiye?"},
+    {"role": "assistant", "content": "Ankara."},
+    {"role": "user", "content": "And its largest city?"},
+    {"role": "assistant", "content": "Istanbul."},
+]
+
+
+def gen_chat_template(name: str) -> str:
+    """A template's special tokens, its rendering of CHAT_EXAMPLE, and what the loss
+    scores, from `ChatTemplate.encode` with a character tokenizer (one id per character,
+    so the scored ids decode to exactly the scored text)."""
+    from tinygpt.chat import get_template
+    from tinygpt.tokenizer import CharTokenizer
+
+    t = get_template(name)
+    text = t.render(CHAT_EXAMPLE)
+    tok = CharTokenizer.train([text]).with_special_tokens(t.special_tokens)
+    ids, mask = t.encode(tok, CHAT_EXAMPLE)
+    spans: list[list[int]] = []
+    for i, (token, m) in enumerate(zip(ids, mask)):
+        if m:
+            if not i or not mask[i - 1]:
+                spans.append([])
+            spans[-1].append(token)
+    prompt = t.render(CHAT_EXAMPLE[:2], add_generation_prompt=True)
+    return _code(
+        [
+            f"special tokens : {' '.join(t.special_tokens)}",
+            f"end of turn    : {t.end_of_turn}",
+            "",
+            "render(messages):",
+            *text.splitlines(),
+            "",
+            f"{len(ids)} ids, {sum(mask)} scored by the loss:",
+            *(f"  {tok.decode(span)!r}" for span in spans),
+            "",
+            "render(messages[:2], add_generation_prompt=True):",
+            f"  {prompt!r}",
+        ]
+    )
+
+
+def gen_chat_jinja(name: str) -> str:
+    from tinygpt.chat import get_template
+
+    return _code(get_template(name).jinja().splitlines(), "jinja")
+
+
 GENERATORS: dict[str, Callable[..., str]] = {
     "char-tokens": gen_char_tokens,
     "bpe-merges": gen_bpe_merges,
@@ -310,6 +361,8 @@ GENERATORS: dict[str, Callable[..., str]] = {
     "gqa": gen_gqa,
     "rope": gen_rope,
     "kv-cache": gen_kv_cache,
+    "chat-template": gen_chat_template,
+    "chat-jinja": gen_chat_jinja,
 }
 
 
@@ -359,9 +412,9 @@ def make_images(folder: Path, steps: int = 200) -> list[Path]:
     and attention maps into `folder/images/` (needs matplotlib)."""
     import tempfile
 
-    from tinygpt.checkpoint import load_run
     from tinygpt.cli import main as cli
     from tinygpt.plots import _pyplot, attention_figure, plot_run
+    from tinygpt.run import load_run
 
     plt = _pyplot()
     images = folder / "images"

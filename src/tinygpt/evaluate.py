@@ -1,32 +1,65 @@
-"""Evaluation: the loss of a model on a token sequence, computed one way everywhere.
+"""Evaluation: the loss of a model on tokens, computed one way everywhere, and what
+`tinygpt eval` reports on top of it.
 
-`evaluate()` scores a 1-D array of token ids with a model whose context is `block_size`:
+**The loss.** `evaluate()` scores a 1-D array of token ids with a model whose context is
+`block_size`:
 
 - Default (`stride=None`): non-overlapping windows of `block_size` tokens cover the whole
   sequence, the last partial window included; inside a window, position t predicts token
   t+1. Every token after the very first is scored exactly once, each with the context that
   its window gives it (between 0 and block_size−1 earlier tokens).
-- `stride=S` (< block_size): sliding windows advanced by S tokens; each window scores only
-  its last S targets (the first window scores all of its own), so every token is still
+- `stride=S` (1 ≤ S ≤ block_size): sliding windows advanced by S tokens; each window scores
+  only its last S targets (the first window scores all of its own), so every token is still
   scored once but with at least block_size−S tokens of context — closer to the model's
   best, and slower.
 
-Training uses it with `windows=` for a cheap fixed estimate (`val_loss_est`) and on the full
-split at the end (`val_loss`). It knows nothing about optimisers or run folders.
+Training uses it through `SplitEvaluator`: a cheap fixed estimate (`val_loss_est`, a spread
+of `eval_windows` windows) during training and the full split at the end (`val_loss`).
+
+**Bits per byte.** The summed negative log-likelihood of the scored targets, in nats,
+divided by ln 2 and by the number of UTF-8 bytes those same targets decode to:
+bpb = nll / ln 2 / bytes. A tokenizer with long tokens has a high loss per token but few
+tokens per byte, so bpb compares char-level and BPE models on the same text. An end-of-text
+target stands for no bytes, yet its loss still counts: predicting where a document ends is
+part of modelling the text.
+
+**Which text.** The run's validation split (the dataset recorded in the run folder), another
+prepared folder (its tokenizer must be the run's), or any text source that
+`tinygpt.corpora.iter_documents` reads, encoded with the run's tokenizer, every document
+followed by one end-of-text token (as `tinygpt prepare` lays them out).
+
+**Generation quality.** A prompt set is a JSONL file of `{"prompt", "reference"}` lines;
+`make_prompts` cuts one from a token split (the first K tokens of a window as prompt, the
+next M as reference). Continuations are scored against the references with sacrebleu's
+corpus BLEU and chrF (0..100; identical text scores 100).
+
+Results go to the run's `eval/` folder (`tinygpt.run`): `results.json` (the last loss
+evaluation), `generations.jsonl`, `prompts.jsonl` and `scores.json`. This module knows
+nothing about optimisers, argument parsing or report layout.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import atomic_write_json, atomic_write_text, read_jsonl
+
+LN2 = math.log(2.0)
+# The fixed prompts of `--samples`: a document start, then openings that suit prose,
+# verse or dialogue in either built-in language.
+SAMPLE_PROMPTS = ["\n", "The ", "ROMEO:\n", "Bir "]
 
 
 @dataclass
@@ -50,7 +83,7 @@ class EvalResult:
 def windows(n: int, block_size: int, stride: int | None = None) -> Iterator[tuple[int, int, int]]:
     """Yield `(start, end, score_from)` windows over a sequence of `n` tokens.
 
-    The window's inputs are tokens[start:end], targets tokens[start+1:end+1]; targets at
+    `stride` must have passed `check_stride`. The window's inputs are tokens[start:end], targets tokens[start+1:end+1]; targets at
     positions >= score_from (relative to start) are scored.
 
     >>> list(windows(10, 4))
@@ -65,8 +98,6 @@ def windows(n: int, block_size: int, stride: int | None = None) -> Iterator[tupl
         for start in range(0, last_target, block_size):
             yield start, min(start + block_size, last_target), 0
         return
-    if stride < 1:
-        raise ValueError("stride must be at least 1")
     yield 0, min(block_size, last_target), 0
     scored_to = min(block_size, last_target)  # targets up to this input index are scored
     while scored_to < last_target:
@@ -74,6 +105,14 @@ def windows(n: int, block_size: int, stride: int | None = None) -> Iterator[tupl
         start = max(0, end - block_size)
         yield start, end, scored_to - start
         scored_to = end
+
+
+def check_stride(stride: int | None, block_size: int) -> None:
+    """The one check of a sliding-window stride: None, or 1..block_size."""
+    if stride is not None and not 1 <= stride <= block_size:
+        raise TinyGPTError(
+            f"--stride {stride} must be between 1 and the model's context ({block_size})"
+        )
 
 
 @torch.no_grad()
@@ -96,8 +135,9 @@ def evaluate(
     """
     if batch_size < 1:
         raise TinyGPTError(f"the evaluation batch size must be at least 1, got {batch_size}")
-    if stride is not None and stride < 1:
-        raise TinyGPTError(f"--stride must be at least 1, got {stride}")
+    check_stride(stride, block_size)
+    if max_tokens is not None and max_tokens < 1:
+        raise TinyGPTError(f"--max-tokens {max_tokens} must be at least 1")
     seq = tokens[: max_tokens + 1] if max_tokens else tokens
     n = len(seq)
     spans = list(windows(n, block_size, stride))
@@ -151,3 +191,490 @@ def spread_windows(n_tokens: int, block_size: int, count: int) -> list[int]:
     return (
         sorted({round(i * (total - 1) / (count - 1)) for i in range(count)}) if count > 1 else [0]
     )
+
+
+class SplitEvaluator:
+    """The validation loss during training: `estimate` scores a fixed spread of
+    `eval_windows` windows (cheap, the same windows every time, so estimates compare);
+    `final` scores the whole split. The fine-tuning loop hands `fit` a different evaluator
+    with the same two methods."""
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        block_size: int,
+        *,
+        batch_size: int,
+        windows: int,
+        device: str,
+        autocast: Callable[[], object] | None = None,
+    ) -> None:
+        self.tokens = tokens
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.device = device
+        self.autocast = autocast
+        self.window_ids = spread_windows(len(tokens), block_size, windows)
+
+    def _run(self, model: torch.nn.Module, window_ids: list[int] | None) -> EvalResult:
+        return evaluate(
+            model,
+            self.tokens,
+            self.block_size,
+            batch_size=self.batch_size,
+            device=self.device,
+            window_ids=window_ids,
+            autocast=self.autocast,
+        )
+
+    def estimate(self, model: torch.nn.Module) -> float:
+        return self._run(model, self.window_ids).loss
+
+    def final(self, model: torch.nn.Module) -> EvalResult:
+        return self._run(model, None)
+
+
+# ------------------------------------------------------------------------ bits per byte
+
+
+def token_byte_lengths(tokenizer: Any) -> np.ndarray:
+    """UTF-8 length of every token id, (V,) int64; special tokens have length 0.
+
+    >>> from tinygpt.tokenizer import CharTokenizer
+    >>> token_byte_lengths(CharTokenizer(["a", "é"])).tolist()  # a, é, <|endoftext|>
+    [1, 2, 0]
+    """
+    return np.array(
+        [len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)], dtype=np.int64
+    )
+
+
+def count_bytes(tokens: np.ndarray | Sequence[int], lengths: np.ndarray) -> int:
+    """Total UTF-8 bytes of `tokens` given per-token `lengths`."""
+    ids = np.asarray(tokens, dtype=np.int64)
+    return int(lengths[ids].sum()) if ids.size else 0
+
+
+def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
+    """nll (nats, summed) / ln 2 / bytes; nan when there are no bytes.
+
+    >>> round(bits_per_byte(math.log(4) * 3, 3), 6)  # three bytes, each 1 in 4 likely
+    2.0
+    """
+    return nll_nats / LN2 / n_bytes if n_bytes else float("nan")
+
+
+@dataclass
+class LossResult:
+    """The numbers `tinygpt eval --json` prints (and `results.json` holds)."""
+
+    val_loss: float
+    val_ppl: float
+    val_bpb: float
+    nll: float  # summed, nats
+    tokens: int  # scored targets
+    bytes: int  # UTF-8 bytes of the scored targets
+    checkpoint: str = ""
+    step: int = 0
+    data: str = ""
+    stride: int | None = None
+    max_tokens: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def score_tokens(
+    model: Any,
+    tokens: np.ndarray,
+    tokenizer: Any,
+    block_size: int,
+    *,
+    batch_size: int = 32,
+    device: str = "cpu",
+    stride: int | None = None,
+    max_tokens: int | None = None,
+) -> LossResult:
+    """Loss, perplexity and bits per byte of `model` on `tokens` (see the module docstring).
+
+    The targets `evaluate` scores are tokens[first:last]; their bytes are the denominator.
+    """
+    if len(tokens) < 2:
+        raise TinyGPTError(
+            f"the evaluation text has {len(tokens)} token(s); at least 2 are needed (one to"
+            " read, one to predict); give more text"
+        )
+    result = evaluate(
+        model,
+        tokens,
+        block_size,
+        batch_size=batch_size,
+        device=device,
+        stride=stride,
+        max_tokens=max_tokens,
+    )
+    n_bytes = count_bytes(tokens[result.first : result.last], token_byte_lengths(tokenizer))
+    return LossResult(
+        val_loss=result.loss,
+        val_ppl=result.perplexity,
+        val_bpb=bits_per_byte(result.nll, n_bytes),
+        nll=result.nll,
+        tokens=result.tokens,
+        bytes=n_bytes,
+        stride=stride,
+        max_tokens=max_tokens,
+    )
+
+
+# --------------------------------------------------------------------------- which text
+
+
+def encode_documents(documents: Iterable[str], tokenizer: Any) -> np.ndarray:
+    """Token ids of `documents`, each followed by one end-of-text token, as (N,) int64."""
+    ids: list[int] = []
+    chars = 0
+    for doc in documents:
+        chars += len(doc)
+        ids.extend(tokenizer.encode(doc))
+        ids.append(tokenizer.eot_id)
+    if chars == 0:
+        raise TinyGPTError("the evaluation text is empty; give a file or folder that holds text")
+    return np.asarray(ids, dtype=np.int64)
+
+
+def open_checked_dataset(data_dir: str | Path, run_dir: str | Path) -> Any:
+    """A prepared dataset folder whose tokenizer is the run's (same file hash)."""
+    from tinygpt.data import open_dataset
+    from tinygpt.run import RunDir
+    from tinygpt.tokenizer import file_hash
+
+    run = RunDir(run_dir)
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise TinyGPTError(
+            f"dataset folder {data_dir} does not exist; give --data DIR (a folder made by"
+            " `tinygpt prepare`) or --input PATH"
+        )
+    dataset = open_dataset(data_dir)
+    theirs = dataset.meta.get("tokenizer_hash") or file_hash(dataset.tokenizer_path)
+    if theirs != file_hash(run.tokenizer_path):
+        raise TinyGPTError(
+            f"{data_dir} was prepared with another tokenizer than the run {run.path}; prepare"
+            f" the text with --tokenizer {run.tokenizer_path}, or use --input PATH"
+        )
+    return dataset
+
+
+def resolve_eval_tokens(
+    run_dir: str | Path,
+    tokenizer: Any,
+    *,
+    data: str | Path | None = None,
+    input: str | None = None,
+    split: str = "val",
+    text_field: str = "text",
+    errors: str = "strict",
+) -> tuple[np.ndarray, str]:
+    """(tokens, description) for the text asked for; the run's validation split by default.
+
+    `text_field` and `errors` say how to read `input` (JSONL field; bytes that are not UTF-8).
+    """
+    if data and input:
+        raise TinyGPTError("give either --data DIR or --input PATH, not both")
+    if input:
+        from tinygpt.corpora import iter_documents
+
+        docs = iter_documents(input, text_field=text_field, errors=errors)
+        return encode_documents(docs, tokenizer), f"input {input}"
+    if data is None:
+        from tinygpt.run import RunDir
+
+        data = RunDir(run_dir).dataset_dir()
+        if data is None or not Path(data).is_dir():
+            where = f" ({data})" if data else ""
+            raise TinyGPTError(
+                f"the dataset the run was trained on{where} is gone; evaluate on a prepared"
+                " folder with --data DIR or on any text with --input PATH"
+            )
+    dataset = open_checked_dataset(data, run_dir)
+    tokens = dataset.val if split == "val" else dataset.train
+    return tokens, f"{split} split of {dataset.path}"
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    checkpoint: str = "best",
+    data: str | Path | None = None,
+    input: str | None = None,
+    text_field: str = "text",
+    errors: str = "strict",
+    stride: int | None = None,
+    max_tokens: int | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    save: bool = True,
+) -> LossResult:
+    """Load a run and score it (module docstring); with `save`, write RUN/eval/results.json."""
+    from tinygpt.run import RunDir, load_run
+    from tinygpt.runtime import resolve_device
+
+    run_dir = RunDir(run_dir).require().path
+    run = load_run(run_dir, checkpoint=checkpoint, device=resolve_device(device))
+    tokens, what = resolve_eval_tokens(
+        run_dir, run.tokenizer, data=data, input=input, text_field=text_field, errors=errors
+    )
+    result = score_tokens(
+        run.model,
+        tokens,
+        run.tokenizer,
+        run.config.model.block_size,
+        batch_size=batch_size,
+        device=str(next(run.model.parameters()).device),
+        stride=stride,
+        max_tokens=max_tokens,
+    )
+    result.checkpoint = run.checkpoint_dir.name
+    result.step = run.step
+    result.data = what
+    if save:
+        RunDir(run_dir).write_eval("results.json", result.to_dict())
+    return result
+
+
+# ------------------------------------------------------------------------ prompt sets
+
+
+def make_prompts(
+    tokens: np.ndarray, tokenizer: Any, prompt_tokens: int, reference_tokens: int, count: int = 20
+) -> list[dict[str, str]]:
+    """`count` prompt/reference pairs cut from windows spread evenly over `tokens`.
+
+    Each window holds `prompt_tokens` then `reference_tokens` tokens; windows that contain
+    an end-of-text token are skipped, since their reference would belong to another
+    document.
+    """
+    if prompt_tokens < 1 or reference_tokens < 1 or count < 1:
+        raise TinyGPTError(
+            f"--make-prompts K,M needs K >= 1 and M >= 1 (got {prompt_tokens},"
+            f" {reference_tokens}), and at least one prompt"
+        )
+    span = prompt_tokens + reference_tokens
+    n = len(tokens)
+    if n < span:
+        raise TinyGPTError(
+            f"the split has {n} tokens, fewer than one prompt plus reference ({span});"
+            " choose smaller K,M"
+        )
+    eot = tokenizer.eot_id
+    starts = np.linspace(0, n - span, num=max(count * 4, 1), dtype=np.int64)
+    out: list[dict[str, str]] = []
+    for s in dict.fromkeys(starts.tolist()):
+        window = np.asarray(tokens[s : s + span], dtype=np.int64)
+        if (window == eot).any():
+            continue
+        prompt = tokenizer.decode(window[:prompt_tokens].tolist())
+        reference = tokenizer.decode(window[prompt_tokens:].tolist())
+        out.append({"prompt": prompt, "reference": reference})
+        if len(out) == count:
+            break
+    if not out:
+        raise TinyGPTError(
+            "every window of the split crosses a document boundary; choose smaller K,M"
+        )
+    return out
+
+
+def write_prompts(path: str | Path, records: Sequence[dict[str, str]]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def read_prompts(path: str | Path) -> list[dict[str, str]]:
+    """Read a prompts JSONL file; every line needs string fields `prompt` and `reference`."""
+    path = Path(path)
+    if not path.is_file():
+        raise TinyGPTError(f"prompts file {path} does not exist")
+    out = []
+    for lineno, record in read_jsonl(path):
+        if not isinstance(record, dict) or not all(
+            isinstance(record.get(k), str) for k in ("prompt", "reference")
+        ):
+            raise TinyGPTError(
+                f'{path}:{lineno}: each line must be {{"prompt": "...", "reference": "..."}}'
+                " with text values"
+            )
+        out.append({"prompt": record["prompt"], "reference": record["reference"]})
+    if not out:
+        raise TinyGPTError(f"prompts file {path} holds no prompts")
+    return out
+
+
+def text_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF (sacrebleu, 0..100) of hypotheses against one reference each."""
+    try:
+        import sacrebleu
+    except ImportError:
+        raise TinyGPTError(
+            "BLEU and chrF need the sacrebleu package: pip install 'tinygpt[eval]'"
+        ) from None
+    if len(hypotheses) != len(references):
+        raise TinyGPTError(f"{len(hypotheses)} generations for {len(references)} references")
+    bleu = sacrebleu.corpus_bleu(list(hypotheses), [list(references)])
+    chrf = sacrebleu.corpus_chrf(list(hypotheses), [list(references)])
+    return {"bleu": float(bleu.score), "chrf": float(chrf.score)}
+
+
+def evaluate_generation(
+    generator: Any,
+    prompts: Sequence[dict[str, str]],
+    out_dir: str | Path,
+    *,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Continue every prompt, score against the references, write generations and scores.
+
+    `max_new_tokens` defaults to the reference's length in tokens (per prompt), so a
+    continuation is compared with a reference of the same size. Greedy by default
+    (temperature 0); a positive temperature samples with `seed`.
+    """
+    out_dir = Path(out_dir)
+    rows = []
+    for i, rec in enumerate(prompts):
+        budget = max_new_tokens
+        if budget is None:
+            budget = max(1, len(generator.tokenizer.encode(rec["reference"])))
+        text = generator.generate(
+            rec["prompt"],
+            max_new_tokens=budget,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed + i,
+        )
+        rows.append({**rec, "generation": text})
+    scores = text_scores([r["generation"] for r in rows], [r["reference"] for r in rows])
+    scores.update(
+        prompts=len(rows),
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+    )
+    write_prompts(out_dir / "generations.jsonl", rows)
+    atomic_write_json(out_dir / "scores.json", scores)
+    return scores
+
+
+def write_samples(
+    generator: Any,
+    run_dir: str | Path,
+    n: int,
+    *,
+    prompts: Sequence[str] = SAMPLE_PROMPTS,
+    max_new_tokens: int = 200,
+    temperature: float = SAMPLE_TEMPERATURE,
+    top_k: int | None = SAMPLE_TOP_K,
+    seed: int = 0,
+    label: str = "eval",
+) -> list[Path]:
+    """`n` samples, cycling through `prompts`, as RUN/samples/<label>-NN.txt (prompt + text).
+
+    Prompts with characters the tokenizer cannot encode are skipped (`usable_prompts`).
+    """
+    from tinygpt.generate import usable_prompts
+    from tinygpt.run import RunDir
+
+    if n < 1:
+        raise TinyGPTError(f"--samples {n} must be at least 1")
+    usable = usable_prompts(generator.tokenizer, prompts)
+    paths = []
+    for i in range(n):
+        prompt = usable[i % len(usable)]
+        text = generator.generate(
+            prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed + i,
+        )
+        paths.append(RunDir(run_dir).write_sample(f"{label}-{i + 1:02d}", prompt + text))
+    return paths
+
+
+def evaluate_run_generation(
+    run_dir: str | Path,
+    *,
+    checkpoint: str = "best",
+    prompts_file: str | Path | None = None,
+    make: tuple[int, int] | None = None,
+    num_prompts: int = 20,
+    samples: int = 0,
+    data: str | Path | None = None,
+    input: str | None = None,
+    text_field: str = "text",
+    errors: str = "strict",
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    report: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """What `eval --prompts/--make-prompts/--samples` does to a run.
+
+    With `prompts_file` (JSONL) or `make` = (K, M) — prompts cut from the evaluation text,
+    written to eval/prompts.jsonl — continuations are scored with BLEU and chrF
+    (`evaluate_generation`); `samples` > 0 writes that many samples to samples/. Returns the
+    figures; `report` receives a line for each file written.
+    """
+    from tinygpt.generate import TextGenerator
+    from tinygpt.run import RunDir, load_run
+    from tinygpt.runtime import resolve_device
+
+    say = report or (lambda line: None)
+    if prompts_file and make:
+        raise TinyGPTError("give either --prompts FILE or --make-prompts K,M, not both")
+    if samples < 0:
+        raise TinyGPTError(f"--samples {samples} must be 0 or more")
+    run_dir = RunDir(run_dir).require()
+    prompts = read_prompts(prompts_file) if prompts_file else None
+    run = load_run(run_dir.path, checkpoint=checkpoint, device=resolve_device(device))
+    if make:
+        tokens, _ = resolve_eval_tokens(
+            run_dir.path,
+            run.tokenizer,
+            data=data,
+            input=input,
+            text_field=text_field,
+            errors=errors,
+        )
+        prompts = make_prompts(tokens, run.tokenizer, make[0], make[1], num_prompts)
+        path = write_prompts(run_dir.eval_file("prompts.jsonl"), prompts)
+        say(f"wrote {len(prompts)} prompts to {path}")
+    gen = TextGenerator(run.model, run.tokenizer)
+    out: dict[str, Any] = {}
+    if prompts is not None:
+        scores = evaluate_generation(
+            gen, prompts, run_dir.eval_dir, temperature=temperature, top_k=top_k, seed=seed
+        )
+        out.update(bleu=scores["bleu"], chrf=scores["chrf"], prompts=scores["prompts"])
+        say(
+            f"BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f} over {scores['prompts']}"
+            f" prompts; generations in {run_dir.eval_file('generations.jsonl')}"
+        )
+    if samples:
+        paths = write_samples(
+            gen,
+            run_dir.path,
+            samples,
+            temperature=temperature or SAMPLE_TEMPERATURE,
+            top_k=top_k,
+            seed=seed,
+        )
+        out["samples"] = [str(p) for p in paths]
+        say(f"wrote {len(paths)} samples to {run_dir.samples_dir}")
+    return out

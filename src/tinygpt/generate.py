@@ -7,7 +7,7 @@ and `tinygpt.load(run_dir)`.
 
 The token loop (`generate_tokens`) knows nothing about text or tokenizers: it sees ids and a
 model. `TextGenerator` adds the tokenizer (prompt encoding, byte-exact decoding, stop strings).
-It does not know how runs are stored; `load` asks `tinygpt.checkpoint.load_run` for that.
+It does not know how runs are stored; `load` asks `tinygpt.run.load_run` for that.
 
 How the cache is used. The first step feeds the prompt (prefill, optionally in chunks of
 `prefill_chunk` tokens onto the cache); every later step feeds only the newest token (decode).
@@ -39,12 +39,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
 from tinygpt.errors import TinyGPTError
 from tinygpt.model import GPT
-
-DEFAULT_TEMPERATURE = 0.8
-DEFAULT_TOP_K = 200
-
+from tinygpt.runtime import resolve_device
 
 # -------------------------------------------------------------------------------- sampling
 
@@ -128,6 +126,22 @@ def check_sampling(
         )
     if num_samples < 1:
         raise TinyGPTError(f"num_samples must be at least 1, got {num_samples}")
+
+
+def usable_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[str]:
+    """The prompts `tokenizer` can encode, in order; [""] (a document start) when none can.
+
+    A char-level vocabulary may lack a prompt's characters ("\n" included), so the samples
+    written during training and evaluation fall back to starting a fresh document.
+    """
+    usable = []
+    for prompt in prompts:
+        try:
+            tokenizer.encode(prompt)
+        except TinyGPTError:
+            continue
+        usable.append(prompt)
+    return usable or [""]
 
 
 # ------------------------------------------------------------------------------ token loop
@@ -365,7 +379,10 @@ class TextGenerator:
     - seed: makes the sample reproducible (a private generator; global RNG untouched).
     - stop: strings that end a sample (not included in it); end-of-text always ends it.
 
-    An empty prompt starts from the end-of-text token, i.e. at a document boundary.
+    The prompt is text: a special-token string typed in it (`<|endoftext|>`, a chat marker)
+    is encoded as its characters, as `tinygpt prepare` encodes it in training text (the rule
+    in `tinygpt.chat`). An empty prompt starts from the end-of-text token, i.e. at a document
+    boundary.
     """
 
     def __init__(self, model: GPT, tokenizer: Any) -> None:
@@ -378,7 +395,7 @@ class TextGenerator:
         return next(self.model.parameters()).device
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        ids = self.tokenizer.encode(prompt, allowed_special=True) if prompt else []
+        ids = self.tokenizer.encode(prompt) if prompt else []
         if not ids:
             if self.eot_id is None:
                 raise TinyGPTError("the prompt is empty and the tokenizer has no end-of-text")
@@ -391,8 +408,8 @@ class TextGenerator:
         num_samples: int,
         stop: str | Sequence[str] | None,
         max_new_tokens: int = 256,
-        temperature: float = DEFAULT_TEMPERATURE,
-        top_k: int | None = DEFAULT_TOP_K,
+        temperature: float = SAMPLE_TEMPERATURE,
+        top_k: int | None = SAMPLE_TOP_K,
         top_p: float | None = None,
         repetition_penalty: float = 1.0,
         seed: int | None = None,
@@ -475,26 +492,9 @@ class TextGenerator:
                 yield pieces[0]
 
 
-def resolve_device(device: str = "auto") -> str:
-    """'auto' picks cuda, then mps, then cpu; an explicit device must be available."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TinyGPTError("--device cuda was asked for but CUDA is not available; use cpu")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise TinyGPTError("--device mps was asked for but MPS is not available; use cpu")
-    if device not in ("cpu", "mps") and not device.startswith("cuda"):
-        raise TinyGPTError(f"unknown device {device!r}; use auto, cpu, cuda or mps")
-    return device
-
-
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> TextGenerator:
     """Load a trained run folder into a `TextGenerator` (see its docstring for the API)."""
-    from tinygpt.checkpoint import load_run
+    from tinygpt.run import load_run
 
     run = load_run(run_dir, checkpoint=checkpoint, device=resolve_device(device))
     return TextGenerator(run.model, run.tokenizer)

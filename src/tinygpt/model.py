@@ -38,119 +38,14 @@ a mask and with every cached row at the same length, the forward pass takes the 
 from __future__ import annotations
 
 import copy
-import difflib
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tinygpt.config import GPTConfig
 from tinygpt.errors import TinyGPTError
-
-NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "gelu_tanh", "swiglu")
-POSITIONS = ("learned", "rope")
-ATTENTIONS = ("sdpa", "manual")
-
-
-def _choice(field: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        close = difflib.get_close_matches(str(value), options, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise TinyGPTError(
-            f"model.{field} = {value!r} is not known; choose one of {', '.join(options)}{hint}"
-        )
-
-
-@dataclass
-class GPTConfig:
-    vocab_size: int = 50304
-    block_size: int = 256  # longest context the model sees
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    n_kv_head: int | None = None  # None: same as n_head; fewer: grouped-query attention
-    dropout: float = 0.0
-    bias: bool = True  # biases in linear layers and LayerNorm
-    norm: str = "layernorm"
-    norm_eps: float = 1e-5
-    mlp: str = "gelu_tanh"
-    mlp_hidden: int | None = None  # None: 4*C for GELU, Llama's rounded 8/3*C for SwiGLU
-    pos: str = "learned"
-    rope_theta: float = 10000.0
-    qk_norm: bool = False  # RMSNorm on each head's queries and keys (before RoPE)
-    attn: str = "sdpa"
-    tie_weights: bool = True  # LM head shares the token embedding matrix
-    init_std: float = 0.02
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise TinyGPTError(f"model.{name} must be a positive integer, got {value!r}")
-        _choice("norm", self.norm, NORMS)
-        _choice("mlp", self.mlp, MLPS)
-        _choice("pos", self.pos, POSITIONS)
-        _choice("attn", self.attn, ATTENTIONS)
-        if self.n_embd % self.n_head:
-            raise TinyGPTError(
-                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
-                f"change one of them, e.g. n_head = {_nearest_divisor(self.n_embd, self.n_head)}"
-            )
-        if self.n_kv_head is not None:
-            if isinstance(self.n_kv_head, bool) or not isinstance(self.n_kv_head, int):
-                raise TinyGPTError(f"model.n_kv_head must be an integer, got {self.n_kv_head!r}")
-            if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
-                raise TinyGPTError(
-                    f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head "
-                    f"({self.n_kv_head}); use a divisor of n_head, or leave n_kv_head unset"
-                )
-        if self.pos == "rope" and self.head_dim % 2:
-            raise TinyGPTError(
-                f"rotary positions need an even head dimension, but n_embd / n_head = "
-                f"{self.head_dim}; change n_embd or n_head, or use model.pos = 'learned'"
-            )
-        if self.mlp_hidden is not None and (
-            isinstance(self.mlp_hidden, bool)
-            or not isinstance(self.mlp_hidden, int)
-            or self.mlp_hidden < 1
-        ):
-            raise TinyGPTError(
-                f"model.mlp_hidden must be a positive integer or unset, got {self.mlp_hidden!r}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise TinyGPTError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if not self.norm_eps > 0:
-            raise TinyGPTError(f"model.norm_eps must be positive, got {self.norm_eps}")
-        if not self.rope_theta > 0:
-            raise TinyGPTError(f"model.rope_theta must be positive, got {self.rope_theta}")
-        if not self.init_std > 0:
-            raise TinyGPTError(f"model.init_std must be positive, got {self.init_std}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head or self.n_head
-
-    @property
-    def hidden(self) -> int:
-        """Width of the MLP's hidden layer."""
-        if self.mlp_hidden is not None:
-            return self.mlp_hidden
-        if self.mlp == "swiglu":
-            # Llama: 2/3 of 4*C keeps the parameter count of a 4*C GELU MLP with three
-            # matrices instead of two; rounded up to a multiple of 32 for fast matmuls.
-            return 32 * math.ceil(int(2 * 4 * self.n_embd / 3) / 32)
-        return 4 * self.n_embd
-
-
-def _nearest_divisor(n: int, near: int) -> int:
-    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), d))
-
 
 # ---------------------------------------------------------------------------------- leaves
 

@@ -1,8 +1,8 @@
 """Pictures of runs: loss curves, training statistics, attention maps (matplotlib, PNG).
 
-Owns reading `metrics.csv` into columns (`read_metrics`), the curve figures of one run
-(`plot_run`, called by training at the end of every run) and of several runs overlaid
-(`plot_runs`), and the layer × head grid of attention probabilities (`attention_figure`).
+Owns the curve figures of one run (`plot_run`, called by training at the end of every run)
+and of several runs overlaid (`plot_runs`), and the layer × head grid of attention
+probabilities (`attention_figure`). Run folders are read through `tinygpt.run`.
 Everything draws with the Agg backend into files, so it works without a display.
 
 matplotlib is an optional extra: without it these functions raise ImportError (training
@@ -12,17 +12,16 @@ It knows nothing about how metrics are produced or how models are trained.
 
 from __future__ import annotations
 
-import csv
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import atomic_write_bytes
+from tinygpt.run import ATTENTION_PNG, LOSS_PNG, STATS_PNG, RunDir
 
-NUMERIC = ("tokens", "time_s", "train_loss", "val_loss_est", "lr", "grad_norm", "tokens_per_s")
-LOSS_PNG = "loss.png"
-STATS_PNG = "stats.png"
 DPI = 100
 
 
@@ -36,18 +35,11 @@ def _pyplot() -> Any:
     return plt
 
 
-def read_metrics(run_dir: str | Path) -> dict[str, list[float]]:
-    """Columns of RUN/metrics.csv as floats (`step` too); an empty cell becomes nan."""
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        raise TinyGPTError(f"{path} does not exist; is {run_dir} a run folder that has trained?")
-    cols: dict[str, list[float]] = {"step": [], **{k: [] for k in NUMERIC}}
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            for key, values in cols.items():
-                cell = row.get(key, "")
-                values.append(float(cell) if cell not in ("", None) else math.nan)
-    return cols
+def save_png(fig: Any, path: str | Path) -> Path:
+    """Write a figure to a PNG atomically (a reader never sees half an image)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _points(cols: dict[str, list[float]], x: str, y: str) -> tuple[list[float], list[float]]:
@@ -110,7 +102,7 @@ def plot_run(run_dir: str | Path, *, log: bool = False) -> list[Path]:
     RUN/stats.png (learning rate, tokens/s, gradient norm). Returns the paths."""
     plt = _pyplot()
     run_dir = Path(run_dir)
-    runs = [(run_dir.name, read_metrics(run_dir))]
+    runs = [(run_dir.name, RunDir(run_dir).read_metrics())]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=DPI)
     _loss_panel(axes[0], runs, "step", log)
     _loss_panel(axes[1], runs, "time_s", log)
@@ -119,7 +111,7 @@ def plot_run(run_dir: str | Path, *, log: bool = False) -> list[Path]:
     # of every training run.
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.86, wspace=0.22)
     loss = run_dir / LOSS_PNG
-    fig.savefig(loss)
+    save_png(fig, loss)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=DPI)
@@ -129,7 +121,7 @@ def plot_run(run_dir: str | Path, *, log: bool = False) -> list[Path]:
     fig.suptitle(f"{run_dir.name}: training statistics")
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.15, top=0.85, wspace=0.28)
     stats = run_dir / STATS_PNG
-    fig.savefig(stats)
+    save_png(fig, stats)
     plt.close(fig)
     return [loss, stats]
 
@@ -147,7 +139,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, log: bool = Fa
         name = d.name or str(d)
         names[name] = names.get(name, 0) + 1
         label = name if names[name] == 1 else f"{name} ({names[name]})"
-        runs.append((label, read_metrics(d)))
+        runs.append((label, RunDir(d).read_metrics()))
     fig, axes = plt.subplots(2, 3, figsize=(14, 7), dpi=DPI)
     _loss_panel(axes[0][0], runs, "step", log)
     _loss_panel(axes[0][1], runs, "time_s", log)
@@ -159,7 +151,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, log: bool = Fa
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    save_png(fig, out)
     plt.close(fig)
     return out
 
@@ -191,7 +183,7 @@ def attention_maps(model: Any, tokenizer: Any, prompt: str) -> tuple[list[int], 
 
     if not prompt:
         raise TinyGPTError("--prompt is empty; give some text to look at")
-    ids = tokenizer.encode(prompt, allowed_special=True)
+    ids = tokenizer.encode(prompt)  # the prompt is text, as in `tinygpt sample`
     block = model.config.block_size
     if len(ids) > block:
         raise TinyGPTError(
@@ -268,7 +260,7 @@ def plot_attention(
     device: str = "cpu",
 ) -> Path:
     """Save the attention grid of a run for `prompt` (default RUN/attention.png)."""
-    from tinygpt.checkpoint import load_run
+    from tinygpt.run import load_run
 
     plt = _pyplot()
     run = load_run(run_dir, checkpoint=checkpoint, device=device)
@@ -279,8 +271,8 @@ def plot_attention(
         layer=layer,
         title=f"{Path(run_dir).name} ({run.checkpoint_dir.name})",
     )
-    path = Path(out) if out else Path(run_dir) / "attention.png"
+    path = Path(out) if out else Path(run_dir) / ATTENTION_PNG
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_png(fig, path)
     plt.close(fig)
     return path

@@ -14,22 +14,12 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from tinygpt.errors import TinyGPTError
-from tinygpt.plots import read_metrics  # plain csv reading; matplotlib is imported lazily
-
-PLOTS = ("loss.png", "stats.png", "attention.png")
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+from tinygpt.files import atomic_write_text
+from tinygpt.run import REPORT_HTML, REPORT_MD, RunDir
 
 
 def _known(value: float) -> float | None:
@@ -38,19 +28,13 @@ def _known(value: float) -> float | None:
 
 def collect(run_dir: str | Path) -> dict[str, Any]:
     """Everything the report shows, as plain data (numbers unrounded)."""
-    from tinygpt.config import RunConfig
     from tinygpt.info import param_breakdown
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.toml").is_file():
-        raise TinyGPTError(
-            f"{run_dir} is not a run folder (no config.toml); give the folder that"
-            " `tinygpt train --out` wrote"
-        )
-    config = RunConfig.from_toml(run_dir / "config.toml")
-    run_info = _read_json(run_dir / "run.json") or {}
-    summary = _read_json(run_dir / "summary.json")
-    cols = read_metrics(run_dir) if (run_dir / "metrics.csv").is_file() else None
+    run = RunDir(run_dir).require()
+    config = run.read_config()
+    run_info = run.read_info()
+    summary = run.read_summary()
+    cols = run.read_metrics() if run.has_metrics() else None
 
     training: dict[str, Any] = {}
     if cols and cols["step"]:
@@ -68,10 +52,12 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
             "final_val_loss_est": vals[-1][1] if vals else None,
         }
 
-    dataset = run_info.get("dataset") or {}
+    dataset = run.dataset()
     meta = None
     if dataset.get("path"):
-        meta = _read_json(Path(dataset["path"]) / "meta.json")
+        from tinygpt.data import read_meta
+
+        meta = read_meta(Path(dataset["path"]))
     data_summary: dict[str, Any] = {
         "path": dataset.get("path"),
         "source": dataset.get("source"),
@@ -85,18 +71,15 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
             if isinstance(split, dict) and split.get("tokens"):
                 split["bytes_per_token"] = split.get("bytes", 0) / split["tokens"]
 
-    tokenizer = _tokenizer_summary(run_dir)
-    samples = sorted((run_dir / "samples").glob("*.txt")) if (run_dir / "samples").is_dir() else []
-    sample = None
-    if samples:
-        newest = max(samples, key=lambda p: (p.stat().st_mtime_ns, p.name))
-        sample = {"file": f"samples/{newest.name}", "text": newest.read_text(encoding="utf-8")}
+    tokenizer = _tokenizer_summary(run)
+    newest = run.newest_sample()
+    sample = {"file": newest[0], "text": newest[1]} if newest else None
 
     return {
-        "run": run_dir.name,
-        "run_dir": str(run_dir),
+        "run": run.name,
+        "run_dir": str(run.path),
         "config": config.to_dict(),
-        "config_toml": (run_dir / "config.toml").read_text(encoding="utf-8"),
+        "config_toml": run.config_path.read_text(encoding="utf-8"),
         "params": param_breakdown(config.model),
         "provenance": {
             k: run_info.get(k)
@@ -107,20 +90,20 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
         "tokenizer": tokenizer,
         "summary": summary,
         "training": training,
-        "eval": _read_json(run_dir / "eval" / "results.json"),
-        "scores": _read_json(run_dir / "eval" / "scores.json"),
+        "eval": run.read_eval("results.json"),
+        "scores": run.read_eval("scores.json"),
         "sample": sample,
-        "plots": [name for name in PLOTS if (run_dir / name).is_file()],
+        "plots": run.plots(),
     }
 
 
-def _tokenizer_summary(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "tokenizer.json"
+def _tokenizer_summary(run: RunDir) -> dict[str, Any] | None:
+    path = run.tokenizer_path
     if not path.is_file():
         return None
-    from tinygpt.tokenizer import file_hash, load_tokenizer
+    from tinygpt.tokenizer import file_hash
 
-    tok = load_tokenizer(path)
+    tok = run.load_tokenizer()
     return {
         "kind": tok.kind,
         "vocab_size": tok.vocab_size,
@@ -322,17 +305,15 @@ def render_html(data: dict[str, Any], run_dir: str | Path) -> str:
 def write_report(run_dir: str | Path, *, plots: bool = True) -> tuple[Path, Path]:
     """Write RUN/report.md and RUN/report.html; with `plots`, (re)draw the curves first
     when matplotlib is installed. Returns both paths."""
-    run_dir = Path(run_dir)
-    if plots and (run_dir / "metrics.csv").is_file():
+    run = RunDir(run_dir).require()
+    if plots and run.has_metrics():
         try:
             from tinygpt.plots import plot_run
 
-            plot_run(run_dir)
+            plot_run(run.path)
         except ImportError:
             pass  # the report still renders, without pictures
-    data = collect(run_dir)
-    md = run_dir / "report.md"
-    page = run_dir / "report.html"
-    md.write_text(render_markdown(data), encoding="utf-8")
-    page.write_text(render_html(data, run_dir), encoding="utf-8")
+    data = collect(run.path)
+    md = atomic_write_text(run.file(REPORT_MD), render_markdown(data))
+    page = atomic_write_text(run.file(REPORT_HTML), render_html(data, run.path))
     return md, page

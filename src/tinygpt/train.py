@@ -1,44 +1,46 @@
-"""The training loop: one process, or many under `torchrun` with PyTorch DDP.
+"""Training: one loop for every kind of training, and the pre-training set-up around it.
 
-`train()` is a plain function built from named helpers — `choose_precision`,
-`build_optimizer`, `lr_at`, `BatchSampler`, `train_step`, `evaluate` (from
-`tinygpt.evaluate`) and `save_checkpoint` (from `tinygpt.checkpoint`). Fine-tuning reuses it
-by varying data, loss mask and trainable parameters.
+`fit()` is the loop. It takes what it trains already built — a model, a batch source
+(`tinygpt.batches`), an optimiser, the training settings, a run folder, an evaluator — and
+knows nothing about how they were made, so pre-training and fine-tuning share it and differ
+only in what they hand it: the data and its loss mask, the starting weights, the trainable
+parameters (`build_optimizer` sees only those with `requires_grad`). `train()` builds those
+pieces for pre-training from a prepared dataset and calls `fit()`.
+
+The loop is built from named helpers: `lr_at` and `budget_progress` (the schedule),
+`train_step` (one optimiser step over accumulated micro-batches), `save` (a checkpoint with
+everything an exact resume needs), `Watch` (metrics.csv, TensorBoard, W&B, progress).
 
 Policies worth knowing:
 
-- **Budgets.** `max_steps`, `max_tokens` and `max_time` bound the optimisation loop; the first
-  to run out ends it. The learning rate follows *progress* in [0, 1] — the largest of
-  step/max_steps, tokens/max_tokens and seconds/max_time — so a 60-second run decays to the
-  end of its 60 seconds. Preparation and the final full evaluation are timed separately.
-- **Windows and documents.** Training windows are drawn uniformly at random from the token
-  stream, in which every document ends with an end-of-text token. A window may cross that
-  boundary: the model then learns that a new, unrelated document starts after end-of-text
-  (the GPT-2 convention). Nothing is masked, no text is thrown away.
-- **Determinism.** One seed. The data sampler draws from its own `torch.Generator`
-  (seed), dropout from torch's global generator (seeded with seed + 1), samples from the
-  generator's private one. With the same seed and thread count on CPU, two runs give
-  bit-identical losses, and a run resumed from a checkpoint continues bit-identically.
-- **DDP.** Every rank draws the same global batch and keeps its own rows
-  (`rank::world_size`), so N processes see exactly what one process with the same global
-  batch sees. Gradient accumulation skips the all-reduce (`no_sync`) until the last
-  micro-step; only rank 0 writes files.
-
-It knows nothing about how datasets are made (`tinygpt.data`) or how tokens are sampled.
+- **Budgets.** `max_steps`, `max_tokens`, `max_time` and `max_epochs` bound the loop; the
+  first to run out ends it. The learning rate follows *progress* in [0, 1] — the largest
+  fraction of any budget spent — so a 60-second run decays to the end of its 60 seconds.
+  Preparation and the final full evaluation are timed separately.
+- **Determinism.** One seed. The batch source draws from its own generator (seed), dropout
+  from torch's global one (seed + 1), samples from the generator's private one. With the
+  same seed and thread count on CPU two runs give bit-identical losses, and a run resumed
+  from a checkpoint continues bit-identically (the source's position is in the checkpoint).
+- **DDP.** Every rank draws the same global batch and keeps its own rows, so N processes see
+  what one process with the same global batch sees. Accumulation skips the all-reduce
+  (`no_sync`) until the last micro-step; only rank 0 writes files and prints.
+- **Endings.** Whatever ends the loop — its budget, early stopping, Ctrl-C, a non-finite loss,
+  running out of memory — one `finally` closes TensorBoard and W&B, closes the metrics file
+  and leaves the process group (with a barrier only after a normal end: a barrier after one
+  rank failed would wait for ever). Ctrl-C saves a checkpoint first.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
+import copy
+import dataclasses
 import datetime as dt
-import io
-import json
+import functools
 import logging
 import math
 import os
 import platform
-import random
 import subprocess
 import sys
 import time
@@ -47,123 +49,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from tinygpt import __version__
 from tinygpt.checkpoint import (
     FORMAT_VERSION,
-    atomic_write_text,
-    list_checkpoints,
+    WEIGHTS,
     load_optimizer_state,
     load_weights,
     read_state,
     read_tensors,
-    resolve_checkpoint,
-    save_checkpoint,
-    write_run_files,
 )
-from tinygpt.config import RunConfig, TrainConfig
+from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K, RunConfig, TrainConfig
 from tinygpt.errors import TinyGPTError
-from tinygpt.evaluate import evaluate, spread_windows
-from tinygpt.model import GPT, GPTConfig
+from tinygpt.run import RunDir
+from tinygpt.runtime import Dist, Runtime, restore_rng, rng_state, seed_all
 
-METRICS_FIELDS = [
-    "step",
-    "tokens",
-    "time_s",
-    "train_loss",
-    "val_loss_est",
-    "lr",
-    "grad_norm",
-    "tokens_per_s",
-]
 log = logging.getLogger("tinygpt.train")
-
-
-# ------------------------------------------------------------------------- device & numerics
-
-
-@dataclass
-class Dist:
-    """Where this process stands in a (possibly single-process) job."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_distributed(device: str) -> Dist:
-    """Join the process group when launched by `torchrun` (NCCL on GPUs, Gloo on CPU).
-
-    A peer that never arrives fails the job after TINYGPT_DIST_TIMEOUT seconds (default 600)
-    instead of hanging for ever.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    timeout_s = float(os.environ.get("TINYGPT_DIST_TIMEOUT", "600"))
-    import torch.distributed as tdist
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local)
-    if not tdist.is_initialized():
-        tdist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s))
-    return Dist(rank, world, local)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX or AVX-512 BF16 instructions, where bf16 matmuls beat fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
-
-
-def choose_precision(requested: str, device: str, model: GPTConfig) -> str:
-    """Resolve `auto` to fp32, bf16 or fp16 for this device and model size.
-
-    CUDA: bf16 on Ampere and newer, else fp16 with a gradient scaler. CPU: bf16 only with
-    AMX/AVX-512-BF16 hardware *and* matrices wide enough to profit — measured on such a CPU
-    (DESIGN.md §7), a 128-wide model ran 0.78× as fast in bf16 and a 384-wide one 2.39× faster;
-    we switch at 256. Elsewhere fp32.
-    """
-    if requested != "auto":
-        if requested == "fp16" and not device.startswith("cuda"):
-            raise TinyGPTError("train.precision = fp16 needs a CUDA GPU; use bf16 or fp32")
-        return requested
-    if device.startswith("cuda"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device == "cpu" and cpu_has_fast_bf16() and model.n_embd >= 256:
-        return "bf16"
-    return "fp32"
-
-
-def autocast_for(precision: str, device: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """A zero-argument factory of the autocast context for this precision."""
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    device_type = "cuda" if device.startswith("cuda") else device
-    return lambda: torch.autocast(device_type=device_type, dtype=dtype)
+PROGRESS_EVERY_S = 10.0  # without a terminal, a progress line this often
 
 
 # ----------------------------------------------------------------------------- optimiser
 
 
 def build_optimizer(model: torch.nn.Module, tc: TrainConfig, device: str) -> Any:
-    """The optimiser `tc.optimizer` names, with weight decay on matrices only.
+    """The optimiser `tc.optimizer` names, over the parameters with `requires_grad`, with
+    weight decay on matrices only.
 
     adamw: AdamW on everything; decay on matrices (embeddings and linear weights), not on
     biases and norm gains — decaying those hurts and buys no regularisation. On CUDA this is
@@ -205,6 +116,9 @@ def _decay_groups(params: list[torch.Tensor], weight_decay: float, **extra: Any)
     ]
 
 
+# ------------------------------------------------------------------------------ schedule
+
+
 def lr_at(step: int, progress: float, tc: TrainConfig) -> float:
     """Learning rate for `step` at budget `progress` in [0, 1].
 
@@ -231,8 +145,14 @@ def lr_at(step: int, progress: float, tc: TrainConfig) -> float:
     return tc.lr * warm * factor
 
 
-def budget_progress(step: int, tokens: int, seconds: float, tc: TrainConfig) -> float:
-    """How much of the budget is spent, in [0, 1] (the largest fraction of any budget set)."""
+def budget_progress(
+    step: int, tokens: int, seconds: float, tc: TrainConfig, epochs: float = 0.0
+) -> float:
+    """How much of the budget is spent, in [0, 1] (the largest fraction of any budget set).
+
+    >>> budget_progress(50, 0, 0.0, TrainConfig(max_steps=100, max_epochs=2.0), epochs=1.5)
+    0.75
+    """
     parts = []
     if tc.max_steps:
         parts.append(step / tc.max_steps)
@@ -240,47 +160,9 @@ def budget_progress(step: int, tokens: int, seconds: float, tc: TrainConfig) -> 
         parts.append(tokens / tc.max_tokens)
     if tc.max_time:
         parts.append(seconds / tc.max_time)
+    if tc.max_epochs:
+        parts.append(epochs / tc.max_epochs)
     return max(parts) if parts else 0.0
-
-
-# ---------------------------------------------------------------------------------- data
-
-
-class BatchSampler:
-    """Random training windows from a token array, reproducible from a generator state.
-
-    Every rank draws the same `global_batch` offsets and keeps rows rank::world_size.
-    """
-
-    def __init__(
-        self,
-        tokens: np.ndarray,
-        block_size: int,
-        global_batch: int,
-        seed: int,
-        dist: Dist,
-        device: str,
-    ) -> None:
-        self.tokens = tokens
-        self.block_size = block_size
-        self.global_batch = global_batch
-        self.dist = dist
-        self.device = device
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        T = self.block_size
-        starts = torch.randint(len(self.tokens) - T, (self.global_batch,), generator=self.generator)
-        mine = starts[self.dist.rank :: self.dist.world_size].tolist()
-        rows = np.stack([self.tokens[s : s + T + 1] for s in mine]).astype(np.int64)
-        xy = torch.from_numpy(rows)  # (B, T+1)
-        x, y = xy[:, :-1], xy[:, 1:]
-        if self.device.startswith("cuda"):
-            return (
-                x.pin_memory().to(self.device, non_blocking=True),
-                y.pin_memory().to(self.device, non_blocking=True),
-            )
-        return x.to(self.device), y.to(self.device)
 
 
 # --------------------------------------------------------------------------------- a step
@@ -290,12 +172,19 @@ class BatchSampler:
 class StepResult:
     loss: float
     grad_norm: float
+    tokens: int  # input tokens of the whole step (all micro-batches, all processes)
     skipped: bool = False
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, value: float) -> None:
+        super().__init__(value)
+        self.value = value
 
 
 def train_step(
     model: torch.nn.Module,
-    sampler: BatchSampler,
+    batches: Any,
     optimizer: Any,
     *,
     accum: int,
@@ -306,12 +195,19 @@ def train_step(
     dist: Dist,
     skip_nonfinite: bool,
 ) -> StepResult:
-    """One optimiser step over `accum` micro-batches; returns the mean loss (all ranks)."""
+    """One optimiser step over `accum` micro-batches of `batches.next()`.
+
+    The loss of each micro-batch is the mean over its scored targets (targets of -1 are
+    not scored); the step's loss is the mean of those means, averaged over processes.
+    """
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
-    total = torch.zeros((), device=sampler.device)
+    device = next(model.parameters()).device
+    total = torch.zeros((), device=device)
+    tokens = 0
     for micro in range(accum):
-        x, y = sampler.next()
+        x, y = batches.next()
+        tokens += x.numel() * dist.world_size
         sync = micro == accum - 1 or not dist.enabled
         ctx = contextlib.nullcontext() if sync else model.no_sync()
         with ctx:
@@ -324,16 +220,15 @@ def train_step(
     if dist.enabled:
         import torch.distributed as tdist
 
-        tdist.all_reduce(
-            mean, op=tdist.ReduceOp.AVG if sampler.device.startswith("cuda") else tdist.ReduceOp.SUM
-        )
-        if not sampler.device.startswith("cuda"):
+        cuda = device.type == "cuda"
+        tdist.all_reduce(mean, op=tdist.ReduceOp.AVG if cuda else tdist.ReduceOp.SUM)
+        if not cuda:
             mean /= dist.world_size  # Gloo has no AVG
     loss_value = mean.item()
     if not math.isfinite(loss_value):
         optimizer.zero_grad(set_to_none=True)
         if skip_nonfinite:
-            return StepResult(loss_value, float("nan"), skipped=True)
+            return StepResult(loss_value, float("nan"), tokens, skipped=True)
         raise NonFiniteLoss(loss_value)
     if scaler:
         scaler.unscale_(optimizer)
@@ -350,16 +245,22 @@ def train_step(
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss_value, float(norm))
+    return StepResult(loss_value, float(norm), tokens)
 
 
-class NonFiniteLoss(Exception):
-    def __init__(self, value: float) -> None:
-        super().__init__(value)
-        self.value = value
+# --------------------------------------------------------------------------- loop state
 
 
-# ------------------------------------------------------------------------------ the loop
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint's state.json."""
+
+    step: int = 0
+    tokens: int = 0
+    elapsed: float = 0.0  # seconds inside the loop
+    best_est: float | None = None  # best val_loss_est so far
+    stale: int = 0  # estimates since the best one
+    resumed_from: str | None = None  # the checkpoint this process started from
 
 
 @dataclass
@@ -373,114 +274,506 @@ class TrainResult:
     stopped: str = "budget"  # budget | early_stop | interrupted
     sample: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    is_main: bool = True  # rank 0, the process that prints and writes
 
 
 @dataclass
-class _Watch:
-    """Loggers the loop writes to (rank 0 only)."""
+class Hooks:
+    """What the loop calls out to: `sample(model)` gives the text of a sample (rank 0, at
+    `sample_interval` and at the end); `on_checkpoint(step, path)` runs once a checkpoint
+    is safely on disk."""
 
-    metrics: Path
+    sample: Callable[[torch.nn.Module], str] | None = None
+    on_checkpoint: Callable[[int, Path], None] | None = None
+
+
+def save(
+    run: RunDir,
+    model: torch.nn.Module,
+    optimizer: Any,
+    batches: Any,
+    state: TrainState,
+    rt: Runtime,
+    tc: TrainConfig,
+    *,
+    is_best: bool,
+    hooks: Hooks,
+) -> Path | None:
+    """A checkpoint of everything an exact resume needs (rank 0 writes it)."""
+    if not rt.dist.is_main:
+        return None
+    json_part, tensors = rng_state()
+    batch_json, batch_tensors = batches.state()
+    tensors.update(batch_tensors)
+    if rt.scaler:
+        tensors["grad_scaler"] = rt.scaler.state_dict()
+    path = run.save_checkpoint(
+        state.step,
+        model,
+        optimizer=optimizer,
+        is_best=is_best,
+        keep_last=tc.keep_last,
+        state={
+            "tokens": state.tokens,
+            "elapsed_s": state.elapsed,
+            "best_val_loss_est": state.best_est,
+            "stale_evals": state.stale,
+            "precision": rt.precision,
+            "batches": batch_json,
+            **json_part,
+        },
+        tensors=tensors,
+    )
+    if hooks.on_checkpoint:
+        hooks.on_checkpoint(state.step, path)
+    return path
+
+
+def restore(
+    checkpoint: Path, model: torch.nn.Module, optimizer: Any, batches: Any, rt: Runtime
+) -> TrainState:
+    """Load a checkpoint written by `save` into the pieces; return the loop's state."""
+    saved = read_state(checkpoint)
+    tensors = read_tensors(checkpoint)
+    load_weights(model, checkpoint / WEIGHTS)
+    opt_state = load_optimizer_state(checkpoint)
+    if opt_state:
+        optimizer.load_state_dict(opt_state)
+    restore_rng(saved, tensors)
+    batches.restore(saved.get("batches") or {}, tensors)
+    if rt.scaler and "grad_scaler" in tensors:
+        rt.scaler.load_state_dict(tensors["grad_scaler"])
+    return TrainState(
+        step=saved["step"],
+        tokens=saved["tokens"],
+        elapsed=saved.get("elapsed_s", 0.0),
+        best_est=saved.get("best_val_loss_est"),
+        stale=saved.get("stale_evals", 0),
+        resumed_from=checkpoint.name,
+    )
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+def fit(
+    model: torch.nn.Module,
+    batches: Any,
+    optimizer: Any,
+    tc: TrainConfig,
+    run: RunDir,
+    *,
+    evaluator: Any,
+    rt: Runtime,
+    state: TrainState | None = None,
+    accum: int = 1,
+    hooks: Hooks | None = None,
+    progress: bool = True,
+    config: dict[str, Any] | None = None,
+    started: float | None = None,
+) -> TrainResult:
+    """Train `model` on `batches` until a budget runs out (module docstring).
+
+    `evaluator.estimate(model) -> float` gives `val_loss_est` every `eval_interval` steps;
+    `evaluator.final(model)` the full validation loss at the end. `state` continues a
+    resumed run. `config` (the full configuration) is what W&B records; `started` (a
+    `time.perf_counter()` reading) when the whole job began, for summary.json's total_s.
+    """
+    state = state or TrainState()
+    hooks = hooks or Hooks()
+    main = rt.dist.is_main
+    result = TrainResult(run.path, state.step, state.tokens, state.elapsed, is_main=main)
+    last_saved = state.step if state.resumed_from else -1
+    watch, ok = Watch(), False
+    try:
+        net = _wrap(model, tc, rt)
+        if main:
+            watch = Watch.open(run, tc, config, state, progress)
+        stopped = "budget"
+        loop_start = time.perf_counter() - state.elapsed
+        try:
+            while (done := _progress(state, tc, batches)) < 1.0:
+                lr = lr_at(state.step, done, tc)
+                res = _step(net, batches, optimizer, tc, rt, lr, accum, state, run)
+                state.step += 1
+                state.tokens += res.tokens
+                state.elapsed = time.perf_counter() - loop_start
+                val_est = None
+                if state.step % tc.eval_interval == 0:
+                    val_est = evaluator.estimate(model)
+                    improved = state.best_est is None or val_est < state.best_est
+                    state.best_est = val_est if improved else state.best_est
+                    state.stale = 0 if improved else state.stale + 1
+                watch.step(state, res, lr, val_est, _progress(state, tc, batches))
+                if (
+                    main
+                    and hooks.sample
+                    and tc.sample_interval
+                    and not state.step % tc.sample_interval
+                ):
+                    run.write_sample(f"step-{state.step:06d}", hooks.sample(model))
+                if val_est is not None or (
+                    tc.checkpoint_interval and state.step % tc.checkpoint_interval == 0
+                ):
+                    is_best = val_est is not None and state.stale == 0
+                    save(
+                        run, model, optimizer, batches, state, rt, tc, is_best=is_best, hooks=hooks
+                    )
+                    last_saved = state.step
+                if tc.early_stop_patience and state.stale >= tc.early_stop_patience:
+                    stopped = "early_stop"
+                    log.info(
+                        "early stop at step %d: no improvement in %d estimates",
+                        state.step,
+                        state.stale,
+                    )
+                    break
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+            log.info("interrupted at step %d; saving a checkpoint", state.step)
+        watch.end_progress()
+        result.step, result.tokens, result.train_time_s = state.step, state.tokens, state.elapsed
+        result.stopped, result.best_val_loss_est = stopped, state.best_est
+        if stopped == "interrupted":
+            if state.step != last_saved and state.step > 0:
+                save(run, model, optimizer, batches, state, rt, tc, is_best=False, hooks=hooks)
+        else:
+            _finish(
+                result,
+                model,
+                optimizer,
+                batches,
+                state,
+                rt,
+                tc,
+                run,
+                evaluator,
+                hooks,
+                watch,
+                last_saved,
+                started,
+            )
+        if main:
+            _plots(run)
+        ok = True
+        return result
+    finally:
+        watch.close(ok=ok)
+        rt.close(ok=ok)
+
+
+def _wrap(model: torch.nn.Module, tc: TrainConfig, rt: Runtime) -> torch.nn.Module:
+    """The model as the loop runs it: compiled and/or wrapped in DDP, as asked."""
+    net = torch.compile(model) if tc.compile else model
+    if rt.dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(net, device_ids=[rt.dist.local_rank] if rt.device.startswith("cuda") else None)
+    return net
+
+
+def _progress(state: TrainState, tc: TrainConfig, batches: Any) -> float:
+    return budget_progress(state.step, state.tokens, state.elapsed, tc, batches.epochs)
+
+
+def _step(
+    net: torch.nn.Module,
+    batches: Any,
+    optimizer: Any,
+    tc: TrainConfig,
+    rt: Runtime,
+    lr: float,
+    accum: int,
+    state: TrainState,
+    run: RunDir,
+) -> StepResult:
+    """`train_step`, with non-finite losses and out-of-memory turned into clear errors."""
+    try:
+        return train_step(
+            net,
+            batches,
+            optimizer,
+            accum=accum,
+            lr=lr,
+            grad_clip=tc.grad_clip,
+            autocast=rt.autocast,
+            scaler=rt.scaler,
+            dist=rt.dist,
+            skip_nonfinite=tc.skip_nonfinite,
+        )
+    except NonFiniteLoss as exc:
+        good = run.checkpoints()
+        raise TinyGPTError(
+            f"the loss became {exc.value} at step {state.step + 1}; last good checkpoint:"
+            f" {good[-1] if good else 'none'}. Likely causes: a learning rate too high"
+            " (lower --train.lr), fp16 overflow (use --train.precision bf16 or fp32),"
+            " or no gradient clipping; --train.skip_nonfinite true skips such steps"
+        ) from None
+    except torch.OutOfMemoryError:
+        raise TinyGPTError(_oom_message(tc, getattr(batches, "block_size", 0), accum)) from None
+
+
+def _finish(
+    result: TrainResult,
+    model: torch.nn.Module,
+    optimizer: Any,
+    batches: Any,
+    state: TrainState,
+    rt: Runtime,
+    tc: TrainConfig,
+    run: RunDir,
+    evaluator: Any,
+    hooks: Hooks,
+    watch: Watch,
+    last_saved: int,
+    started: float | None,
+) -> None:
+    """After the loop: the full evaluation (timed apart), a last checkpoint, the sample and
+    summary.json."""
+    t_eval = time.perf_counter()
+    full = evaluator.final(model)
+    result.val_loss = full.loss
+    eval_time = time.perf_counter() - t_eval
+    if state.step != last_saved:
+        is_best = state.best_est is None or full.loss <= state.best_est
+        save(run, model, optimizer, batches, state, rt, tc, is_best=is_best, hooks=hooks)
+    if not rt.dist.is_main:
+        return
+    if hooks.sample:
+        result.sample = hooks.sample(model)
+        run.write_sample(f"step-{state.step:06d}", result.sample)
+    result.timings = {"train_s": round(state.elapsed, 3), "final_eval_s": round(eval_time, 3)}
+    if started is not None:
+        result.timings["total_s"] = round(time.perf_counter() - started, 3)
+    run.write_summary(
+        {
+            "step": state.step,
+            "tokens": state.tokens,
+            "train_time_s": round(state.elapsed, 3),
+            "val_loss": full.loss,
+            "val_tokens": full.tokens,
+            "best_val_loss_est": state.best_est,
+            "stopped": result.stopped,
+            "tokens_per_s": round(state.tokens / max(state.elapsed, 1e-9), 1),
+            "precision": rt.precision,
+            "device": rt.device,
+            **result.timings,
+        }
+    )
+    watch.final(full.loss)
+    log.info(
+        "done: step %d, val_loss %.4f (%d tokens), %.1f s training",
+        state.step,
+        full.loss,
+        full.tokens,
+        state.elapsed,
+    )
+
+
+def _oom_message(tc: TrainConfig, block: int, accum: int) -> str:
+    smaller = max(1, tc.batch_size // 2)
+    return (
+        f"out of GPU memory with micro-batch {tc.batch_size} × context {block}; try"
+        f" --train.batch_size {smaller} and --train.tokens_per_step"
+        f" {tc.batch_size * block * accum} (gradient accumulation keeps the step size),"
+        " or a smaller --model.block_size"
+    )
+
+
+# ------------------------------------------------------------------------------ watching
+
+
+@dataclass
+class Watch:
+    """Where the loop reports (rank 0 only): metrics.csv, TensorBoard, W&B, progress.
+
+    A `Watch()` with nothing attached (other ranks) ignores every call.
+    """
+
+    metrics: Any = None  # tinygpt.run.MetricsWriter
     tb: Any = None
     wandb: Any = None
-    bar: Any = None
+    bar: Any = None  # a tqdm bar on a terminal
+    log_interval: int = 10
+    eval_interval: int = 0
+    window_tokens: int = 0
+    window_start: float = field(default_factory=time.perf_counter)
+    last_line: float = field(default_factory=time.perf_counter)
+    lines: bool = False  # progress as log lines (no terminal)
+    text: str = ""  # the last progress figures
 
-    def row(self, row: dict[str, Any]) -> None:
-        new = not self.metrics.exists()
-        with open(self.metrics, "a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=METRICS_FIELDS, lineterminator="\n")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: _fmt(row.get(k)) for k in METRICS_FIELDS})
-        numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
-        if self.tb:
-            for key, value in numbers.items():
-                self.tb.add_scalar(key, value, row["step"])
+    @classmethod
+    def open(
+        cls,
+        run: RunDir,
+        tc: TrainConfig,
+        config: dict[str, Any] | None,
+        state: TrainState,
+        progress: bool,
+    ) -> Watch:
+        watch = cls(log_interval=tc.log_interval, eval_interval=tc.eval_interval)
+        try:
+            watch.metrics = run.open_metrics(after_step=state.step if state.resumed_from else None)
+            watch.tb = _tensorboard(run, tc)
+            watch.wandb = _wandb(run, tc, config)
+            if progress and sys.stderr.isatty():
+                from tqdm import tqdm
+
+                watch.bar = tqdm(
+                    total=100.0,
+                    unit="%",
+                    bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}] {postfix}",
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                )
+            watch.lines = progress and watch.bar is None
+        except BaseException:
+            watch.close(ok=False)
+            raise
+        return watch
+
+    def step(
+        self, state: TrainState, res: StepResult, lr: float, val_est: float | None, done: float
+    ) -> None:
+        if self.metrics is None:
+            return
+        self.window_tokens += res.tokens
+        if state.step % self.log_interval == 0 or val_est is not None or state.step == 1:
+            now = time.perf_counter()
+            tps = self.window_tokens / max(now - self.window_start, 1e-9)
+            self.window_tokens, self.window_start = 0, now
+            row = {
+                "step": state.step,
+                "tokens": state.tokens,
+                "time_s": round(state.elapsed, 3),
+                "train_loss": res.loss,
+                "val_loss_est": val_est,
+                "lr": lr,
+                "grad_norm": res.grad_norm,
+                "tokens_per_s": round(tps, 1),
+            }
+            self.metrics.row(row)
+            numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+            if self.tb:
+                for key, value in numbers.items():
+                    self.tb.add_scalar(key, value, state.step)
+            if self.wandb:
+                self.wandb.log(numbers, step=state.step)
+            text = f"loss {res.loss:.4f} lr {lr:.2e} {tps:,.0f} tok/s" + (
+                f" val {val_est:.4f}" if val_est is not None else ""
+            )
+            if self.bar is not None:
+                self.bar.set_postfix_str(text)
+            if val_est is not None:
+                log.info(
+                    "step %d: train loss %.4f, val_loss_est %.4f", state.step, res.loss, val_est
+                )
+            self.text = text
+        if self.bar is not None:
+            self.bar.n = round(100 * min(1.0, done), 1)
+            self.bar.refresh()
+        elif self.lines and time.perf_counter() - self.last_line >= PROGRESS_EVERY_S:
+            self.last_line = time.perf_counter()
+            print(
+                f"step {state.step} ({100 * min(1.0, done):.0f}%): {self.text}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def end_progress(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def final(self, val_loss: float) -> None:
         if self.wandb:
-            self.wandb.log(numbers, step=row["step"])
+            self.wandb.summary.update({"val_loss": val_loss})
+
+    def close(self, *, ok: bool) -> None:
+        """Close everything opened, whatever happened (called from the loop's `finally`)."""
+        self.end_progress()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.tb:
+            self.tb.close()
+            self.tb = None
+        if self.wandb:
+            self.wandb.finish(exit_code=0 if ok else 1)
+            self.wandb = None
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)  # shortest text that reads back to the same float: exact
-    return str(value)
+@functools.cache
+def _say_once(message: str) -> None:
+    log.warning(message)
+    print(f"tinygpt: note: {message}", file=sys.stderr)
 
 
-def _truncate_metrics(path: Path, after_step: int) -> None:
-    """On resume, drop rows logged after the checkpoint (they will be logged again)."""
-    if not path.is_file():
-        return
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= after_step]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRICS_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        )
-    except (OSError, subprocess.SubprocessError):
+def _tensorboard(run: RunDir, tc: TrainConfig) -> Any:
+    if not tc.tensorboard:
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the `tensorboard` package is an optional extra
+        _say_once(
+            "train.tensorboard is on but the tensorboard package is not installed, so no"
+            " TensorBoard log is written; pip install 'tinygpt[tensorboard]', or set"
+            " --train.tensorboard false to silence this"
+        )
+        return None
+    return SummaryWriter(log_dir=str(run.tensorboard_dir))
 
 
-def provenance(command: list[str] | None, data_meta: dict[str, Any], extra: dict[str, Any]) -> dict:
-    """What produced a run: versions, code, command line, data identity."""
-    import numpy
-
-    return {
-        "tinygpt": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "platform": platform.platform(),
-        "git_commit": _git_commit(),
-        "command": command if command is not None else sys.argv,
-        "checkpoint_format": FORMAT_VERSION,
-        "dataset": {k: data_meta.get(k) for k in ("path", "key", "tokenizer_hash", "source")},
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        **extra,
-    }
+WANDB_INIT_TIMEOUT_S = 30.0  # WANDB_INIT_TIMEOUT overrides
 
 
-def _rng_state() -> tuple[dict[str, Any], dict[str, Any]]:
-    """(JSON part, tensor part) of every RNG the loop touches."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    json_part = {
-        "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
-        "numpy_rng": [
-            np_state[0],
-            np_state[1].tolist(),
-            int(np_state[2]),
-            int(np_state[3]),
-            float(np_state[4]),
-        ],
-    }
-    tensors: dict[str, Any] = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors["torch_cuda"] = torch.cuda.get_rng_state_all()
-    return json_part, tensors
+def _wandb(run: RunDir, tc: TrainConfig, config: dict[str, Any] | None) -> Any:
+    """A W&B run, or one clear line: not installed, no API key, or no connection (bounded
+    by WANDB_INIT_TIMEOUT seconds). WANDB_MODE=offline needs neither key nor network."""
+    if not tc.wandb:
+        return None
+    try:
+        import wandb
+        from wandb.errors import UsageError
+    except ImportError:
+        raise TinyGPTError(
+            "train.wandb = true but the wandb package is not installed; pip install"
+            " 'tinygpt[wandb]' (WANDB_MODE=offline works without an account)"
+        ) from None
+    timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", WANDB_INIT_TIMEOUT_S))
+    os.environ.setdefault("WANDB_SILENT", "true")  # its banner lines; WANDB_SILENT=false shows them
+    offline = " or log offline with WANDB_MODE=offline (upload later with `wandb sync`)"
+    try:
+        return wandb.init(
+            project=tc.wandb_project,
+            dir=str(run.path),
+            name=run.name,
+            config=config,
+            settings=wandb.Settings(init_timeout=timeout, silent=True),
+        )
+    except UsageError as exc:
+        first = (str(exc).strip().splitlines() or ["usage error"])[0]
+        raise TinyGPTError(
+            f"W&B cannot start: {first} Set WANDB_API_KEY or run `wandb login`,{offline}"
+        ) from None
+    except Exception as exc:  # CommError and friends: no network, a wrong host
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise TinyGPTError(
+            f"W&B could not reach its server within {timeout:g} s ({first}); check the"
+            f" network,{offline}"
+        ) from None
 
 
-def _restore_rng(state: dict[str, Any], tensors: dict[str, Any]) -> None:
-    py = state["python_rng"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    npr = state["numpy_rng"]
-    np.random.set_state((npr[0], np.array(npr[1], dtype=np.uint32), npr[2], npr[3], npr[4]))
-    torch.set_rng_state(tensors["torch_cpu"])
-    if "torch_cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(tensors["torch_cuda"])
+def _plots(run: RunDir) -> None:
+    """Loss curves at the end of every run, when the plotting extra is installed."""
+    try:
+        from tinygpt.plots import plot_run
+
+        plot_run(run.path)
+    except ImportError:  # matplotlib missing
+        return
+
+
+# ---------------------------------------------------------------------- pre-training set-up
 
 
 def check_data(train_tokens: int, val_tokens: int, block_size: int, global_batch: int) -> None:
@@ -502,453 +795,250 @@ def check_data(train_tokens: int, val_tokens: int, block_size: int, global_batch
         )
 
 
-def _accumulation(tc: TrainConfig, block_size: int, world: int) -> int:
-    micro_tokens = tc.batch_size * block_size * world
+def accumulation(tc: TrainConfig, micro_tokens: int) -> int:
+    """Micro-batches per step to reach `tokens_per_step` (1 when it is 0)."""
     if not tc.tokens_per_step:
         return 1
     if tc.tokens_per_step % micro_tokens:
         raise TinyGPTError(
             f"train.tokens_per_step = {tc.tokens_per_step} is not a multiple of one micro-step"
-            f" (batch_size {tc.batch_size} × block_size {block_size} × {world} processes ="
-            f" {micro_tokens}); use {max(1, round(tc.tokens_per_step / micro_tokens)) * micro_tokens}"
+            f" (batch_size × block_size × processes = {micro_tokens}); use"
+            f" {max(1, round(tc.tokens_per_step / micro_tokens)) * micro_tokens}"
         )
     return tc.tokens_per_step // micro_tokens
+
+
+def resume_point(run: RunDir, resume: str | None) -> Path | None:
+    """The checkpoint to continue from, by the `--resume` policy: None (a fresh run; refuses
+    a folder that already holds checkpoints), "yes" (the latest; it must exist) or "auto"
+    (the latest if there is one)."""
+    existing = run.checkpoints()
+    if resume in ("yes", "auto") and existing:
+        return run.resolve_checkpoint("latest")
+    if resume == "yes":
+        raise TinyGPTError(
+            f"--resume: {run.path} has no checkpoint to resume from; train without --resume,"
+            " or use --resume auto"
+        )
+    if existing:
+        raise TinyGPTError(
+            f"{run.path} already holds a run; continue it with --resume, or choose another --out"
+        )
+    return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def provenance(command: list[str] | None, dataset: dict[str, Any], extra: dict[str, Any]) -> dict:
+    """What produced a run: versions, code, command line, the dataset's record."""
+    import numpy
+
+    return {
+        "tinygpt": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "git_commit": _git_commit(),
+        "command": command if command is not None else sys.argv,
+        "checkpoint_format": FORMAT_VERSION,
+        "dataset": dataset,
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+class TextSampler:
+    """The samples written during and after training: `sample_tokens` tokens after
+    `sample_prompt` (or a document start when the vocabulary cannot encode it)."""
+
+    def __init__(self, tokenizer: Any, tc: TrainConfig) -> None:
+        from tinygpt.generate import usable_prompts
+
+        self.tokenizer = tokenizer
+        self.prompt = usable_prompts(tokenizer, [tc.sample_prompt])[0]
+        self.tokens = tc.sample_tokens
+        self.seed = tc.seed
+
+    def __call__(self, model: torch.nn.Module) -> str:
+        from tinygpt.generate import TextGenerator
+
+        try:
+            text = TextGenerator(model, self.tokenizer).generate(
+                self.prompt,
+                max_new_tokens=self.tokens,
+                temperature=SAMPLE_TEMPERATURE,
+                top_k=SAMPLE_TOP_K,
+                seed=self.seed,
+            )
+        finally:
+            model.train()
+        return self.prompt + text
+
+
+def find_dataset(
+    config: RunConfig, run: RunDir, data_dir: str | Path | None, resuming: bool
+) -> Path:
+    """The dataset folder to train on: `data_dir` when given; when resuming, the one the
+    run recorded; `config.data.dir`; else `config.data.source` prepared on the fly (cached)."""
+    if data_dir is not None:
+        return Path(data_dir)
+    recorded = run.dataset_dir() if resuming else None
+    if recorded is not None:
+        if not recorded.is_dir():
+            raise TinyGPTError(
+                f"the dataset the run was trained on ({recorded}) is gone; give its new place"
+                " with --data DIR"
+            )
+        return recorded
+    if config.data.dir:
+        return Path(config.data.dir)
+    from tinygpt.data import prepare_dataset
+
+    d = config.data
+    return prepare_dataset(
+        d.source,  # reused from the cache when prepared before with the same settings
+        None,
+        tokenizer=d.tokenizer,
+        vocab_size=d.vocab_size or config.model.vocab_size,
+        backend=d.backend,
+        val_fraction=d.val_fraction,
+        text_field=d.text_field,
+        errors=d.errors,
+        block_size=config.model.block_size,
+    ).path
 
 
 def train(
     config: RunConfig,
     *,
-    data_dir: str | Path,
     out_dir: str | Path,
+    data_dir: str | Path | None = None,
     resume: str | None = None,
     command: list[str] | None = None,
     progress: bool = True,
     on_checkpoint: Callable[[int, Path], None] | None = None,
 ) -> TrainResult:
-    """Train `config` on the prepared dataset `data_dir`, writing the run into `out_dir`.
+    """Pre-train `config` into the run folder `out_dir` and return how it went.
 
-    `resume`: None (a fresh run; refuses a folder that already holds checkpoints), "yes"
-    (continue from the latest checkpoint; it must exist) or "auto" (continue if one exists).
-    `on_checkpoint(step, path)` is called after each checkpoint is safely on disk.
+    The data: `data_dir` (a folder made by `tinygpt prepare`), else what `find_dataset`
+    finds. `resume`: None, "yes" or "auto" (`resume_point`). `on_checkpoint(step, path)` is
+    called after each checkpoint is safely on disk. `config` itself is not changed.
     """
+    from tinygpt.batches import RandomWindows
     from tinygpt.data import open_dataset
-    from tinygpt.generate import resolve_device
+    from tinygpt.evaluate import SplitEvaluator
+    from tinygpt.model import GPT
+    from tinygpt.tokenizer import file_hash
 
     t_start = time.perf_counter()
-    out = Path(out_dir)
+    config = copy.deepcopy(config)
     tc = config.train
-    device = resolve_device(tc.device)
-    dist = setup_distributed(device)
-    if dist.enabled and device.startswith("cuda"):
-        device = f"cuda:{dist.local_rank}"
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-
-    dataset = open_dataset(data_dir)
-    tokenizer = dataset.load_tokenizer()
-    # Record the dataset in the run's config, so that `--resume` finds it again.
-    config.data.dir = str(Path(dataset.path).resolve())
-    if config.model.vocab_size != tokenizer.vocab_size:
-        config.model.vocab_size = tokenizer.vocab_size
-        config.model.__post_init__()
-
-    existing = list_checkpoints(out)
-    start_ckpt = None
-    if resume in ("yes", "auto") and existing:
-        start_ckpt = resolve_checkpoint(out, "latest")
-    elif resume == "yes":
-        raise TinyGPTError(
-            f"--resume: {out} has no checkpoint to resume from; train without --resume,"
-            " or use --resume auto"
-        )
-    elif existing and resume is None:
-        raise TinyGPTError(
-            f"{out} already holds a run; continue it with --resume, or choose another --out"
-        )
-    if start_ckpt is not None:
-        run_tok = out / "tokenizer.json"
-        from tinygpt.tokenizer import file_hash
-
-        if run_tok.is_file() and file_hash(run_tok) != file_hash(dataset.tokenizer_path):
-            raise TinyGPTError(
-                f"the dataset {dataset.path} was made with another tokenizer than the run"
-                f" {out}; resume with the dataset the run was trained on"
-            )
-
-    block = config.model.block_size
-    global_batch = tc.batch_size * dist.world_size
-    check_data(len(dataset.train), len(dataset.val), block, global_batch)
-    accum = _accumulation(tc, block, dist.world_size)
-    tokens_per_step = global_batch * block * accum
     if not tc.has_budget:
-        raise TinyGPTError("no training budget: give --max-steps, --max-tokens or --max-time")
-
-    # Seeds: the data sampler has its own generator; dropout uses the global one.
-    random.seed(tc.seed)
-    np.random.seed(tc.seed % 2**32)
-    torch.manual_seed(tc.seed + 1)
-    model = GPT(config.model).to(device)
-    precision = choose_precision(tc.precision, device, config.model)
-    autocast = autocast_for(precision, device)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    optimizer = build_optimizer(model, tc, device)
-    sampler = BatchSampler(dataset.train, block, global_batch, tc.seed, dist, device)
-
-    step, tokens, elapsed = 0, 0, 0.0
-    best_est: float | None = None
-    stale = 0
-    if start_ckpt is not None:
-        state = read_state(start_ckpt)
-        tensors = read_tensors(start_ckpt)
-        load_weights(model, start_ckpt / "model.safetensors")
-        opt_state = load_optimizer_state(start_ckpt)
-        if opt_state:
-            optimizer.load_state_dict(opt_state)
-        step, tokens, elapsed = state["step"], state["tokens"], state.get("elapsed_s", 0.0)
-        best_est, stale = state.get("best_val_loss_est"), state.get("stale_evals", 0)
-        _restore_rng(state, tensors)
-        sampler.generator.set_state(tensors["data_generator"])
-        if scaler and "grad_scaler" in tensors:
-            scaler.load_state_dict(tensors["grad_scaler"])
-
-    net: torch.nn.Module = model
-    if tc.compile:
-        net = torch.compile(net)
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        net = DDP(net, device_ids=[dist.local_rank] if device.startswith("cuda") else None)
-
-    watch = None
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "samples").mkdir(exist_ok=True)
-        write_run_files(out, config, tokenizer)
-        _setup_log_file(out / "train.log")
-        meta = {**dataset.meta, "path": str(Path(dataset.path).resolve())}
-        info = {
-            "device": device,
-            "precision": precision,
-            "threads": torch.get_num_threads(),
-            "world_size": dist.world_size,
-            "tokens_per_step": tokens_per_step,
-            "grad_accum": accum,
-            "parameters": model.num_params(),
-            "resumed_from": start_ckpt.name if start_ckpt else None,
-        }
-        prov = provenance(command, meta, info)
-        if start_ckpt is not None and (out / "run.json").is_file():
-            # keep how the run started; note each resumption
-            first = json.loads((out / "run.json").read_text(encoding="utf-8"))
-            first.setdefault("resumed", []).append(
-                {k: prov[k] for k in ("started", "command", "git_commit", "resumed_from")}
-            )
-            prov = first
-        atomic_write_text(out / "run.json", json.dumps(prov, indent=1))
-        if start_ckpt is not None:
-            _truncate_metrics(out / "metrics.csv", step)
-        else:  # rows left by an earlier attempt that never reached a checkpoint
-            (out / "metrics.csv").unlink(missing_ok=True)
-        watch = _Watch(out / "metrics.csv", tb=_tensorboard(out, tc), wandb=_wandb(out, config))
-        log.info(
-            "run %s: %s parameters, %s, %s, %d tokens/step, device %s",
-            out,
-            f"{model.num_params():,}",
-            precision,
-            f"{dist.world_size} process(es)",
-            tokens_per_step,
-            device,
+        raise TinyGPTError(
+            "no training budget: give --max-steps, --max-tokens, --max-time or --max-epochs"
         )
-
-    est_windows = spread_windows(len(dataset.val), block, tc.eval_windows)
-
-    def estimate() -> float:
-        r = evaluate(
-            model,
+    run = RunDir(out_dir)
+    start = resume_point(run, resume)
+    dataset = open_dataset(find_dataset(config, run, data_dir, start is not None))
+    resumed_tokenizer = run.tokenizer_path if start is not None else None
+    if resumed_tokenizer and file_hash(resumed_tokenizer) != file_hash(dataset.tokenizer_path):
+        raise TinyGPTError(
+            f"the dataset {dataset.path} was made with another tokenizer than the run"
+            f" {run.path}; resume with the dataset the run was trained on"
+        )
+    tokenizer = dataset.load_tokenizer()
+    config.model = dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size)
+    rt = Runtime.start(tc)
+    try:
+        block = config.model.block_size
+        global_batch = tc.batch_size * rt.dist.world_size
+        check_data(len(dataset.train), len(dataset.val), block, global_batch)
+        accum = accumulation(tc, global_batch * block)
+        seed_all(tc.seed)
+        model = GPT(config.model).to(rt.device)
+        rt.set_precision(tc.precision, config.model)
+        optimizer = build_optimizer(model, tc, rt.device)
+        batches = RandomWindows(dataset.train, block, global_batch, tc.seed, rt.dist, rt.device)
+        state = restore(start, model, optimizer, batches, rt) if start is not None else None
+        if rt.dist.is_main:
+            _begin_run(run, config, dataset, model, rt, accum, command, state)
+        evaluator = SplitEvaluator(
             dataset.val,
             block,
             batch_size=tc.eval_batch_size,
-            device=device,
-            window_ids=est_windows,
-            autocast=autocast,
+            windows=tc.eval_windows,
+            device=rt.device,
+            autocast=rt.autocast,
         )
-        return r.loss
-
-    def checkpoint(is_best: bool) -> Path | None:
-        if not dist.is_main:
-            return None
-        json_part, tensor_part = _rng_state()
-        tensor_part["data_generator"] = sampler.generator.get_state()
-        if scaler:
-            tensor_part["grad_scaler"] = scaler.state_dict()
-        path = save_checkpoint(
-            out,
-            step,
-            model,
-            optimizer=optimizer,
-            is_best=is_best,
-            keep_last=tc.keep_last,
-            state={
-                "tokens": tokens,
-                "elapsed_s": elapsed,
-                "best_val_loss_est": best_est,
-                "stale_evals": stale,
-                "precision": precision,
-                **json_part,
-            },
-            tensors=tensor_part,
-        )
-        if on_checkpoint:
-            on_checkpoint(step, path)
-        return path
-
-    result = TrainResult(out, step, tokens, elapsed)
-    bar = _progress_bar(progress and dist.is_main, tc)
-    stopped = "budget"
-    last_saved = step if start_ckpt is not None else -1
-    loop_start = time.perf_counter() - elapsed
-    window_tokens, window_start = 0, time.perf_counter()
-    try:
-        while budget_progress(step, tokens, elapsed, tc) < 1.0:
-            lr = lr_at(step, budget_progress(step, tokens, elapsed, tc), tc)
-            try:
-                res = train_step(
-                    net,
-                    sampler,
-                    optimizer,
-                    accum=accum,
-                    lr=lr,
-                    grad_clip=tc.grad_clip,
-                    autocast=autocast,
-                    scaler=scaler,
-                    dist=dist,
-                    skip_nonfinite=tc.skip_nonfinite,
-                )
-            except NonFiniteLoss as exc:
-                good = list_checkpoints(out)
-                raise TinyGPTError(
-                    f"the loss became {exc.value} at step {step + 1}; last good checkpoint:"
-                    f" {good[-1] if good else 'none'}. Likely causes: a learning rate too high"
-                    " (lower --train.lr), fp16 overflow (use --train.precision bf16 or fp32),"
-                    " or no gradient clipping; --train.skip_nonfinite true skips such steps"
-                ) from None
-            except torch.OutOfMemoryError:
-                raise TinyGPTError(_oom_message(tc, block, accum)) from None
-            step += 1
-            tokens += tokens_per_step
-            window_tokens += tokens_per_step
-            elapsed = time.perf_counter() - loop_start
-            evaluating = step % tc.eval_interval == 0
-            val_est = None
-            if evaluating:
-                val_est = estimate()
-                improved = best_est is None or val_est < best_est
-                best_est = val_est if improved else best_est
-                stale = 0 if improved else stale + 1
-            if dist.is_main and (step % tc.log_interval == 0 or evaluating or step == 1):
-                now = time.perf_counter()
-                tps = window_tokens / max(now - window_start, 1e-9)
-                window_tokens, window_start = 0, now
-                watch.row(
-                    {
-                        "step": step,
-                        "tokens": tokens,
-                        "time_s": round(elapsed, 3),
-                        "train_loss": res.loss,
-                        "val_loss_est": val_est,
-                        "lr": lr,
-                        "grad_norm": res.grad_norm,
-                        "tokens_per_s": round(tps, 1),
-                    }
-                )
-                if bar is not None:
-                    bar.set_postfix_str(
-                        f"loss {res.loss:.4f} lr {lr:.2e} {tps:,.0f} tok/s"
-                        + (f" val {val_est:.4f}" if val_est else "")
-                    )
-                if evaluating:
-                    log.info("step %d: train loss %.4f, val_loss_est %.4f", step, res.loss, val_est)
-            if bar is not None:
-                bar.n = round(100 * min(1.0, budget_progress(step, tokens, elapsed, tc)), 1)
-                bar.refresh()
-            if tc.sample_interval and step % tc.sample_interval == 0 and dist.is_main:
-                _write_sample(model, tokenizer, tc, out, step)
-            due = evaluating or (tc.checkpoint_interval and step % tc.checkpoint_interval == 0)
-            if due:
-                checkpoint(is_best=evaluating and stale == 0)
-                last_saved = step
-            if tc.early_stop_patience and stale >= tc.early_stop_patience:
-                stopped = "early_stop"
-                log.info("early stop at step %d: no val improvement in %d evaluations", step, stale)
-                break
-    except KeyboardInterrupt:
-        stopped = "interrupted"
-        log.info("interrupted at step %d; saving a checkpoint", step)
-    finally:
-        if bar is not None:
-            bar.close()
-
-    train_time = elapsed
-    result.step, result.tokens, result.train_time_s, result.stopped = (
-        step,
-        tokens,
-        train_time,
-        stopped,
-    )
-    result.best_val_loss_est = best_est
-    if stopped == "interrupted":
-        if step != last_saved and step > 0:
-            checkpoint(is_best=False)
-        if dist.is_main:
-            _plots(out)
-        _finish(dist)
-        return result
-
-    # The final full evaluation (timed apart from the loop).
-    t_eval = time.perf_counter()
-    full = evaluate(
-        model, dataset.val, block, batch_size=tc.eval_batch_size, device=device, autocast=autocast
-    )
-    result.val_loss = full.loss
-    eval_time = time.perf_counter() - t_eval
-    if step != last_saved:
-        is_best = best_est is None or full.loss <= best_est
-        checkpoint(is_best=is_best)
-    if dist.is_main:
-        result.sample = _write_sample(model, tokenizer, tc, out, step)
-        result.timings = {
-            "train_s": round(train_time, 3),
-            "final_eval_s": round(eval_time, 3),
-            "total_s": round(time.perf_counter() - t_start, 3),
-        }
-        summary = {
-            "step": step,
-            "tokens": tokens,
-            "train_time_s": round(train_time, 3),
-            "val_loss": full.loss,
-            "val_tokens": full.tokens,
-            "best_val_loss_est": best_est,
-            "stopped": stopped,
-            "tokens_per_s": round(tokens / max(train_time, 1e-9), 1),
-            "precision": precision,
-            "device": device,
-            **result.timings,
-        }
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
-        log.info(
-            "done: step %d, val_loss %.4f (%d tokens), %.1f s training",
-            step,
-            full.loss,
-            full.tokens,
-            train_time,
-        )
-        _plots(out)
-        if watch and watch.tb:
-            watch.tb.close()
-        if watch and watch.wandb:
-            watch.wandb.summary.update({"val_loss": full.loss})
-            watch.wandb.finish()
-    _finish(dist)
-    return result
-
-
-def _finish(dist: Dist) -> None:
-    if dist.enabled:
-        import torch.distributed as tdist
-
-        tdist.barrier()
-        tdist.destroy_process_group()
-
-
-def _oom_message(tc: TrainConfig, block: int, accum: int) -> str:
-    smaller = max(1, tc.batch_size // 2)
-    return (
-        f"out of GPU memory with micro-batch {tc.batch_size} × context {block}; try"
-        f" --train.batch_size {smaller} and --train.tokens_per_step"
-        f" {tc.batch_size * block * accum} (gradient accumulation keeps the step size),"
-        " or a smaller --model.block_size"
+    except BaseException:
+        rt.close(ok=False)
+        raise
+    return fit(
+        model,
+        batches,
+        optimizer,
+        tc,
+        run,
+        evaluator=evaluator,
+        rt=rt,
+        state=state,
+        accum=accum,
+        hooks=Hooks(sample=TextSampler(tokenizer, tc), on_checkpoint=on_checkpoint),
+        progress=progress,
+        config=config.to_dict(),
+        started=t_start,
     )
 
 
-def _write_sample(model: GPT, tokenizer: Any, tc: TrainConfig, out: Path, step: int) -> str:
-    from tinygpt.generate import TextGenerator
-
-    gen = TextGenerator(model, tokenizer)
-    prompt = tc.sample_prompt
-    try:
-        tokenizer.encode(prompt)
-    except TinyGPTError:  # e.g. a char vocabulary without "\n": start at a document boundary
-        prompt = ""
-    try:
-        text = gen.generate(
-            prompt,
-            max_new_tokens=tc.sample_tokens,
-            temperature=0.8,
-            top_k=200,
-            seed=tc.seed,
-        )
-    finally:
-        model.train()
-    (out / "samples" / f"step-{step:06d}.txt").write_text(prompt + text, encoding="utf-8")
-    return prompt + text
-
-
-def _setup_log_file(path: Path) -> None:
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
-        log.removeHandler(old)
-        old.close()
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-
-
-def _progress_bar(enabled: bool, tc: TrainConfig) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(
-        total=100.0,
-        unit="%",
-        bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}] {postfix}",
-        file=sys.stderr,
-        dynamic_ncols=True,
+def _begin_run(
+    run: RunDir,
+    config: RunConfig,
+    dataset: Any,
+    model: torch.nn.Module,
+    rt: Runtime,
+    accum: int,
+    command: list[str] | None,
+    state: TrainState | None,
+) -> None:
+    """Write what the run folder holds before the first step: config, tokenizer, run.json,
+    the samples folder and the log file."""
+    run.write_config(config)
+    run.write_tokenizer(dataset.tokenizer_path)
+    run.samples_dir.mkdir(exist_ok=True)
+    run.attach_log(log)
+    record = {k: dataset.meta.get(k) for k in ("key", "tokenizer_hash", "source")}
+    record = {"path": str(Path(dataset.path).resolve()), **record}
+    tokens_per_step = config.train.batch_size * rt.dist.world_size * config.model.block_size * accum
+    info = {
+        "device": rt.device,
+        "precision": rt.precision,
+        "threads": torch.get_num_threads(),
+        "world_size": rt.dist.world_size,
+        "tokens_per_step": tokens_per_step,
+        "grad_accum": accum,
+        "parameters": model.num_params(),
+        "resumed_from": state.resumed_from if state else None,
+    }
+    run.write_info(provenance(command, record, info), resumed=state is not None)
+    log.info(
+        "run %s: %s parameters, %s, %d process(es), %d tokens/step, device %s",
+        run.path,
+        f"{model.num_params():,}",
+        rt.precision,
+        rt.dist.world_size,
+        tokens_per_step,
+        rt.device,
     )
-
-
-def _tensorboard(out: Path, tc: TrainConfig) -> Any:
-    if not tc.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # the `tensorboard` package is an optional extra
-        return None
-    return SummaryWriter(log_dir=str(out / "tensorboard"))
-
-
-def _wandb(out: Path, config: RunConfig) -> Any:
-    if not config.train.wandb:
-        return None
-    try:
-        import wandb
-    except ImportError:
-        raise TinyGPTError(
-            "train.wandb = true but the wandb package is not installed; pip install"
-            " 'tinygpt[wandb]' (WANDB_MODE=offline works without an account)"
-        ) from None
-    return wandb.init(
-        project=config.train.wandb_project, dir=str(out), name=out.name, config=config.to_dict()
-    )
-
-
-def _plots(out: Path) -> None:
-    """Loss curves at the end of every run, when the plotting extra is installed."""
-    try:
-        from tinygpt.plots import plot_run
-    except ImportError:
-        return
-    try:
-        plot_run(out)
-    except ImportError:  # matplotlib missing
-        return

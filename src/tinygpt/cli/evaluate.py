@@ -1,7 +1,8 @@
 """`tinygpt eval`, `report`, `plot` and `attention`: argument parsing for looking at runs.
 
-The work is done by `tinygpt.metrics` (loss, bits per byte, BLEU/chrF, samples),
-`tinygpt.report` (report.md/html) and `tinygpt.plots` (curves and attention maps).
+The work is done by `tinygpt.evaluate` (loss, bits per byte, BLEU/chrF, samples),
+`tinygpt.report` (report.md/html) and `tinygpt.plots` (curves and attention maps); run
+folders are read through `tinygpt.run`.
 """
 
 from __future__ import annotations
@@ -112,11 +113,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=run_attention)
 
 
-def _check_run(run: str) -> Path:
-    path = Path(run)
-    if not path.is_dir():
-        raise TinyGPTError(f"run folder {run} does not exist; give a folder `tinygpt train` wrote")
-    return path
+def _check_run(run: str, *, whole: bool = True) -> Path:
+    """A run folder (`whole`), or any existing folder (`plot` needs only metrics.csv)."""
+    from tinygpt.run import RunDir
+
+    if whole or not Path(run).is_dir():
+        return RunDir(run).require().path
+    return Path(run)
 
 
 def _parse_km(text: str) -> tuple[int, int]:
@@ -130,7 +133,7 @@ def _parse_km(text: str) -> tuple[int, int]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from tinygpt import metrics
+    from tinygpt import evaluate
 
     run_dir = _check_run(args.run)
     generating = bool(args.prompts or args.make_prompts or args.samples)
@@ -140,7 +143,7 @@ def run_eval(args: argparse.Namespace) -> int:
         )
     out: dict = {}
     if not args.no_loss:
-        result = metrics.evaluate_run(
+        result = evaluate.evaluate_run(
             run_dir,
             checkpoint=args.checkpoint,
             data=args.data,
@@ -161,70 +164,28 @@ def run_eval(args: argparse.Namespace) -> int:
                 f" {result.bytes:,} bytes)"
             )
     if generating:
-        out.update(_generation(args, run_dir))
+        out.update(
+            evaluate.evaluate_run_generation(
+                run_dir,
+                checkpoint=args.checkpoint,
+                prompts_file=args.prompts,
+                make=_parse_km(args.make_prompts) if args.make_prompts else None,
+                num_prompts=args.num_prompts,
+                samples=args.samples,
+                data=args.data,
+                input=args.input,
+                text_field=args.text_field,
+                errors=args.errors,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                seed=args.seed,
+                device=args.device,
+                report=None if args.json else print,
+            )
+        )
     if args.json:
         print(json.dumps(out, ensure_ascii=False))
     return 0
-
-
-def _generation(args: argparse.Namespace, run_dir: Path) -> dict:
-    from tinygpt import metrics
-    from tinygpt.checkpoint import load_run
-    from tinygpt.generate import TextGenerator, resolve_device
-
-    if args.prompts and args.make_prompts:
-        raise TinyGPTError("give either --prompts FILE or --make-prompts K,M, not both")
-    if args.samples < 0:
-        raise TinyGPTError(f"--samples {args.samples} must be 0 or more")
-    prompts = None
-    if args.prompts:
-        prompts = metrics.read_prompts(args.prompts)
-    run = load_run(run_dir, checkpoint=args.checkpoint, device=resolve_device(args.device))
-    if args.make_prompts:
-        k, m = _parse_km(args.make_prompts)
-        tokens, _ = metrics.resolve_eval_tokens(
-            run_dir,
-            run.tokenizer,
-            data=args.data,
-            input=args.input,
-            text_field=args.text_field,
-            errors=args.errors,
-        )
-        prompts = metrics.make_prompts(tokens, run.tokenizer, k, m, args.num_prompts)
-        path = metrics.write_prompts(run_dir / metrics.EVAL_DIR / "prompts.jsonl", prompts)
-        if not args.json:
-            print(f"wrote {len(prompts)} prompts to {path}")
-    gen = TextGenerator(run.model, run.tokenizer)
-    out: dict = {}
-    if prompts is not None:
-        scores = metrics.evaluate_generation(
-            gen,
-            prompts,
-            run_dir / metrics.EVAL_DIR,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            seed=args.seed,
-        )
-        out.update(bleu=scores["bleu"], chrf=scores["chrf"], prompts=scores["prompts"])
-        if not args.json:
-            print(
-                f"BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f} over"
-                f" {scores['prompts']} prompts; generations in"
-                f" {run_dir / metrics.EVAL_DIR / 'generations.jsonl'}"
-            )
-    if args.samples:
-        paths = metrics.write_samples(
-            gen,
-            run_dir,
-            args.samples,
-            temperature=args.temperature or 0.8,
-            top_k=args.top_k,
-            seed=args.seed,
-        )
-        out["samples"] = [str(p) for p in paths]
-        if not args.json:
-            print(f"wrote {len(paths)} samples to {run_dir / 'samples'}")
-    return out
 
 
 def _need_matplotlib() -> None:
@@ -246,8 +207,10 @@ def run_plot(args: argparse.Namespace) -> int:
     from tinygpt.plots import plot_runs
 
     _need_matplotlib()
-    dirs = [_check_run(r) for r in args.runs]
-    out = Path(args.out) if args.out else dirs[0] / "curves.png"
+    from tinygpt.run import CURVES_PNG
+
+    dirs = [_check_run(r, whole=False) for r in args.runs]
+    out = Path(args.out) if args.out else dirs[0] / CURVES_PNG
     if out.suffix.lower() != ".png":
         raise TinyGPTError(f"--out {out} should end in .png")
     print(f"wrote {plot_runs(dirs, out, log=args.log)}")
@@ -255,8 +218,8 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def run_attention(args: argparse.Namespace) -> int:
-    from tinygpt.generate import resolve_device
     from tinygpt.plots import plot_attention
+    from tinygpt.runtime import resolve_device
 
     _need_matplotlib()
     path = plot_attention(

@@ -1,7 +1,7 @@
 """`tinygpt info` and `tinygpt sample`: argument parsing for the model commands.
 
 The work is done by `tinygpt.info` (accounting) and `tinygpt.generate` (sampling); run
-folders are read through `tinygpt.checkpoint` and configs through `tinygpt.config`.
+folders are read through `tinygpt.run` and configs through `tinygpt.config`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tinygpt.errors import TinyGPTError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
-    from tinygpt.generate import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+    from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
 
     info = subparsers.add_parser(
         "info",
@@ -54,9 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--prompt", default="", help="text to continue ('' starts a document)")
     sample.add_argument("--max-new-tokens", type=int, default=256)
     sample.add_argument(
-        "--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0 for greedy decoding"
+        "--temperature", type=float, default=SAMPLE_TEMPERATURE, help="0 for greedy decoding"
     )
-    sample.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="0 for no limit")
+    sample.add_argument("--top-k", type=int, default=SAMPLE_TOP_K, help="0 for no limit")
     sample.add_argument("--top-p", type=float, default=1.0, help="nucleus mass; 1 for off")
     sample.add_argument("--repetition-penalty", type=float, default=1.0, help="1 for off")
     sample.add_argument("--seed", type=int, default=None, help="for reproducible samples")
@@ -69,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _resolve_config(args: argparse.Namespace):
     from tinygpt.config import RunConfig, load_config
+    from tinygpt.run import RunDir
 
     given = [x for x in (args.run, args.preset, args.config) if x]
     if len(given) != 1:
@@ -77,9 +78,7 @@ def _resolve_config(args: argparse.Namespace):
         path = Path(args.run)
         if path.is_file():  # a config.toml given without --config
             return RunConfig.from_toml(path).model, str(path)
-        if not (path / "config.toml").is_file():
-            raise TinyGPTError(f"{path} is not a run folder (no config.toml); give a run folder")
-        return RunConfig.from_toml(path / "config.toml").model, str(path)
+        return RunDir(path).read_config().model, str(path)
     if args.config and not Path(args.config).is_file():
         raise TinyGPTError(f"config file {args.config} does not exist")
     config = load_config(preset=args.preset, config_file=args.config).model
@@ -109,8 +108,6 @@ def run_sample(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty,
     )
     check_sampling(num_samples=args.num_samples, **sampling)
-    if not Path(args.run).is_dir():
-        raise TinyGPTError(f"run folder {args.run} does not exist; give a folder `train` wrote")
     gen = load(args.run, checkpoint=args.checkpoint, device=args.device)
     gen.encode_prompt(args.prompt)  # an unencodable prompt fails before any output
     if not args.stream:

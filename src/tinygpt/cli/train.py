@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, help="stop after this many training tokens")
     p.add_argument("--max-time", type=float, metavar="S", help="stop after S seconds of training")
     p.add_argument(
+        "--max-epochs", type=float, metavar="E", help="stop after E passes over the training data"
+    )
+    p.add_argument(
         "--resume",
         nargs="?",
         const="yes",
@@ -57,54 +60,46 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def resolve(args: argparse.Namespace):
-    """The RunConfig this command line asks for (also used by tests)."""
-    from tinygpt.config import load_config
+    """The RunConfig this command line asks for (`tinygpt.config.resolve_config`)."""
+    from tinygpt.config import BUDGETS, resolve_config
 
-    overrides = list(getattr(args, "overrides", []) or [])
-    budgets = {
-        "max_steps": args.max_steps,
-        "max_tokens": args.max_tokens,
-        "max_time": args.max_time,
-    }
-    if any(v is not None for v in budgets.values()):
-        # A budget on the command line replaces the preset's budget instead of adding to it.
-        for key, value in budgets.items():
-            overrides += [f"--train.{key}", str(value if value is not None else 0)]
-    for flag in ("device", "threads", "seed", "compile"):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides += [f"--train.{flag}", str(value)]
-    for flag in ("text_field", "errors"):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides += [f"--data.{flag}", str(value)]
-    config_file = args.config
-    out = Path(args.out) if args.out else None
-    if args.resume and out and (out / "config.toml").is_file() and not (args.preset or config_file):
-        config_file = str(out / "config.toml")  # resume with the run's own settings
-    return load_config(args.preset, config_file, overrides)
+    settings = {f"train.{flag}": getattr(args, flag) for flag in ("device", "threads", "seed")}
+    settings["train.compile"] = args.compile
+    settings["data.text_field"] = args.text_field
+    settings["data.errors"] = args.errors
+    if args.corpus or args.input:  # a source given here wins over a prepared folder in a config
+        settings.update({"data.source": args.corpus or args.input, "data.dir": ""})
+    return resolve_config(
+        args.preset,
+        args.config,
+        getattr(args, "overrides", []) or [],
+        settings=settings,
+        budgets={name: getattr(args, name) for name in BUDGETS},
+        resume_run=args.out if args.resume and args.out else None,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from tinygpt.train import train
 
-    config = resolve(args)
     if args.resume and not args.out:
         raise TinyGPTError("--resume needs --out RUN, the run folder to continue")
+    config = resolve(args)
     out = (
         Path(args.out)
         if args.out
         else Path("runs") / (f"{config.preset or 'run'}-{dt.datetime.now():%Y%m%d-%H%M%S}")
     )
-    data_dir = find_data(args, config)
     result = train(
         config,
-        data_dir=data_dir,
         out_dir=out,
+        data_dir=args.data,
         resume=args.resume,
         command=["tinygpt", *sys.argv[1:]],
         progress=not args.no_progress,
     )
+    if not result.is_main:  # under torchrun, rank 0 reports
+        return 0
     if result.stopped == "interrupted":
         print(
             f"interrupted at step {result.step}; continue with: tinygpt train --out {out} --resume",
@@ -122,25 +117,3 @@ def run(args: argparse.Namespace) -> int:
         print("--- sample ---")
         print(result.sample)
     return 0
-
-
-def find_data(args: argparse.Namespace, config) -> Path:
-    """--data DIR, or prepare --corpus/--input (or the config's data source) on the fly."""
-    if args.data:
-        return Path(args.data)
-    if config.data.dir and not (args.corpus or args.input):
-        return Path(config.data.dir)
-    from tinygpt.data import prepare_for_training
-
-    source = args.corpus or args.input or config.data.source
-    d = config.data
-    return prepare_for_training(
-        source,
-        tokenizer=d.tokenizer,
-        vocab_size=d.vocab_size or config.model.vocab_size,
-        backend=d.backend,
-        val_fraction=d.val_fraction,
-        text_field=d.text_field,
-        errors=d.errors,
-        block_size=config.model.block_size,
-    )

@@ -1,15 +1,19 @@
 """Tokenizers: text to integer ids and back, behind one interface.
 
 Owns: choosing and training a tokenizer (`train_tokenizer`), reading one back
-(`load_tokenizer`) and fingerprinting its file (`file_hash`). Two kinds:
+(`load_tokenizer`, or `gpt2_tokenizer` for GPT-2's own vocabulary) and fingerprinting its
+file (`file_hash`). Two kinds:
 
 - `char`: one id per character, nanoGPT's convention (`char.py`);
 - `bpe`: byte-level byte-pair encoding written from scratch (`bpe.py`), or trained by
-  Hugging Face `tokenizers` with `backend="hf"` into the same file format.
+  Hugging Face `tokenizers` with `backend="hf"` into the same file format; GPT-2's
+  vocabulary is one of these, converted from its published merge ranks (`gpt2.py`).
 
-Both save a Hugging Face-compatible `tokenizer.json` that `tokenizers.Tokenizer.from_file`
-and `transformers.PreTrainedTokenizerFast` load and encode to the same ids. This package
-knows nothing about corpora, datasets or models.
+Either can carry a normalizer (lowercasing, whitespace; `normalize.py`). Both save a Hugging
+Face-compatible `tokenizer.json` that `tokenizers.Tokenizer.from_file` and
+`transformers.PreTrainedTokenizerFast` load and encode to the same ids. This package knows
+nothing about corpora, datasets or models; `gpt2.py` asks `tinygpt.corpora` only for its
+cache folder and its package download.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from tinygpt.tokenizer.base import EOT, UNK, Tokenizer
 from tinygpt.tokenizer.bpe import DEFAULT_VOCAB_SIZE, PATTERNS, BPETokenizer, train_hf
 from tinygpt.tokenizer.char import CharTokenizer
 from tinygpt.tokenizer.io import file_hash, load_tokenizer, tokenizer_from_json_dict
+from tinygpt.tokenizer.normalize import LOWERCASE, Normalizer
 
 __all__ = [
     "EOT",
@@ -28,8 +33,11 @@ __all__ = [
     "PATTERNS",
     "BPETokenizer",
     "CharTokenizer",
+    "LOWERCASE",
+    "Normalizer",
     "Tokenizer",
     "file_hash",
+    "gpt2_tokenizer",
     "load_tokenizer",
     "tokenizer_from_json_dict",
     "train_tokenizer",
@@ -37,6 +45,13 @@ __all__ = [
 
 KINDS = ("char", "bpe")
 BACKENDS = ("native", "hf")
+
+
+def gpt2_tokenizer() -> BPETokenizer:
+    """GPT-2's byte-level BPE (50,257 ids), from the cache or fetched (see `gpt2.py`)."""
+    from tinygpt.tokenizer.gpt2 import gpt2_tokenizer as load
+
+    return load()
 
 
 def train_tokenizer(
@@ -48,6 +63,8 @@ def train_tokenizer(
     pattern: str = "gpt4",
     unk: bool = False,
     special_tokens: Sequence[str] = (),
+    min_frequency: int = 1,
+    normalizer: Normalizer | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Tokenizer:
     """Learn a tokenizer from `texts` (each one a document).
@@ -59,12 +76,18 @@ def train_tokenizer(
     kind "bpe": byte-level BPE with `vocab_size` ids in all (default 4096), counting the 256
     byte tokens and the special tokens (`<|endoftext|>` plus `special_tokens`); pre-split
     with `pattern` ("gpt2" or "gpt4"); trained by our code (`backend="native"`) or by
-    Hugging Face `tokenizers` (`backend="hf"`).
+    Hugging Face `tokenizers` (`backend="hf"`); a pair is merged only if it occurs at least
+    `min_frequency` times. When it stops short of `vocab_size`, the result's `shortfall`
+    says why.
+
+    Both kinds learn from the texts as `normalizer` leaves them, and keep it.
     """
     if kind == "char":
         if special_tokens:
             raise TinyGPTError("extra special tokens are supported by the bpe tokenizer only")
-        return CharTokenizer.train(texts, unk=unk)
+        if min_frequency != 1:
+            raise TinyGPTError("--min-frequency applies to the bpe tokenizer only")
+        return CharTokenizer.train(texts, unk=unk, normalizer=normalizer)
     if kind != "bpe":
         raise TinyGPTError(f"unknown tokenizer kind {kind!r}; choose one of: {', '.join(KINDS)}")
     if unk:
@@ -76,8 +99,17 @@ def train_tokenizer(
             vocab_size=size,
             pattern=pattern,
             special_tokens=special_tokens,
+            min_frequency=min_frequency,
+            normalizer=normalizer,
             progress=progress,
         )
     if backend == "hf":
-        return train_hf(texts, vocab_size=size, pattern=pattern, special_tokens=special_tokens)
+        return train_hf(
+            texts,
+            vocab_size=size,
+            pattern=pattern,
+            special_tokens=special_tokens,
+            min_frequency=min_frequency,
+            normalizer=normalizer,
+        )
     raise TinyGPTError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")

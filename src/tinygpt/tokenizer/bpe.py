@@ -15,7 +15,10 @@ How it works (the GPT-2 recipe, Radford et al. 2019, section 2.2):
    the byte i), so any text can be encoded and nothing is ever unknown.
 3. Merges. Training repeatedly finds the most frequent adjacent pair of tokens, summed over
    all chunks, and replaces it by a new token. Ties between equally frequent pairs go to the
-   pair with the smaller (left id, right id), so training is deterministic. If the two
+   smaller pair in the order Hugging Face's trainer uses (`_tie_keys`), so training is
+   deterministic and both trainers learn the same merges. Training stops when the
+   vocabulary is full, when no pair is left (every chunk is one token), or when the most
+   frequent pair occurs fewer than `min_frequency` times. If the two
    pieces join into bytes that already have a token (possible when 'a'+'bc' follows 'ab'+'c'),
    the merge reuses that token instead of creating a second token for the same bytes; Hugging
    Face's trainer does the same.
@@ -47,6 +50,7 @@ import regex
 
 from tinygpt.errors import TinyGPTError
 from tinygpt.tokenizer.base import EOT, Tokenizer, added_token_entry
+from tinygpt.tokenizer.normalize import Normalizer
 
 PATTERNS: dict[str, str] = {
     "gpt2": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
@@ -106,10 +110,13 @@ def resolve_pattern(pattern: str) -> str:
 
 @dataclass
 class MergeStats:
-    """What training did, for tests and benchmarks: how many chunk types each merge touched."""
+    """What training did, for tests and benchmarks: how many chunk types each merge touched,
+    and why it stopped: "size" (the vocabulary is full), "no_pairs" (every chunk is one
+    token) or "min_frequency" (the most frequent pair is rarer than `min_frequency`)."""
 
     chunk_types: int = 0
     words_touched: list[int] = field(default_factory=list)
+    stop: str = ""
 
 
 def count_chunks(texts: Iterable[str], pattern: str) -> Counter[str]:
@@ -125,12 +132,14 @@ def learn_merges(
     chunk_counts: dict[bytes, int],
     num_tokens: int,
     *,
+    min_frequency: int = 1,
     stats: MergeStats | None = None,
 ) -> tuple[list[tuple[int, int, int]], list[bytes]]:
     """Learn merges on top of the 256 byte tokens until there are `num_tokens` tokens.
 
     Returns `(merges, vocab)`: `merges[r] = (left, right, new)` is the merge of rank r, and
-    `vocab[i]` the bytes of token i. Stops early if no adjacent pair is left.
+    `vocab[i]` the bytes of token i. Stops early if no adjacent pair is left, or if the most
+    frequent one occurs fewer than `min_frequency` times (Hugging Face's `min_frequency`).
 
     The cost is incremental. Pair counts live in a dict and a max-heap; a pair -> chunk index
     says which chunk types hold a pair. A merge rewrites only the chunks holding its pair
@@ -154,23 +163,31 @@ def learn_merges(
         for pair in pairwise(word):
             pair_count[pair] += f
             where[pair].add(w)
-    # Entries are (-count, left, right): the heap's minimum is the most frequent pair, and
-    # among equals the smallest (left, right), our documented tie-break.
-    heap = [(-c, a, b) for (a, b), c in pair_count.items()]
+    # Entries are (-count, key(left), key(right), left, right): the heap's minimum is the
+    # most frequent pair, and among equals the smallest pair of keys (see `_tie_keys`).
+    key = _tie_keys()
+    heap = [(-c, key[a], key[b], a, b) for (a, b), c in pair_count.items()]
     heapq.heapify(heap)
     if stats is not None:
         stats.chunk_types = len(words)
 
     merges: list[tuple[int, int, int]] = []
-    while len(vocab) < num_tokens and heap:
-        neg, a, b = heapq.heappop(heap)
+    stop = "no_pairs"
+    while heap:
+        if len(vocab) >= num_tokens:
+            stop = "size"
+            break
+        neg, ka, kb, a, b = heapq.heappop(heap)
         current = pair_count.get((a, b), 0)
         if current != -neg:
             # Stale entry. A lower current count is re-queued at its true place; a higher
             # one was pushed when it rose and is still in the heap.
             if 0 < current < -neg:
-                heapq.heappush(heap, (-current, a, b))
+                heapq.heappush(heap, (-current, ka, kb, a, b))
             continue
+        if current < min_frequency:
+            stop = "min_frequency"  # the heap's top is the most frequent pair left
+            break
 
         joined = vocab[a] + vocab[b]
         new = token_of.get(joined)
@@ -178,6 +195,7 @@ def learn_merges(
             new = len(vocab)
             vocab.append(joined)
             token_of[joined] = new
+            key.append(new)
         merges.append((a, b, new))
 
         delta: dict[tuple[int, int], int] = defaultdict(int)
@@ -206,10 +224,33 @@ def learn_merges(
             if count > 0:
                 pair_count[pair] = count
                 if d > 0:
-                    heapq.heappush(heap, (-count, pair[0], pair[1]))
+                    x, y = pair
+                    heapq.heappush(heap, (-count, key[x], key[y], x, y))
             else:
                 del pair_count[pair]
+    if stats is not None:
+        stats.stop = "size" if len(vocab) >= num_tokens else stop
     return merges, vocab
+
+
+def _tie_keys() -> list[int]:
+    """The order in which equally frequent pairs are merged: by (key(left), key(right)).
+
+    A merged token's key is its id. A byte's key is the place of its printable stand-in
+    (`bytes_to_unicode`) in code-point order, which is the id Hugging Face's trainer gives
+    the byte, so that ties are broken as there and both trainers learn the same merges:
+    '!' (0x21) is 0, 'A' is 32, and the space, written 'Ġ' (U+0120), comes after all
+    printable Latin-1 bytes.
+
+    >>> keys = _tie_keys()
+    >>> keys[ord("!")], keys[ord("A")], keys[ord("a")] < keys[ord(" ")]
+    (0, 32, True)
+    """
+    order = sorted(range(256), key=lambda b: bytes_to_unicode()[b])
+    keys = [0] * 256
+    for place, b in enumerate(order):
+        keys[b] = place
+    return keys
 
 
 def _merge_pair(word: list[int], a: int, b: int, new: int) -> list[int]:
@@ -252,10 +293,12 @@ class BPETokenizer(Tokenizer):
         special_tokens: dict[str, int],
         pattern: str,
         pattern_name: str | None = None,
+        normalizer: Normalizer | None = None,
     ) -> None:
         """`vocab[i]` is the bytes of token i, None for a special token's id; `merges` are
-        (left, right) id pairs in rank order; `pattern` is the pre-split regex."""
-        super().__init__(special_tokens)
+        (left, right) id pairs in rank order; `pattern` is the pre-split regex; `normalizer`
+        what `encode` does to text first."""
+        super().__init__(special_tokens, normalizer)
         n = len(vocab)
         self._vocab: list[bytes] = [b"" if t is None else t for t in vocab]
         token_of: dict[bytes, int] = {}
@@ -310,12 +353,20 @@ class BPETokenizer(Tokenizer):
         vocab_size: int = DEFAULT_VOCAB_SIZE,
         pattern: str = "gpt4",
         special_tokens: Sequence[str] = (),
+        min_frequency: int = 1,
+        normalizer: Normalizer | None = None,
         stats: MergeStats | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> BPETokenizer:
+        """Learn a BPE of `vocab_size` ids from `texts` (normalised by `normalizer`, which
+        the tokenizer keeps); merge only pairs that occur at least `min_frequency` times.
+        When the vocabulary stops short, `shortfall` on the result says why."""
         regex_text = resolve_pattern(pattern)
         specials = _special_list(special_tokens)
         check_vocab_size(vocab_size, len(specials))
+        check_min_frequency(min_frequency)
+        if normalizer is not None:
+            texts = map(normalizer, texts)
         counts = count_chunks(texts, regex_text)
         if not counts:
             raise TinyGPTError(
@@ -326,15 +377,24 @@ class BPETokenizer(Tokenizer):
         chunk_counts: dict[bytes, int] = Counter()
         for chunk, c in counts.items():
             chunk_counts[chunk.encode("utf-8")] += c
-        merges, vocab = learn_merges(chunk_counts, vocab_size - len(specials), stats=stats)
+        stats = stats if stats is not None else MergeStats()
+        merges, vocab = learn_merges(
+            chunk_counts, vocab_size - len(specials), min_frequency=min_frequency, stats=stats
+        )
         n = len(vocab)
-        return cls(
+        tok = cls(
             vocab=[*vocab, *([None] * len(specials))],
             merges=[(a, b) for a, b, _ in merges],
             special_tokens={s: n + k for k, s in enumerate(specials)},
             pattern=regex_text,
             pattern_name=pattern,
+            normalizer=normalizer,
         )
+        if stats.stop != "size":
+            tok.shortfall = shortfall_message(
+                tok.vocab_size, vocab_size, min_frequency, no_pairs=stats.stop == "no_pairs"
+            )
+        return tok
 
     @property
     def vocab_size(self) -> int:
@@ -392,6 +452,18 @@ class BPETokenizer(Tokenizer):
             ids = _merge_pair(ids, a, b, new)
         return ids
 
+    def _append_special(self, tokens: list[str]) -> BPETokenizer:
+        n = self.vocab_size
+        vocab = [None if self.is_special(i) else self._vocab[i] for i in range(n)]
+        return BPETokenizer(
+            vocab=[*vocab, *([None] * len(tokens))],
+            merges=self.merges,
+            special_tokens={**self.special_tokens, **{t: n + k for k, t in enumerate(tokens)}},
+            pattern=self.pattern,
+            pattern_name=self.pattern_name,
+            normalizer=self.normalizer,
+        )
+
     def to_json_dict(self) -> dict[str, Any]:
         b2u = bytes_to_unicode()
 
@@ -407,7 +479,7 @@ class BPETokenizer(Tokenizer):
             "truncation": None,
             "padding": None,
             "added_tokens": [added_token_entry(s, i) for s, i in self.special_tokens.items()],
-            "normalizer": None,
+            "normalizer": self._normalizer_json(),
             "pre_tokenizer": {
                 "type": "Sequence",
                 "pretokenizers": [
@@ -452,8 +524,7 @@ class BPETokenizer(Tokenizer):
     def from_json_dict(cls, data: dict[str, Any], *, where: str = "tokenizer.json") -> BPETokenizer:
         """Read a byte-level BPE `tokenizer.json` (ours, or one Hugging Face trained)."""
         model = data["model"]
-        if data.get("normalizer") is not None:
-            raise TinyGPTError(f"{where}: a normalizer is not supported; only raw byte-level BPE")
+        normalizer = Normalizer.from_json(data.get("normalizer"), where=where)
         for key in ("continuing_subword_prefix", "end_of_word_suffix"):
             if model.get(key):
                 raise TinyGPTError(f"{where}: BPE with {key} is not supported")
@@ -486,7 +557,13 @@ class BPETokenizer(Tokenizer):
             raise TinyGPTError(
                 f"{where}: has no {EOT!r} special token; tinygpt separates documents with it"
             )
-        return cls(vocab=vocab, merges=merges, special_tokens=special, pattern=pattern)
+        return cls(
+            vocab=vocab,
+            merges=merges,
+            special_tokens=special,
+            pattern=pattern,
+            normalizer=normalizer,
+        )
 
 
 def _pattern_from_pre_tokenizer(pre: Any, where: str) -> str:
@@ -524,6 +601,34 @@ def _special_list(extra: Sequence[str]) -> list[str]:
     return out
 
 
+def check_min_frequency(min_frequency: int) -> None:
+    if min_frequency < 1:
+        raise TinyGPTError(
+            f"--min-frequency must be at least 1, got {min_frequency} "
+            "(1 merges any pair that occurs)"
+        )
+
+
+def shortfall_message(got: int, asked: int, min_frequency: int, *, no_pairs: bool) -> str:
+    """Why a trained BPE vocabulary holds `got` ids instead of the `asked` ones, and what to do.
+
+    `no_pairs`: every chunk of the training text had become a single token, so nothing was
+    left to merge; otherwise the most frequent pair left occurred fewer than `min_frequency`
+    times.
+    """
+    head = f"the BPE vocabulary stopped at {got:,} of the {asked:,} ids asked"
+    tail = f"ask for --vocab-size {got} or less to silence this"
+    if no_pairs:
+        return (
+            f"{head}: every word (pre-split chunk) of the training text is already a single "
+            f"token, so no pair is left to merge; give more text, or {tail}"
+        )
+    return (
+        f"{head}: no pair of adjacent tokens occurs {min_frequency} times or more "
+        f"(--min-frequency {min_frequency}); give more text, lower --min-frequency, or {tail}"
+    )
+
+
 def check_vocab_size(vocab_size: int, n_special: int) -> None:
     """A byte-level vocabulary holds at least the 256 bytes and the special tokens."""
     if vocab_size < 256 + n_special:
@@ -539,15 +644,20 @@ def train_hf(
     vocab_size: int = DEFAULT_VOCAB_SIZE,
     pattern: str = "gpt4",
     special_tokens: Sequence[str] = (),
+    min_frequency: int = 1,
+    normalizer: Normalizer | None = None,
 ) -> BPETokenizer:
     """Train with Hugging Face `tokenizers` (fast, native code) into the same format.
 
-    Same pre-tokenizer and alphabet as ours; its merges can differ from ours where counts
-    tie. The specials are added after training so that they take the last ids, as ours do.
+    Same pre-tokenizer, alphabet, tie-break and `min_frequency` rule as ours, so it learns
+    the same merges (as byte strings; its ids order the 256 bytes by their printable
+    stand-ins, ours by value). The specials are added after training so that they take the
+    last ids, as ours do. The texts are normalised here, by our `normalizer`, as for ours.
     """
     regex_text = resolve_pattern(pattern)
     specials = _special_list(special_tokens)
     check_vocab_size(vocab_size, len(specials))
+    check_min_frequency(min_frequency)
     try:
         from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
         from tokenizers import Tokenizer as HFTokenizer
@@ -562,7 +672,7 @@ def train_hf(
         nonlocal seen
         for t in texts:
             seen += len(t)
-            yield t
+            yield normalizer(t) if normalizer is not None else t
 
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -576,6 +686,7 @@ def train_hf(
         vocab_size=vocab_size - len(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[],
+        min_frequency=min_frequency,
         show_progress=False,
     )
     tok.train_from_iterator(counted(), trainer=trainer)
@@ -584,4 +695,12 @@ def train_hf(
     tok.add_special_tokens(specials)
     out = BPETokenizer.from_json_dict(json.loads(tok.to_str()), where="the trained tokenizer")
     out.pattern_name = pattern
+    out.normalizer = normalizer
+    if out.vocab_size < vocab_size:
+        # Its trainer stops for the same two reasons as ours. With min_frequency 1 only
+        # running out of pairs can stop it; above 1, "no pair occurs that often" is true in
+        # both cases.
+        out.shortfall = shortfall_message(
+            out.vocab_size, vocab_size, min_frequency, no_pairs=min_frequency <= 1
+        )
     return out

@@ -7,8 +7,9 @@ The vocabulary follows nanoGPT's convention: the sorted set of every character s
 training text, so ids 0..n-1 are the characters in code-point order (for Tiny Shakespeare,
 0 is '\\n' and 1 is ' '). After them come the special tokens: `<|endoftext|>` (id n), then,
 when trained with `unk=True`, `<unk>` (id n+1), which stands for any character the training
-text did not contain. Without `<unk>`, encoding an unseen character is an error that names
-the character and where it is.
+text did not contain, then any further special tokens (chat markers added for fine-tuning,
+`Tokenizer.with_special_tokens`) in the order they were added. Without `<unk>`, encoding an
+unseen character is an error that names the character and where it is.
 
 A "character" is a code point, not a grapheme: an emoji with a skin tone or a ZWJ sequence is
 several tokens, as is 'e' followed by a combining accent.
@@ -25,17 +26,26 @@ from typing import Any
 
 from tinygpt.errors import TinyGPTError
 from tinygpt.tokenizer.base import EOT, UNK, Tokenizer, added_token_entry
+from tinygpt.tokenizer.normalize import Normalizer
 
 # One code point per piece; `.` would miss line breaks.
 CHAR_SPLIT_PATTERN = r"[\s\S]"
 
 
 class CharTokenizer(Tokenizer):
-    """One id per character of a fixed alphabet, plus `<|endoftext|>` (and maybe `<unk>`)."""
+    """One id per character of a fixed alphabet, plus `<|endoftext|>` (and maybe `<unk>`),
+    then the extra special tokens `special`."""
 
     kind = "char"
 
-    def __init__(self, chars: Sequence[str], *, unk: bool = False) -> None:
+    def __init__(
+        self,
+        chars: Sequence[str],
+        *,
+        unk: bool = False,
+        special: Sequence[str] = (),
+        normalizer: Normalizer | None = None,
+    ) -> None:
         chars = list(chars)
         for c in chars:
             if len(c) != 1:
@@ -50,23 +60,44 @@ class CharTokenizer(Tokenizer):
         specials = {EOT: len(chars)}
         if unk:
             specials[UNK] = len(chars) + 1
+        self.extra_special: list[str] = []
+        for token in special:
+            if token == UNK:
+                raise TinyGPTError(f"{UNK} is not an extra special token; build with unk=True")
+            if not token or token in specials or token in self.stoi:
+                raise TinyGPTError(
+                    f"special token {token!r} is empty, listed twice or one of the characters"
+                )
+            specials[token] = len(chars) + len(specials)
+            self.extra_special.append(token)
         self.unk_id: int | None = specials.get(UNK)
-        super().__init__(specials)
+        super().__init__(specials, normalizer)
 
     @classmethod
-    def train(cls, texts: Iterable[str], *, unk: bool = False) -> CharTokenizer:
+    def train(
+        cls, texts: Iterable[str], *, unk: bool = False, normalizer: Normalizer | None = None
+    ) -> CharTokenizer:
+        """The characters of `texts` after `normalizer` (which the tokenizer keeps)."""
         seen: set[str] = set()
         for text in texts:
-            seen.update(text)
+            seen.update(normalizer(text) if normalizer is not None else text)
         if not seen:
             raise TinyGPTError(
                 "the training text is empty; give a corpus or file that holds some text"
             )
-        return cls(sorted(seen), unk=unk)
+        return cls(sorted(seen), unk=unk, normalizer=normalizer)
 
     @property
     def vocab_size(self) -> int:
         return len(self.chars) + len(self.special_tokens)
+
+    def _append_special(self, tokens: list[str]) -> CharTokenizer:
+        return CharTokenizer(
+            self.chars,
+            unk=self.unk_id is not None,
+            special=[*self.extra_special, *tokens],
+            normalizer=self.normalizer,
+        )
 
     def _encode_ordinary(self, text: str) -> list[int]:
         stoi = self.stoi
@@ -103,7 +134,7 @@ class CharTokenizer(Tokenizer):
             "truncation": None,
             "padding": None,
             "added_tokens": [added_token_entry(s, i) for s, i in self.special_tokens.items()],
-            "normalizer": None,
+            "normalizer": self._normalizer_json(),
             "pre_tokenizer": {
                 "type": "Split",
                 "pattern": {"Regex": CHAR_SPLIT_PATTERN},

@@ -8,16 +8,17 @@ about how tokenizers are trained.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import sha256_file
 from tinygpt.tokenizer.base import EOT, UNK, Tokenizer
 from tinygpt.tokenizer.bpe import BPETokenizer
 from tinygpt.tokenizer.char import CHAR_SPLIT_PATTERN, CharTokenizer
+from tinygpt.tokenizer.normalize import Normalizer
 
 
 def _resolve(path: str | os.PathLike[str]) -> Path:
@@ -76,19 +77,22 @@ def _char_from_json_dict(data: dict[str, Any], where: str) -> CharTokenizer:
     chars = sorted((i, s) for s, i in vocab.items() if s not in specials)
     if [i for i, _ in chars] != list(range(len(chars))):
         raise TinyGPTError(f"{where}: character ids must be 0..n-1 without gaps")
-    tok = CharTokenizer([s for _, s in chars], unk=UNK in specials)
+    extra = [s for s, _ in sorted(specials.items(), key=lambda kv: kv[1]) if s not in (EOT, UNK)]
+    normalizer = Normalizer.from_json(data.get("normalizer"), where=where)
+    try:
+        tok = CharTokenizer(
+            [s for _, s in chars], unk=UNK in specials, special=extra, normalizer=normalizer
+        )
+    except TinyGPTError as exc:
+        raise TinyGPTError(f"{where}: {exc}") from None
     if tok.special_tokens != specials:
         raise TinyGPTError(
             f"{where}: special tokens {specials} do not follow the character layout "
-            f"({EOT} right after the characters, then {UNK} if present)"
+            f"({EOT} right after the characters, then {UNK} if present, then the others)"
         )
     return tok
 
 
 def file_hash(path: str | os.PathLike[str]) -> str:
     """sha256 (hex) of a `tokenizer.json`'s bytes: the same file gives the same tokens."""
-    h = hashlib.sha256()
-    with open(_resolve(path), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(_resolve(path))
