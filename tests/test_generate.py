@@ -60,7 +60,7 @@ class ScriptedModel(nn.Module):
         self.script, self.prompt_len = script, prompt_len
         self.dummy = nn.Parameter(torch.zeros(1))
 
-    def forward(self, idx, targets=None, *, cache=None, last_only=False):
+    def forward(self, idx, targets=None, *, cache=None, last_only=False, attention_mask=None):
         step = idx.size(1) - self.prompt_len
         nxt = self.script[step] if step < len(self.script) else 256
         logits = torch.zeros(idx.size(0), 1, 257)
@@ -303,3 +303,96 @@ def test_cli_sample_missing_run(tmp_path, capsys):
 
     assert main(["sample", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ prompts of different lengths
+
+
+def greedy_alone(model, prompt: list[int], n: int) -> tuple[list[int], float]:
+    """Greedy tokens of one prompt by full passes (no cache, the last block_size tokens),
+    and the smallest gap between the two largest logits over the steps."""
+    seq, margin = list(prompt), float("inf")
+    bs = model.config.block_size
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(torch.tensor([seq[-bs:]]))[0][0, -1]
+            top = logits.topk(2).values
+            margin = min(margin, (top[0] - top[1]).item())
+            seq.append(int(logits.argmax()))
+    return seq[len(prompt) :], margin
+
+
+# Batch shape changes the last bits of a CPU matmul (the kernel blocks the rows differently),
+# so a batched row's logits differ from its logits alone by about 1e-6. Greedy tokens can only
+# differ where the top two logits are closer than that; each test checks that the gaps of its
+# prompts are above 1e-4, so that "identical tokens" is a fair claim.
+MIN_MARGIN = 1e-4
+PROMPTS = [[5, 9, 100, 7, 3, 250, 11], [42], [17, 200, 201, 3], [88, 1, 2, 3, 4, 5, 6, 7, 9, 10]]
+
+
+@pytest.mark.parametrize("kw", PRIMES)
+@pytest.mark.parametrize(("use_cache", "chunk"), [(True, None), (True, 3), (False, None)])
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(kw, use_cache, chunk):
+    """40 new tokens past a context of 16: the rows' windows slide at different steps."""
+    model = tiny_model(seed=4, **kw)  # a seed whose greedy margins are all above 1e-3
+    T = max(len(p) for p in PROMPTS)
+    prompt = torch.tensor([[0] * (T - len(p)) + p for p in PROMPTS])
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in PROMPTS])
+    steps = generate_tokens(
+        model,
+        prompt,
+        max_new_tokens=40,
+        temperature=0.0,
+        attention_mask=mask,
+        use_cache=use_cache,
+        prefill_chunk=chunk,
+    )
+    batched = torch.stack(list(steps), 1).tolist()
+    for row, p in zip(batched, PROMPTS):
+        expected, margin = greedy_alone(model, p, 40)
+        assert margin > MIN_MARGIN
+        assert row == expected
+
+
+def test_text_generator_batch_of_prompts():
+    gen = TextGenerator(tiny_model(), ByteTokenizer())
+    prompts = ["ab", "", "a longer prompt", "ğ"]
+    common = dict(max_new_tokens=12, temperature=0.0)
+    alone = [gen.generate(p, **common) for p in prompts]
+    for p in prompts:
+        ids = gen.encode_prompt(p)
+        assert greedy_alone(gen.model, ids, 12)[1] > MIN_MARGIN
+    assert gen.generate(prompts, **common) == alone
+    many = gen.generate(prompts[:2], num_samples=2, seed=1, max_new_tokens=5, temperature=1.0)
+    assert [len(m) for m in many] == [2, 2]
+    assert many == gen.generate(
+        prompts[:2], num_samples=2, seed=1, max_new_tokens=5, temperature=1.0
+    )
+    stop = [alone[0][3:5], alone[2][:2]]
+    cut = [t[: min((t.find(s) for s in stop if s in t), default=len(t))] for t in alone]
+    assert len(cut[0]) <= 3 and cut[2] == ""
+    assert gen.generate(prompts, stop=stop, **common) == cut
+    with pytest.raises(TinyGPTError, match="no prompts were given"):
+        gen.generate([])
+
+
+def test_batch_of_scripted_rows_stop_independently():
+    gen = TextGenerator(ScriptedModel(TEXT.encode("utf-8")), ByteTokenizer())
+    kw = dict(temperature=0.0, max_new_tokens=100, use_cache=False)
+    assert gen.generate(["", ""], stop="ğü", **kw) == ["Işık "] * 2
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [[[1, 1, 0], [1, 1, 1]], [[0, 1, 0], [1, 1, 1]], [[0, 0, 0], [1, 1, 1]], [[1, 1], [1, 1]]],
+)
+def test_attention_mask_must_be_left_padding(mask):
+    with pytest.raises(TinyGPTError, match="attention_mask"):
+        list(
+            generate_tokens(
+                tiny_model(),
+                torch.zeros(2, 3, dtype=torch.long),
+                max_new_tokens=2,
+                attention_mask=torch.tensor(mask),
+            )
+        )

@@ -16,6 +16,10 @@ is emptied and refilled with the last block_size tokens, so each step sees exact
 tokens the no-cache path sees (it feeds the last block_size tokens every step). The two
 paths therefore give the same greedy tokens for learned and rotary positions alike.
 
+Different prompts in one batch are left-padded (`attention_mask`, 1 for real tokens): every
+row keeps its own positions, cache length and window, so each row is continued as it would
+be alone. Rows then advance together, one token per step, through one forward pass.
+
 Example (a trained run folder):
 
     import tinygpt
@@ -157,12 +161,15 @@ def generate_tokens(
     eot_id: int | None = None,
     use_cache: bool = True,
     prefill_chunk: int | None = None,
+    attention_mask: Tensor | None = None,
 ) -> Iterator[Tensor]:
     """Yield the next token of every row, (B,), up to max_new_tokens times.
 
-    prompt: (B, T) ids, T >= 1. Rows that have produced `eot_id` keep yielding `eot_id`;
-    the loop ends early once every row has. `seed` seeds a private torch.Generator, so the
-    global random state is neither used nor changed.
+    prompt: (B, T) ids, T >= 1. attention_mask (B, T), for prompts of different lengths:
+    left padding, i.e. each row is zeros (padding) then ones (its prompt, at least one token).
+    Rows that have produced `eot_id` keep yielding `eot_id`; the loop ends early once every
+    row has. `seed` seeds a private torch.Generator, so the global random state is neither
+    used nor changed (the rows of one batch share it).
     """
     check_sampling(
         max_new_tokens=max_new_tokens,
@@ -183,26 +190,44 @@ def generate_tokens(
         generator.seed()
     else:
         generator.manual_seed(seed)
+    pad = _left_padding(attention_mask, B, T0)  # (B,) padding columns of each row
 
-    # One buffer for prompt + output: no concatenation per step.
+    # One buffer for prompt + output: no concatenation per step. Row b's tokens are the
+    # columns [pad[b], L); its padding holds copies of its first token, so that the
+    # repetition penalty sees only the row's own tokens (attention never sees padding).
     tokens = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=device)  # (B, L_max)
     tokens[:, :T0] = prompt
+    if any(pad):
+        first = prompt.gather(1, torch.tensor(pad, device=device)[:, None])  # (B, 1)
+        tokens[:, :T0] = torch.where(_real_columns(pad, 0, T0, device), prompt, first)
     L = T0
     cache = model.new_cache(B, bs) if use_cache else None
-    window = 0  # position in `tokens` of the cache's first entry
+    window = list(pad)  # column of each row's first cached token
+    cached = [0] * B  # tokens of each row in the cache (what cache.lens holds)
     done = torch.zeros(B, dtype=torch.bool, device=device)
 
     for _ in range(max_new_tokens):
         if cache is None:
-            logits, _ = model(tokens[:, max(0, L - bs) : L], last_only=True)
+            start = max(0, L - bs)  # the last block_size columns
+            mask = _real_columns(pad, start, L, device) if any(pad) else None
+            logits, _ = model(tokens[:, start:L], attention_mask=mask, last_only=True)
         else:
-            if L - window > bs:  # context full: slide the window, refill the cache
-                window = L - bs
-                cache.reset()
-            new = tokens[:, window + cache.pos : L]  # (B, T_new) not yet in the cache
-            step = prefill_chunk or new.size(1)
-            for s in range(0, new.size(1), step):
-                logits, _ = model(new[:, s : s + step], cache=cache, last_only=True)
+            full = [b for b in range(B) if L - window[b] > bs]
+            if full:  # context full: slide these rows' windows, refill their cache rows
+                for b in full:
+                    window[b], cached[b] = L - bs, 0
+                cache.reset(torch.tensor(full, device=device))
+            todo = [w + c for w, c in zip(window, cached)]  # first column not yet cached
+            start = min(todo)
+            mask = _real_columns(todo, start, L, device) if max(todo) > start else None
+            step = prefill_chunk or L - start
+            for s in range(start, L, step):
+                e = min(s + step, L)
+                part = None if mask is None else mask[:, s - start : e - start]
+                if part is not None and bool(part.all()):
+                    part = None
+                logits, _ = model(tokens[:, s:e], cache=cache, attention_mask=part, last_only=True)
+            cached = [L - w for w in window]
         nxt = sample_next(
             logits[:, -1],
             tokens[:, :L],
@@ -220,6 +245,30 @@ def generate_tokens(
         yield nxt
         if eot_id is not None and bool(done.all()):
             return
+
+
+def _left_padding(mask: Tensor | None, B: int, T: int) -> list[int]:
+    """Padding columns per row of a left-padded (B, T) 0/1 mask; all zeros for None."""
+    if mask is None:
+        return [0] * B
+    if tuple(mask.shape) != (B, T):
+        raise TinyGPTError(
+            f"attention_mask has shape {tuple(mask.shape)} but the prompt has {(B, T)}"
+        )
+    pad = (mask == 0).sum(1)  # (B,)
+    left = torch.equal(mask.bool(), _real_columns(pad.tolist(), 0, T, mask.device))
+    if not left or bool((pad == T).any()):
+        raise TinyGPTError(
+            "attention_mask must be left padding: in each row zeros, then ones, with at "
+            "least one token of prompt"
+        )
+    return pad.tolist()
+
+
+def _real_columns(first: list[int], start: int, end: int, device: torch.device) -> Tensor:
+    """(B, end - start) bool: True in columns [first[b], end) of row b."""
+    cols = torch.arange(start, end, device=device)  # (T,)
+    return cols >= torch.tensor(first, device=device)[:, None]  # (B, T)
 
 
 def generate_ids(
@@ -267,7 +316,7 @@ class StreamDecoder:
         return self._decoder.decode(b"", final=True)
 
 
-class _RowText:
+class RowText:
     """The text of one row as it grows: decodes, finds stop strings, and releases only text
     that can no longer turn out to be the start of a stop string."""
 
@@ -314,8 +363,13 @@ class TextGenerator:
     """A model and its tokenizer, ready to continue prompts.
 
     `generate(prompt, ...)` returns the new text (without the prompt): a string, or a list
-    of `num_samples` strings when num_samples > 1. `stream(prompt, ...)` yields the new text
-    in pieces as it is produced. Sampling arguments for both:
+    of `num_samples` strings when num_samples > 1. Given a list of prompts, it continues them
+    all in one batch (left-padded; each row keeps its own positions) and returns a list with
+    one answer per prompt. Greedy answers equal those of each prompt alone, except where the
+    top two logits are closer than the last bits that a different batch shape changes in a
+    CPU matmul (about 1e-5); sampled answers depend on the batch (the rows share one random
+    generator). `stream(prompt, ...)` yields the new text of one prompt in pieces as it is
+    produced. Sampling arguments for both:
 
     - max_new_tokens: upper bound on new tokens (default 256).
     - temperature: 0 for greedy decoding; below 1 sharper, above 1 flatter (default 0.8).
@@ -350,7 +404,7 @@ class TextGenerator:
 
     def _rows(
         self,
-        prompt: str,
+        prompts: list[str],
         num_samples: int,
         stop: str | Sequence[str] | None,
         max_new_tokens: int = 256,
@@ -361,7 +415,8 @@ class TextGenerator:
         seed: int | None = None,
         use_cache: bool = True,
     ) -> Iterator[list[str]]:
-        """Yield, per step, the text piece each row releases ("" for none)."""
+        """Yield, per step, the text piece each row releases ("" for none); the rows are
+        num_samples rows for each prompt in turn."""
         check_sampling(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
@@ -370,10 +425,15 @@ class TextGenerator:
             repetition_penalty=repetition_penalty,
             num_samples=num_samples,
         )
-        ids = self.encode_prompt(prompt)
-        prompt_t = torch.tensor([ids] * num_samples, dtype=torch.long, device=self.device)
+        ids = [self.encode_prompt(p) for p in prompts for _ in range(num_samples)]
+        T = max(len(i) for i in ids)
+        # Left padding: every row's last prompt token sits in the last column.
+        prompt_t = torch.tensor([[0] * (T - len(i)) + i for i in ids], device=self.device)
+        mask = None
+        if any(len(i) < T for i in ids):
+            mask = torch.tensor([[0] * (T - len(i)) + [1] * len(i) for i in ids])
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        rows = [_RowText(self.tokenizer, stops) for _ in range(num_samples)]
+        rows = [RowText(self.tokenizer, stops) for _ in ids]
         steps = generate_tokens(
             self.model,
             prompt_t,
@@ -385,6 +445,7 @@ class TextGenerator:
             seed=seed,
             eot_id=self.eot_id,
             use_cache=use_cache,
+            attention_mask=None if mask is None else mask.to(self.device),
         )
         try:
             for nxt in steps:
@@ -405,21 +466,28 @@ class TextGenerator:
 
     def generate(
         self,
-        prompt: str = "",
+        prompt: str | Sequence[str] = "",
         *,
         num_samples: int = 1,
         stop: str | Sequence[str] | None = None,
         **sampling: Any,
-    ) -> str | list[str]:
-        texts = [""] * num_samples
-        for pieces in self._rows(prompt, num_samples, stop, **sampling):
+    ) -> str | list[str] | list[list[str]]:
+        """The new text of `prompt` (see the class docstring). For a list of prompts: a list
+        with, per prompt, its text (or a list of num_samples texts)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise TinyGPTError("no prompts were given; pass a string or a non-empty list")
+        texts = [""] * (len(prompts) * num_samples)
+        for pieces in self._rows(prompts, num_samples, stop, **sampling):
             texts = [t + p for t, p in zip(texts, pieces)]
-        return texts[0] if num_samples == 1 else texts
+        per_prompt = [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
+        answers = [t[0] if num_samples == 1 else t for t in per_prompt]
+        return answers[0] if isinstance(prompt, str) else answers
 
     def stream(
         self, prompt: str = "", *, stop: str | Sequence[str] | None = None, **sampling: Any
     ) -> Iterator[str]:
-        for pieces in self._rows(prompt, 1, stop, **sampling):
+        for pieces in self._rows([prompt], 1, stop, **sampling):
             if pieces[0]:
                 yield pieces[0]
 
