@@ -21,6 +21,7 @@ RUN/
                     pointer files `latest` and `best` (one line: a folder name)
   report.md, report.html, loss.png, stats.png, attention.png, curves.png
   tensorboard/, wandb/   logs of those tools, when enabled
+  export/hf/        the Hugging Face export `tinygpt push RUN` uploads
 ```
 
 The dataset is recorded once, in `run.json`; `config.toml` keeps the data settings the user
@@ -55,6 +56,7 @@ SAMPLES = "samples"
 EVAL = "eval"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
+EXPORT = "export"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 LOSS_PNG = "loss.png"
@@ -137,6 +139,10 @@ class RunDir:
     @property
     def tensorboard_dir(self) -> Path:
         return self.path / TENSORBOARD
+
+    @property
+    def hf_export_dir(self) -> Path:
+        return self.path / EXPORT / "hf"
 
     @property
     def log_path(self) -> Path:

@@ -59,6 +59,7 @@ from torch import Tensor
 from tinygpt.errors import TinyGPTError
 from tinygpt.files import temp_sibling
 from tinygpt.model import GPT, GPTConfig
+from tinygpt.run import RunDir
 
 GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
 HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
@@ -566,7 +567,7 @@ def check_destination(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise TinyGPTError(f"{out_dir} exists and is not a folder; give a folder path for --out")
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        if (out_dir / "checkpoints").is_dir() or (out_dir / "train.bin").is_file():
+        if RunDir(out_dir).checkpoints_dir.is_dir() or (out_dir / "train.bin").is_file():
             raise TinyGPTError(
                 f"{out_dir} holds a run or dataset, which an export never replaces; "
                 "give another --out folder"

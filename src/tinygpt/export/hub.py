@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.run import RunDir
 
 PROBE_TIMEOUT_S = 10.0
-EXPORT_SUBDIR = Path("export") / "hf"  # where a run folder is exported before a push
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -200,12 +200,12 @@ def push_to_hub(
     path = Path(run_or_dir)
     if not _REPO_ID.match(repo_id or ""):
         raise TinyGPTError(f"--repo-id {repo_id!r} is not of the form USER/NAME")
-    if (path / "config.toml").is_file():
+    if RunDir(path).is_run():
         from tinygpt.export.hf_run import export_run
 
         folder = export_run(
             path,
-            path / EXPORT_SUBDIR,
+            RunDir(path).hf_export_dir,
             checkpoint=checkpoint,
             force=True,
             repo_id=repo_id,
