@@ -18,6 +18,12 @@ whole process (start-up, training, final full evaluation); the median final full
 validation loss and whole-process wall time, and the loss-vs-seconds curve of each run.
 `--baseline` adds nanoGPT's CPU recipe through our trainer; `--ablation` adds the default
 preset with AdamW in place of Muon, in the same budget.
+
+`--compare SRC` measures this checkout against another one (`SRC` is its `src/` folder, for
+example a `git worktree` of an earlier commit) in the same run, interleaved: each quality
+repeat trains with this code, then with that code; the step part alternates rounds of
+`--steps` steps of our model in a fresh process per code tree. Only `tinygpt.model.GPT`,
+`GPTConfig` and `tinygpt.train.build_optimizer` are used on both sides.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -166,15 +173,93 @@ def bench_steps(data: Path, steps: int) -> tuple[list[dict], str]:
     return rows, "\n".join(lines)
 
 
-def bench_quality(data: Path, work: Path, repeats: int, budget: float, extra: list[str]):
+STEP_WORKER = """
+import json, sys, time
+import numpy as np
+import torch
+from tinygpt.config import TrainConfig
+from tinygpt.model import GPT, GPTConfig
+from tinygpt.train import build_optimizer
+shape, vocab, steps, threads = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+if threads:
+    torch.set_num_threads(threads)
+tokens = np.fromfile(sys.argv[5], dtype=np.uint16)
+torch.manual_seed(0)
+model = GPT(GPTConfig(vocab_size=vocab, block_size=shape["block_size"], n_layer=shape["n_layer"],
+                      n_head=shape["n_head"], n_embd=shape["n_embd"], dropout=0.0))
+opt = build_optimizer(model, TrainConfig(lr=1e-3), "cpu")
+g = torch.Generator().manual_seed(0)
+T, B = shape["block_size"], shape["batch"]
+times = []
+for i in range(steps + 2):
+    starts = torch.randint(len(tokens) - T, (B,), generator=g).tolist()
+    xy = torch.from_numpy(np.stack([tokens[s : s + T + 1] for s in starts]).astype(np.int64))
+    t = time.perf_counter()
+    _, loss = model(xy[:, :-1], xy[:, 1:])
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if i >= 2:
+        times.append(time.perf_counter() - t)
+print(json.dumps(times))
+"""
+
+
+def bench_steps_compare(
+    data: Path, steps: int, other: Path, rounds: int, threads: int
+) -> tuple[list[dict], str]:
+    """Step time of this code and of the code in `other`, alternating fresh processes."""
+    ds = open_dataset(data)
+    trees = {"this": ROOT / "src", "other": other}
+    rows = []
+    for name, shape in SHAPES.items():
+        times: dict[str, list[float]] = {k: [] for k in trees}
+        for _ in range(rounds):
+            for label, src in trees.items():
+                env = {**os.environ, "PYTHONPATH": str(src)}
+                args = [json.dumps(shape), str(ds.vocab_size), str(steps), str(threads),
+                        str(data / "train.bin")]  # fmt: skip
+                out = subprocess.run(
+                    [sys.executable, "-c", STEP_WORKER, *args],
+                    capture_output=True, text=True, env=env, check=True,
+                )  # fmt: skip
+                times[label] += json.loads(out.stdout.strip().splitlines()[-1])
+        med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+        rows.append({"shape": name, **{k: round(v, 1) for k, v in med.items()}})
+        print(
+            f"{name}: this {med['this']:.1f} ms, other {med['other']:.1f} ms"
+            f" ({med['other'] / med['this']:.3f}x), {len(times['this'])} steps each",
+            flush=True,
+        )
+    lines = [
+        "| model | this code (ms) | other code (ms) | other / this |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['shape']} | {r['this']} | {r['other']} | {r['other'] / r['this']:.3f} |"
+        )
+    return rows, "\n".join(lines)
+
+
+def bench_quality(
+    data: Path,
+    work: Path,
+    repeats: int,
+    budget: float,
+    extra: list[str],
+    src: Path | None = None,
+    label: str = "run",
+):
     runs = []
+    env = {**os.environ, "PYTHONPATH": str(src)} if src else None
     for i in range(repeats):
-        out = work / f"run{i}"
+        out = work / f"{label}{i}"
         budget_args = ["--max-time", str(budget)] if budget else []  # else `extra` has one
         cmd = [sys.executable, "-m", "tinygpt", "train", "--data", str(data), "--out", str(out),
                *budget_args, "--no-progress", *extra]  # fmt: skip
         t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - t
         if proc.returncode != 0:
             raise SystemExit(f"training failed:\n{proc.stderr[-2000:]}")
@@ -197,7 +282,7 @@ def bench_quality(data: Path, work: Path, repeats: int, budget: float, extra: li
             }
         )
         print(
-            f"run {i + 1}: val_loss {summary['val_loss']:.4f}, {summary['step']} steps, "
+            f"{label} {i + 1}: val_loss {summary['val_loss']:.4f}, {summary['step']} steps, "
             f"{summary['tokens']:,} tokens, train {summary['train_s']:.1f} s, final eval "
             f"{summary['final_eval_s']:.1f} s, whole process {wall:.1f} s",
             flush=True,
@@ -269,7 +354,16 @@ def main() -> int:
         action="store_true",
         help="also run the default preset with AdamW instead of Muon, in the same budget",
     )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="SRC",
+        help="another checkout's src/ folder: measure both, interleaved (module docstring)",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="step rounds with --compare")
     args = parser.parse_args()
+    if args.compare:
+        return compare(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine()
@@ -365,6 +459,70 @@ def main() -> int:
                 "![loss vs seconds](train_quality.png)",
             ]
             write_section("train_quality", "\n".join(lines))
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    """`--compare SRC`: both parts for this code and the other, interleaved in one run."""
+    info = machine()
+    print(machine_line(info))
+    other = args.compare.resolve()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=other, capture_output=True, text=True
+    ).stdout.strip()
+    print(f"other code: {other} (commit {commit or 'unknown'})")
+    lines = [
+        "## This code against an earlier commit (`benchmarks/bench_train.py --compare`)",
+        "",
+        machine_line(info) + f"; other code: commit {commit or 'unknown'}",
+        "",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = prepare_data(args.corpus, work)
+        if args.part in ("step", "all"):
+            _, table = bench_steps_compare(data, args.steps, other, args.rounds, args.threads)
+            lines += [
+                f"Training step (forward, backward, AdamW) of our GPT, fp32, {args.rounds}"
+                f" alternating rounds of {args.steps} steps in a fresh process per code tree;"
+                " medians:",
+                "",
+                table,
+                "",
+            ]
+        if args.part in ("quality", "all"):
+            extra = shlex.split(args.extra)
+            this_runs, other_runs = [], []
+            for i in range(args.repeats):
+                this_runs += bench_quality(
+                    data, work / f"this{i}", 1, args.budget, extra, None, "this"
+                )
+                other_runs += bench_quality(
+                    data, work / f"other{i}", 1, args.budget, extra, other, "other"
+                )
+            lines += [
+                f"`tinygpt train --data <{args.corpus.name}, char> --max-time {args.budget:g}"
+                f" {args.extra}`, the default preset, alternating whole processes:",
+                "",
+                "| code | run | val_loss | steps | training (s) | final eval (s) | whole process (s) |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for label, runs in (("this", this_runs), ("other", other_runs)):
+                for i, r in enumerate(runs):
+                    lines.append(
+                        f"| {label} | {i + 1} | {r['val_loss']:.4f} | {r['steps']} |"
+                        f" {r['train_s']:.1f} | {r['final_eval_s']:.1f} | {r['wall_s']:.1f} |"
+                    )
+            for label, runs in (("this", this_runs), ("other", other_runs)):
+                loss = statistics.median(r["val_loss"] for r in runs)
+                wall = statistics.median(r["wall_s"] for r in runs)
+                steps = statistics.median(r["steps"] for r in runs)
+                print(
+                    f"{label}: median val_loss {loss:.4f}, steps {steps}, whole process {wall:.1f} s"
+                )
+                lines += ["", f"Median, {label} code: val_loss {loss:.4f}, {steps:g} steps,"
+                          f" whole process {wall:.1f} s."]  # fmt: skip
+    write_section("train_compare", "\n".join(lines))
     return 0
 
 

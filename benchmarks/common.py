@@ -19,6 +19,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+# The instruction sets that decide CPU kernel speed and precision choices (DESIGN.md §7).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
 
 
 def machine() -> dict[str, str]:
@@ -41,6 +43,15 @@ def machine() -> dict[str, str]:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    shown = [f for f in CPU_FLAGS if f in flags]
     try:
         cores = str(len(os.sched_getaffinity(0)))
     except AttributeError:
@@ -59,13 +70,15 @@ def machine() -> dict[str, str]:
         "torch": torch_version,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit,
+        "flags": " ".join(shown) or "none of " + " ".join(CPU_FLAGS),
     }
 
 
 def machine_line(info: dict[str, str] | None = None) -> str:
     m = info or machine()
     return (
-        f"{m['date']} · commit {m['commit']} · {m['cpu']} ({m['cores']} cores) · "
+        f"{m['date']} · commit {m['commit']} · {m['cpu']} ({m['cores']} cores;"
+        f" {m.get('flags', '?')}) · "
         f"{m['platform']} · Python {m['python']} · torch {m['torch']}"
     )
 
