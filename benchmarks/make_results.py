@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from common import RESULTS, ROOT
 
-ORDER = ["train", "train_quality", "train_compare", "generate", "engine", "tokenizer", "prepare", "langid"]
+ORDER = [
+    "train",
+    "train_quality",
+    "train_compare",
+    "generate",
+    "engine",
+    "tokenizer",
+    "prepare",
+    "langid",
+]
 
 
 def main() -> None:
