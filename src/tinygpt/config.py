@@ -383,10 +383,11 @@ def _build(merged: dict[str, Any]) -> RunConfig:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise TinyGPTError(f"config file {path} does not exist")
+    from tinygpt.files import read_text
+
+    text = read_text(path, "config file")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TinyGPTError(f"{path} is not valid TOML: {exc}") from None
 
