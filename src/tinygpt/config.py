@@ -234,7 +234,8 @@ class TrainConfig:
     checkpoint_interval: int = number(0, lo=0)  # 0 = at evaluations and at the end
     keep_last: int = number(2, lo=1)
     early_stop_patience: int = number(0, lo=0)  # evaluations without improvement; 0 = off
-    skip_nonfinite: bool = False
+    skip_nonfinite: bool = False  # skip steps with a non-finite loss or gradient norm
+    skip_nonfinite_limit: int = number(10, lo=1)  # ... but stop after this many in a row
     tensorboard: bool = True  # used when the package is installed
     wandb: bool = False
     wandb_project: str = "tinygpt"

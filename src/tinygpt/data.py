@@ -49,7 +49,7 @@ from tinygpt import __version__
 from tinygpt.cleaning import LANGUAGE_SAMPLE_CHARS, Cleaner, Cleaning, document_digest
 from tinygpt.corpora import Source, cache_dir, cut_point, open_source
 from tinygpt.errors import TinyGPTError
-from tinygpt.files import require_folder, sha256_file
+from tinygpt.files import remove_leftovers, require_folder, sha256_file
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -450,8 +450,14 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(tokenizer_path: str, dtype: str) -> None:
+    import signal
+
     from tinygpt.tokenizer import load_tokenizer
 
+    # Ctrl-C reaches every process of the terminal's group: the main process stops the pool
+    # and removes its temporary folder; workers printing tracebacks of their own would only
+    # bury its one line.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER["tokenizer"] = load_tokenizer(tokenizer_path)
     _WORKER["dtype"] = np.dtype(dtype)
 
@@ -564,7 +570,8 @@ def _make_tokenizer(plan: _Plan, spooled: _Spooled, vocab_size: int | None, back
 def _make_temp_dir(out: Path) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        remove_leftovers(out.parent, out.name)  # of earlier preparations that were killed
+        return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
     except OSError as exc:
         raise TinyGPTError(
             f"cannot write to output folder {out} ({exc.strerror or exc}); choose a writable --out"
@@ -574,7 +581,7 @@ def _make_temp_dir(out: Path) -> Path:
 def _install(tmp: Path, out: Path) -> None:
     """Move the finished folder into place; a previous dataset there is replaced."""
     if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-{os.getpid()}-"))
         os.replace(out, old / "dataset")
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)

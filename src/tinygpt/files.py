@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 from collections.abc import Iterator
@@ -44,8 +45,44 @@ def fsync_file(path: str | os.PathLike[str]) -> None:
 
 
 def temp_sibling(path: Path, tag: str = "tmp") -> Path:
-    """A hidden name beside `path` for work in progress: `.NAME.tag-PID`."""
+    """A hidden name beside `path` for work in progress: `.NAME.tag-PID` (`remove_leftovers`
+    clears those of processes that died)."""
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
+
+
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)(?:-.*)?$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is only starting: nothing of its own is half-written
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(folder: str | os.PathLike[str], name: str | None = None) -> list[Path]:
+    """Remove what killed writes left in `folder`: hidden `.NAME.tmp-PID...` and
+    `.NAME.old-PID...` files and folders (see `temp_sibling`) whose process is gone. With
+    `name`, only those of that name. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.iterdir():
+        m = _LEFTOVER.match(path.name)
+        if m is None or (name is not None and m["name"] != name) or _alive(int(m["pid"])):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -79,6 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tinygpt: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("tinygpt: terminated", file=sys.stderr)
+        return 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception by `entry` so that a command stopped by a scheduler
+    or `docker stop` unwinds (closing files, removing temporary ones) and exits 143."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def entry() -> NoReturn:
@@ -94,7 +106,9 @@ def entry() -> NoReturn:
     import contextlib
     import logging
     import os
+    import signal
 
+    signal.signal(signal.SIGTERM, _terminate)  # training installs a gentler one of its own
     try:
         code = main()
     except SystemExit as exc:  # --help, --version and usage errors (already printed)

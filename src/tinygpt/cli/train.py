@@ -82,6 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--seed", type=setting("--seed", "seed"), help="seed for data order, dropout and samples"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--force", action="store_true", help="train into an --out folder that holds other files"
+    )
     p.set_defaults(func=run, allow_overrides=True)
 
 
@@ -123,15 +126,20 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         command=["tinygpt", *sys.argv[1:]],
         progress=not args.no_progress,
+        force=args.force,
     )
     if not result.is_main:  # under torchrun, rank 0 reports
         return 0
     if result.stopped == "interrupted":
+        import signal
+
+        name = signal.Signals(result.signal or signal.SIGINT).name
         print(
-            f"interrupted at step {result.step}; continue with: tinygpt train --out {out} --resume",
+            f"interrupted at step {result.step} ({name}), checkpoint saved; continue with:"
+            f" tinygpt train --out {out} --resume",
             file=sys.stderr,
         )
-        return 130
+        return 128 + (result.signal or signal.SIGINT)
     print(f"run: {out}")
     print(
         f"steps {result.step}, tokens {result.tokens:,}, training {result.train_time_s:.1f} s,"
