@@ -18,7 +18,8 @@ checked by loading the files in llama.cpp itself (`benchmarks/bench_gguf.py`):
   optional biases on q/k/v/o and on the MLP. `qwen3`: the same plus `attn_q_norm` and
   `attn_k_norm`, RMSNorms over each head before RoPE (our QK-norm), and no biases. `gpt2`:
   learned positions, LayerNorm, one fused qkv matrix, tanh GELU, and every bias *required*:
-  a model trained with bias = false gets zero biases, which compute the same function. All
+  a model trained with bias = false gets zero biases, which compute the same function; its
+  position table ends at the trained context, which llama.cpp does not slide past. All
   three read `token_embd` as the output matrix when `output` is absent (a tied head).
 - RoPE layout (`llama_model_rope_type`, src/llama-model.cpp). `llama` is
   LLAMA_ROPE_TYPE_NORM: it rotates consecutive pairs (x0, x1), (x2, x3), ...; we, transformers
@@ -41,7 +42,11 @@ checked by loading the files in llama.cpp itself (`benchmarks/bench_gguf.py`):
   specials, as our `allowed_special`. llama.cpp's defaults for a BPE vocabulary (bos = eos =
   id 11) are wrong for us, so the ids are written: end-of-text is bos, eos and padding, and
   nothing is added to a prompt. No normalizer can be expressed, so a tokenizer that
-  lowercases or folds whitespace is refused.
+  lowercases or folds whitespace is refused. Token pieces (what generation streams) are our
+  bytes exactly; llama.cpp's whole-sequence `llama_detokenize` also tidies spaces before
+  punctuation for these pre-tokenizers (" ." -> "."), as transformers'
+  `clean_up_tokenization_spaces` would, and no pre-tokenizer name with our patterns turns
+  that off.
 - Character vocabularies map faithfully onto that BPE. Each character is one token, written
   as the byte-level form of its UTF-8 bytes; a multi-byte character gets merges that join
   its bytes left to right (a prefix needs no token of its own: llama.cpp looks merges up by
