@@ -19,7 +19,7 @@ checked by loading the files in llama.cpp itself (`benchmarks/bench_gguf.py`):
   `attn_k_norm`, RMSNorms over each head before RoPE (our QK-norm), and no biases. `gpt2`:
   learned positions, LayerNorm, one fused qkv matrix, tanh GELU, and every bias *required*:
   a model trained with bias = false gets zero biases, which compute the same function; its
-  position table ends at the trained context, which llama.cpp does not slide past. All
+  position table has block_size rows, so llama.cpp's context must stay within it. All
   three read `token_embd` as the output matrix when `output` is absent (a tied head).
 - RoPE layout (`llama_model_rope_type`, src/llama-model.cpp). `llama` is
   LLAMA_ROPE_TYPE_NORM: it rotates consecutive pairs (x0, x1), (x2, x3), ...; we, transformers
