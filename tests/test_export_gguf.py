@@ -397,7 +397,10 @@ def test_tokenizers_llama_cpp_cannot_take_are_refused(tmp_path, capsys):
     cases = [
         (lower, "changes text before encoding it"),
         (custom, "splits text with a pattern of its own"),
-        (bpe, f"the tokenizer has {bpe.vocab_size} ids but the model only {small}"),
+        (
+            bpe,
+            f"tokenizer.json has {bpe.vocab_size} ids but the run's model has a vocabulary of {small}",
+        ),
     ]
     for i, (tokenizer, needle) in enumerate(cases):
         size = small if tokenizer is bpe else tokenizer.vocab_size

@@ -24,7 +24,13 @@ from tinygpt.run import save_model_run
 from tinygpt.tokenizer import train_tokenizer
 
 pytestmark = pytest.mark.slow
-llama_cpp = pytest.importorskip("llama_cpp")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def llama_cpp():
+    """llama-cpp-python, imported only when these slow tests run (the default run deselects
+    them without importing anything)."""
+    return pytest.importorskip("llama_cpp", reason="build it: see this module's docstring")
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 if str(BENCHMARKS) not in sys.path:
@@ -106,7 +112,9 @@ def test_llama_cpp_agrees_with_us(name, tmp_path, capsys):
     assert report.ok, "\n".join(report.lines)
 
 
-def test_llama_cpp_reads_a_chat_runs_template_and_stops_at_end_of_turn(tmp_path, capsys):
+def test_llama_cpp_reads_a_chat_runs_template_and_stops_at_end_of_turn(
+    tmp_path, capsys, llama_cpp
+):
     from tinygpt.chat import get_template, save_template
 
     template = get_template("chatml")

@@ -508,7 +508,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
     tokenizer = run.load_tokenizer()
     if tokenizer.vocab_size > config.model.vocab_size:
         raise TinyGPTError(
-            f"{run.tokenizer_path} has {tokenizer.vocab_size:,} ids but the run's model a"
+            f"{run.tokenizer_path} has {tokenizer.vocab_size:,} ids but the run's model has a"
             f" vocabulary of {config.model.vocab_size:,}: the tokenizer is not the one the run"
             " was trained with; put that one back"
         )
