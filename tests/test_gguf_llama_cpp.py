@@ -32,6 +32,7 @@ def llama_cpp():
     them without importing anything)."""
     return pytest.importorskip("llama_cpp", reason="build it: see this module's docstring")
 
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 if str(BENCHMARKS) not in sys.path:
     sys.path.append(str(BENCHMARKS))  # bench_gguf imports its neighbour `common`
@@ -112,9 +113,7 @@ def test_llama_cpp_agrees_with_us(name, tmp_path, capsys):
     assert report.ok, "\n".join(report.lines)
 
 
-def test_llama_cpp_reads_a_chat_runs_template_and_stops_at_end_of_turn(
-    tmp_path, capsys, llama_cpp
-):
+def test_llama_cpp_reads_a_chat_runs_template_and_stops_at_end_of_turn(tmp_path, capsys, llama_cpp):
     from tinygpt.chat import get_template, save_template
 
     template = get_template("chatml")
