@@ -166,3 +166,18 @@ def test_unknown_argument_on_a_command_without_overrides_is_usage_error(capsys):
 def test_train_config_budget():
     assert not TrainConfig().has_budget
     assert TrainConfig(max_time=1).has_budget
+
+
+def test_warmup_as_a_fraction_replaces_warmup_steps(tmp_path):
+    preset = load_config("one-layer").train
+    assert preset.warmup_steps and not preset.warmup_frac
+    frac = load_config("one-layer", overrides={"train.warmup_frac": 0.05}).train
+    assert (frac.warmup_frac, frac.warmup_steps) == (0.05, 0)  # the preset's steps replaced
+    with pytest.raises(TinyGPTError, match="warmup_frac = 0.05 and train.warmup_steps = 7 both"):
+        load_config("one-layer", overrides=["train.warmup_frac=0.05", "train.warmup_steps=7"])
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nwarmup_frac = 0.1\n")
+    assert load_config(config_file=path, overrides={"train.warmup_steps": 5}).train.warmup_frac == 0
+    for bad, message in [(1.0, r"warmup_frac = 1.0 must be in \[0, 1\)"), (-0.1, "in \\[0, 1\\)")]:
+        with pytest.raises(TinyGPTError, match=message):
+            load_config(overrides={"train.warmup_frac": bad})

@@ -238,3 +238,49 @@ def test_evaluate_generation_writes_files(tok, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "generations.jsonl").read_text().splitlines()]
     assert [r["generation"] for r in rows] == [p["reference"] for p in prompts]
     assert json.loads((tmp_path / "scores.json").read_text())["chrf"] == pytest.approx(100.0)
+
+
+def test_per_line_scores_each_line_and_its_closing_end_of_text(tok):
+    """Uniform over 7 ids: every scored target costs ln 7. Line "aé" is [eot, a, é, eot]:
+    3 targets (a, é, the closing eot), 1 + 2 + 0 bytes."""
+    lines = ["aé", " ğ😀 a", "a" * 30]  # the last is longer than the context: windows
+    result = ev.score_lines(Uniform(7), lines, tok, block_size=8, batch_size=2)
+    targets = sum(len(line) + 1 for line in lines)
+    assert result.tokens == targets and result.lines == 3
+    assert result.val_loss == pytest.approx(math.log(7))
+    assert result.bytes == 3 + (1 + 2 + 4 + 1 + 1) + 30
+    assert result.val_bpb == pytest.approx(targets * math.log(7) / math.log(2) / result.bytes)
+    # a line's context is only its own: the same line scores the same wherever it is
+    peaked = Peaked(7, favourite=2, p=0.5)
+    a = ev.score_lines(peaked, ["a a", "ğ"], tok, block_size=8)
+    b = ev.score_lines(peaked, ["ğ", "a a"], tok, block_size=8)
+    assert a.nll == pytest.approx(b.nll)
+    with pytest.raises(TinyGPTError, match="no lines of text"):
+        ev.score_lines(Uniform(7), [], tok, block_size=8)
+
+
+def test_per_line_from_the_command_line(tmp_path, capsys):
+    from tinygpt.cli import main
+    from tinygpt.config import RunConfig
+    from tinygpt.run import save_model_run
+
+    torch.manual_seed(0)
+    config = RunConfig(model=GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    save_model_run(
+        tmp_path / "run", config, GPT(config.model), CharTokenizer(["\n", " ", "a", "é", "ğ", "😀"])
+    )
+    lines = tmp_path / "lines.txt"
+    lines.write_text("aé\n\n ğ a\n", encoding="utf-8")
+    assert main(["eval", str(tmp_path / "run"), "--input", str(lines), "--per-line", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["lines"] == 2 and out["tokens"] == 3 + 5  # the blank line is not a line
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n", encoding="utf-8")
+    for argv, message in [
+        (["--input", str(empty), "--per-line"], "no lines of text"),
+        (["--per-line"], "give --input FILE"),
+        (["--input", str(lines), "--per-line", "--stride", "2"], "drop --stride"),
+    ]:
+        assert main(["eval", str(tmp_path / "run"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1

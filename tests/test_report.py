@@ -97,6 +97,19 @@ def test_report_sections_and_numbers(run, capsys):
     assert 'src="loss.png"' not in page  # self-contained
 
 
+def test_report_says_the_head_is_tied_and_scores_their_scale(run, capsys):
+    assert main(["eval", str(run), "--no-loss", "--make-prompts", "4,4", "--num-prompts", "3"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(run), "--no-plots"]) == 0
+    md = (run / "report.md").read_text(encoding="utf-8")
+    assert (
+        _table(md, "Parameters")["LM head"]
+        == "tied to the token embedding (no parameters of its own)"
+    )
+    quality = _table(md, "Generation quality")
+    assert {"BLEU (sacrebleu, 0–100)", "chrF (sacrebleu, 0–100)"} <= set(quality)
+
+
 def test_report_without_eval_or_matplotlib_files(run, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()

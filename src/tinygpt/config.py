@@ -212,6 +212,8 @@ class TrainConfig:
     min_lr_ratio: float = number(0.1, lo=0, hi=1)  # final lr = lr * min_lr_ratio
     schedule: str = "cosine"  # cosine | wsd (constant then linear warm-down) | constant
     warmup_steps: int = number(100, lo=0)
+    # warm-up as a share of the budget (like its learning-rate schedule); 0 = use warmup_steps
+    warmup_frac: float = number(0.0, lo=0, hi=1, hi_open=True)
     warmdown_frac: float = number(0.2, lo=0, hi=1)  # wsd: fraction of the budget spent decaying
     weight_decay: float = number(0.1, lo=0)
     beta1: float = number(0.9, lo=0, hi=1, hi_open=True)
@@ -231,6 +233,7 @@ class TrainConfig:
     sample_interval: int = number(0, lo=0)  # 0 = only at the end
     sample_tokens: int = number(200, lo=0, hi=2**20)
     sample_prompt: str = "\n"
+    sample_temperature: float = number(0.8, lo=0, hi=100)  # of those samples; 0 = greedy
     checkpoint_interval: int = number(0, lo=0)  # 0 = at evaluations and at the end
     keep_last: int = number(2, lo=1)
     early_stop_patience: int = number(0, lo=0)  # evaluations without improvement; 0 = off
@@ -242,6 +245,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "train")
+        if self.warmup_frac and self.warmup_steps:
+            raise TinyGPTError(
+                f"train.warmup_frac = {self.warmup_frac} and train.warmup_steps ="
+                f" {self.warmup_steps} both set the warm-up; give one of them"
+            )
         _choice("train", "schedule", self.schedule, ["cosine", "wsd", "constant"])
         _choice("train", "precision", self.precision, ["auto", "fp32", "bf16", "fp16"])
         _choice("train", "optimizer", self.optimizer, ["adamw", "muon"])
@@ -331,6 +339,20 @@ def _merge(base: dict[str, Any], raw: dict[str, Any], origin: str) -> None:
                     f"{origin}: unknown setting {key}.{name}{_suggest(f'{key}.{name}', dotted)}"
                 )
             valid[name] = _coerce(SECTIONS[key], name, item, origin)
+        if key == "train":
+            _one_warmup(valid, value)
+
+
+# Two ways to say how long the warm-up is; a layer that gives one replaces the other.
+_WARMUPS = ("warmup_steps", "warmup_frac")
+
+
+def _one_warmup(merged: dict[str, Any], layer: dict[str, Any]) -> None:
+    """A layer (preset, file, overrides) that sets one warm-up length zeroes the other one
+    an earlier layer set; one layer that sets both is refused by TrainConfig."""
+    for given, other in (_WARMUPS, _WARMUPS[::-1]):
+        if given in layer and other not in layer:
+            merged[other] = 0
 
 
 def _field_type(cls: type, name: str) -> Any:

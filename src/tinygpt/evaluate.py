@@ -285,6 +285,7 @@ class LossResult:
     data: str = ""
     stride: int | None = None
     max_tokens: int | None = None
+    lines: int | None = None  # with --per-line: how many lines were scored
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -333,6 +334,81 @@ def score_tokens(
 
 
 # --------------------------------------------------------------------------- which text
+
+
+def score_lines(
+    model: Any,
+    lines: Sequence[str],
+    tokenizer: Any,
+    block_size: int,
+    *,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> LossResult:
+    """Per-line perplexity, as held-out sentences are scored: each line on its own, preceded
+    by end-of-text (its only context) and followed by it; every token of the line and the
+    closing end-of-text is scored. The loss, perplexity and bits per byte are corpus-level:
+    summed over all those tokens, divided once.
+
+    Lines that fit the context (with both end-of-text tokens) run as rows of one batch,
+    right-padded with unscored targets; a longer line is scored alone in windows
+    (`evaluate`), every token once.
+    """
+    if not lines:
+        raise TinyGPTError("--per-line found no lines of text to score; give a file of lines")
+    eot = tokenizer.eot_id
+    seqs = [[eot, *tokenizer.encode(line), eot] for line in lines]
+    lengths = token_byte_lengths(tokenizer)
+    nll, count, n_bytes = 0.0, 0, 0
+    short = [s for s in seqs if len(s) <= block_size + 1]
+    for seq in (s for s in seqs if len(s) > block_size + 1):
+        result = evaluate(model, np.asarray(seq), block_size, batch_size=batch_size, device=device)
+        nll, count = nll + result.nll, count + result.tokens
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(short), batch_size):
+                group = short[i : i + batch_size]
+                T = max(len(s) for s in group) - 1
+                x = torch.zeros(len(group), T, dtype=torch.long)
+                y = torch.full((len(group), T), -1, dtype=torch.long)
+                for row, seq in enumerate(group):
+                    x[row, : len(seq) - 1] = torch.tensor(seq[:-1])
+                    y[row, : len(seq) - 1] = torch.tensor(seq[1:])
+                logits, _ = model(x.to(device))
+                nll += F.cross_entropy(
+                    logits.float().reshape(-1, logits.size(-1)),
+                    y.to(device).reshape(-1),
+                    ignore_index=-1,
+                    reduction="sum",
+                ).item()
+                count += int((y != -1).sum())
+    finally:
+        model.train(was_training)
+    n_bytes = sum(count_bytes(s[1:], lengths) for s in seqs)
+    loss = nll / count
+    return LossResult(
+        val_loss=loss,
+        val_ppl=math.exp(loss),
+        val_bpb=bits_per_byte(nll, n_bytes),
+        nll=nll,
+        tokens=count,
+        bytes=n_bytes,
+        lines=len(seqs),
+    )
+
+
+def read_lines(path: str | Path, errors: str = "strict") -> list[str]:
+    """The non-blank lines of a text file (line breaks removed)."""
+    from tinygpt.files import read_text
+
+    path = Path(path)
+    if errors == "replace":
+        text = require_file(path, "input file").read_bytes().decode("utf-8", errors="replace")
+    else:
+        text = read_text(path, "input file")
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def encode_documents(documents: Iterable[str], tokenizer: Any) -> np.ndarray:
@@ -419,14 +495,35 @@ def evaluate_run(
     device: str = "cpu",
     batch_size: int = 32,
     save: bool = True,
+    per_line: bool = False,
 ) -> LossResult:
-    """Load a run and score it (module docstring); with `save`, write RUN/eval/results.json."""
+    """Load a run and score it (module docstring); with `save`, write RUN/eval/results.json.
+    `per_line` scores each line of the text file `input` on its own (`score_lines`)."""
     from tinygpt.data import largest_id
     from tinygpt.run import RunDir, load_run
     from tinygpt.runtime import resolve_device
 
     run_dir = RunDir(run_dir).require().path
+    if per_line and (not input or data):
+        raise TinyGPTError("--per-line scores the lines of a text file: give --input FILE")
     run = load_run(run_dir, checkpoint=checkpoint, device=resolve_device(device))
+    if per_line:
+        if stride is not None or max_tokens is not None:
+            raise TinyGPTError("--per-line scores whole lines: drop --stride and --max-tokens")
+        lines = read_lines(input, errors)
+        result = score_lines(
+            run.model,
+            lines,
+            run.tokenizer,
+            run.config.model.block_size,
+            batch_size=batch_size,
+            device=str(next(run.model.parameters()).device),
+        )
+        result.checkpoint, result.step = run.checkpoint_dir.name, run.step
+        result.data = f"{len(lines)} lines of {input}"
+        if save:
+            RunDir(run_dir).write_eval("results.json", result.to_dict())
+        return result
     tokens, what = resolve_eval_tokens(
         run_dir, run.tokenizer, data=data, input=input, text_field=text_field, errors=errors
     )

@@ -164,7 +164,12 @@ def sections(data: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
                 ("per block: norms", fmt(pb["norms"])),
                 (f"{m['n_layer']} blocks", fmt(p["blocks"])),
                 ("final norm", fmt(p["final_norm"])),
-                ("LM head (untied)", fmt(p["lm_head"])),
+                (
+                    "LM head",
+                    "tied to the token embedding (no parameters of its own)"
+                    if m["tie_weights"]
+                    else fmt(p["lm_head"]),
+                ),
                 ("total", fmt(p["total"])),
                 ("non-embedding", fmt(p["non_embedding"])),
             ],
@@ -233,8 +238,8 @@ def sections(data: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
                 "Generation quality",
                 [
                     ("prompts", fmt(sc.get("prompts"))),
-                    ("BLEU", fmt(sc.get("bleu"), 2)),
-                    ("chrF", fmt(sc.get("chrf"), 2)),
+                    ("BLEU (sacrebleu, 0–100)", fmt(sc.get("bleu"), 2)),
+                    ("chrF (sacrebleu, 0–100)", fmt(sc.get("chrf"), 2)),
                     ("temperature", fmt(sc.get("temperature"))),
                 ],
             )

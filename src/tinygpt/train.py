@@ -61,7 +61,7 @@ from tinygpt.checkpoint import (
     load_weights,
     read_tensors,
 )
-from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K, RunConfig, TrainConfig
+from tinygpt.config import SAMPLE_TOP_K, RunConfig, TrainConfig
 from tinygpt.errors import TinyGPTError
 from tinygpt.run import RunDir
 from tinygpt.runtime import Dist, Runtime, check_model_fits, restore_rng, rng_state, seed_all
@@ -123,16 +123,23 @@ def _decay_groups(params: list[torch.Tensor], weight_decay: float, **extra: Any)
 def lr_at(step: int, progress: float, tc: TrainConfig) -> float:
     """Learning rate for `step` at budget `progress` in [0, 1].
 
-    Linear warm-up over `warmup_steps`, then by `schedule`:
+    Linear warm-up over `warmup_steps` (or over the first `warmup_frac` of the budget), then
+    by `schedule`:
     cosine from lr to lr·min_lr_ratio over the budget; wsd holds lr and decays linearly to
     lr·min_lr_ratio over the last `warmdown_frac` of the budget; constant holds lr.
 
     >>> tc = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.0, max_steps=100)
     >>> lr_at(4, 0.0, tc), lr_at(50, 0.5, tc), round(lr_at(99, 1.0, tc), 6)
     (0.5, 0.5, 0.0)
+    >>> frac = TrainConfig(lr=1.0, warmup_steps=0, warmup_frac=0.1, schedule="constant")
+    >>> lr_at(0, 0.05, frac), lr_at(0, 0.5, frac)
+    (0.5, 1.0)
     """
-    warm = min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else 1.0
     p = min(max(progress, 0.0), 1.0)
+    if tc.warmup_frac:
+        warm = min(1.0, p / tc.warmup_frac)
+    else:
+        warm = min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else 1.0
     floor = tc.min_lr_ratio
     if tc.schedule == "cosine":
         factor = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
@@ -1036,7 +1043,8 @@ def provenance(command: list[str] | None, dataset: dict[str, Any], extra: dict[s
 
 class TextSampler:
     """The samples written during and after training: `sample_tokens` tokens after
-    `sample_prompt` (or a document start when the vocabulary cannot encode it)."""
+    `sample_prompt` (or a document start when the vocabulary cannot encode it), at
+    `sample_temperature`."""
 
     def __init__(self, tokenizer: Any, tc: TrainConfig) -> None:
         from tinygpt.generate import usable_prompts
@@ -1044,6 +1052,7 @@ class TextSampler:
         self.tokenizer = tokenizer
         self.prompt = usable_prompts(tokenizer, [tc.sample_prompt])[0]
         self.tokens = tc.sample_tokens
+        self.temperature = tc.sample_temperature
         self.seed = tc.seed
 
     def __call__(self, model: torch.nn.Module) -> str:
@@ -1053,7 +1062,7 @@ class TextSampler:
             text = TextGenerator(model, self.tokenizer).generate(
                 self.prompt,
                 max_new_tokens=self.tokens,
-                temperature=SAMPLE_TEMPERATURE,
+                temperature=self.temperature,
                 top_k=SAMPLE_TOP_K,
                 seed=self.seed,
             )

@@ -29,6 +29,7 @@ windows by N tokens so that every token has at least block_size - N tokens of co
 
 def register(sub: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
+    from tinygpt.cli.model import add_threads_argument
     from tinygpt.cli.prepare import add_reading_arguments
     from tinygpt.config import SAMPLING
     from tinygpt.numbers import BATCH, COUNT, Range, arg
@@ -50,6 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_reading_arguments(p)
     p.add_argument(
+        "--per-line",
+        action="store_true",
+        help="with --input FILE: score each line on its own (after end-of-text, its closing"
+        " end-of-text scored too); corpus-level loss, perplexity and bits per byte",
+    )
+    p.add_argument(
         "--stride", type=arg(COUNT, "--stride"), default=None, help="sliding-window stride (tokens)"
     )
     p.add_argument(
@@ -62,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--batch-size", type=arg(BATCH, "--batch-size"), default=32, help="windows per forward pass"
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_threads_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("--prompts", metavar="FILE", help='JSONL of {"prompt", "reference"} lines')
     p.add_argument(
@@ -172,8 +180,10 @@ def _parse_km(text: str) -> tuple[int, int]:
 
 def run_eval(args: argparse.Namespace) -> int:
     from tinygpt import evaluate
+    from tinygpt.cli.model import set_threads
 
     run_dir = _check_run(args.run)
+    set_threads(args.threads)
     generating = bool(args.prompts or args.make_prompts or args.samples)
     if args.no_loss and not generating:
         raise TinyGPTError(
@@ -192,14 +202,16 @@ def run_eval(args: argparse.Namespace) -> int:
             max_tokens=args.max_tokens,
             device=args.device,
             batch_size=args.batch_size,
+            per_line=args.per_line,
         )
         out.update(result.to_dict())
         if not args.json:
             print(f"run {run_dir} ({result.checkpoint}, step {result.step}) on {result.data}")
+            lines = f", {result.lines:,} lines" if result.lines is not None else ""
             print(
                 f"loss {result.val_loss:.4f}  perplexity {result.val_ppl:.3f}"
                 f"  bits/byte {result.val_bpb:.4f}  ({result.tokens:,} tokens,"
-                f" {result.bytes:,} bytes)"
+                f" {result.bytes:,} bytes{lines})"
             )
     if generating:
         out.update(

@@ -65,7 +65,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     sample.add_argument("--stream", action="store_true", help="print text as it is generated")
     sample.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_threads_argument(sample)
     sample.set_defaults(func=run_sample)
+
+
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    """--threads: CPU threads for torch (the setting training calls train.threads)."""
+    from tinygpt.config import TrainConfig
+    from tinygpt.numbers import arg, field_range
+
+    p.add_argument(
+        "--threads",
+        type=arg(field_range(TrainConfig, "threads"), "--threads"),
+        default=0,
+        help="CPU threads for torch; 0 = torch's default",
+    )
+
+
+def set_threads(n: int) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, *, max_new_tokens: int = 256) -> None:
@@ -152,6 +173,7 @@ def run_sample(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty,
     )
     check_sampling(num_samples=args.num_samples, **sampling)
+    set_threads(args.threads)
     gen = load(args.run, checkpoint=args.checkpoint, device=args.device)
     gen.encode_prompt(args.prompt)  # an unencodable prompt fails before any output
     if not args.stream:
