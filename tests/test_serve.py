@@ -302,6 +302,13 @@ def test_logprobs(client, http, tok):
         for top, v in zip(lp.top_logprobs, lp.token_logprobs)
     )
     assert lp.text_offset == list(range(6))
+    stream = client.completions.create(
+        model=NAME, prompt="O", max_tokens=6, temperature=0, logprobs=3, stream=True
+    )
+    parts = [p.choices[0].logprobs for p in stream if p.choices[0].logprobs]
+    assert [t for p in parts for t in p.tokens] == lp.tokens
+    assert [o for p in parts for o in p.text_offset] == lp.text_offset
+    assert [v for p in parts for v in p.token_logprobs] == lp.token_logprobs
     chat = client.chat.completions.create(
         model=NAME,
         messages=[{"role": "user", "content": "x"}],
@@ -827,3 +834,14 @@ def test_background_server_thread_stops(engine):
     assert not running._thread.is_alive()
     with pytest.raises(httpx.TransportError):
         httpx.get(running.url + "/health", timeout=1)
+
+
+def test_the_text_chunk_fast_path_writes_the_same_event():
+    from tinygpt.serve.protocol import Shape, sse
+
+    for chat in (True, False):
+        for include_usage in (True, False):
+            shape = Shape(chat, NAME)
+            extra = {"usage": None} if include_usage else {}
+            slow_way = sse(shape.chunk([shape.choice(2, 'a"b ü\n', None, chunk=True)], **extra))
+            assert shape.text_event(2, 'a"b ü\n', include_usage) == slow_way

@@ -26,6 +26,7 @@ import contextlib
 import hmac
 import os
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -411,10 +412,12 @@ class _Server:
             tokens.pop()
         return tokens
 
-    def _logprobs(self, shape: Shape, settings: Settings, tokens: list[Any]) -> Any:
+    def _logprobs(
+        self, shape: Shape, settings: Settings, tokens: list[Any], offset: int = 0
+    ) -> Any:
         if not settings.logprobs:
             return None
-        return chat_logprobs(tokens) if shape.chat else completion_logprobs(tokens)
+        return chat_logprobs(tokens) if shape.chat else completion_logprobs(tokens, offset)
 
     async def _stream(
         self, shape: Shape, settings: Settings, handles: list[Any], prompt_tokens: int
@@ -435,53 +438,99 @@ class _Server:
                 queue.put_nowait((i, exc))
 
         tasks = [asyncio.ensure_future(pump(i, h)) for i, h in enumerate(handles)]
-        loop = asyncio.get_running_loop()
-        deadline = None if self.timeout is None else loop.time() + self.timeout + GRACE_S
-        pending: list[list[Any]] = [[] for _ in handles]
+        # One timer for the whole stream (not one per event): past the time limit and its
+        # grace, a stuck backend is abandoned.
+        watchdog = None
+        if self.timeout is not None:
+            loop = asyncio.get_running_loop()
+            late = (-1, _TimedOut())
+            watchdog = loop.call_later(self.timeout + GRACE_S, queue.put_nowait, late)
+        pending = [_Pending() for _ in handles]
         completion_tokens, left = 0, len(handles)
         try:
             if shape.chat:
-                for i in range(len(handles)):
-                    yield sse(
-                        shape.chunk([shape.choice(i, "", None, chunk=True, role=True)], **extra)
-                    )
+                yield b"".join(
+                    sse(shape.chunk([shape.choice(i, "", None, chunk=True, role=True)], **extra))
+                    for i in range(len(handles))
+                )
             while left:
-                wait = None if deadline is None else max(0.0, deadline - loop.time())
-                try:
-                    i, event = await asyncio.wait_for(queue.get(), wait)
-                except asyncio.TimeoutError:
-                    yield sse(self._timeout_error().body())
+                # Every event that is already here goes out in one write.
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                out: list[bytes] = []
+                failed = False
+                for i, event in batch:
+                    if isinstance(event, _TimedOut):
+                        out.append(sse(self._timeout_error().body()))
+                    elif isinstance(event, Exception):
+                        out.append(
+                            sse(error_body(f"generation failed: {event}", type="server_error"))
+                        )
+                    elif event.finish_reason not in (None, "stop", "length"):
+                        out.append(sse(self._finish_error(event.finish_reason, event.error).body()))
+                    else:
+                        out.append(self._chunk(shape, settings, pending, i, event, **extra))
+                        if event.finish_reason is not None:
+                            left -= 1
+                            completion_tokens += event.usage.completion_tokens
+                        continue
+                    failed = True
                     break
-                if isinstance(event, Exception):
-                    yield sse(error_body(f"generation failed: {event}", type="server_error"))
+                if out:
+                    yield b"".join(out)
+                if failed:
                     break
-                reason = event.finish_reason
-                if reason is not None and reason not in ("stop", "length"):
-                    yield sse(self._finish_error(reason, event.error).body())
-                    break
-                if event.token is not None and settings.logprobs:
-                    pending[i].append(event.token)
-                if reason is None and not event.text:
-                    continue  # nothing to show yet (a stop string may be starting)
-                tokens, pending[i] = pending[i], []
-                if reason is not None:
-                    left -= 1
-                    completion_tokens += event.usage.completion_tokens
-                    ids = [t.id for t in tokens]
-                    tokens = self._shown_tokens(tokens, ids, reason)
-                logprobs = self._logprobs(shape, settings, tokens)
-                text = event.text if (event.text or not shape.chat) else None
-                choice = shape.choice(i, text, reason, logprobs, chunk=True)
-                yield sse(shape.chunk([choice], **extra))
             else:
                 if settings.include_usage:
                     yield sse(shape.chunk([], usage(prompt_tokens, completion_tokens)))
             yield sse("[DONE]")
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             for task in tasks:
                 task.cancel()
             for h in handles:
                 h.cancel()
+
+    def _chunk(
+        self,
+        shape: Shape,
+        settings: Settings,
+        pending: list[_Pending],
+        i: int,
+        event: Any,
+        **extra: Any,
+    ) -> bytes:
+        """The event of choice i as a chunk (b"" when it shows nothing yet: a stop string may
+        be starting); it carries the logprobs of the tokens since the choice's last chunk."""
+        reason = event.finish_reason
+        mine = pending[i]
+        if event.token is not None and settings.logprobs:
+            mine.tokens.append(event.token)
+        if reason is None and not event.text:
+            return b""
+        if reason is None and not settings.logprobs:
+            return shape.text_event(i, event.text, settings.include_usage)  # the common case
+        tokens, mine.tokens = mine.tokens, []
+        if reason is not None:
+            tokens = self._shown_tokens(tokens, [t.id for t in tokens], reason)
+        logprobs = self._logprobs(shape, settings, tokens, mine.offset)
+        mine.offset += sum(len(t.text) for t in tokens)
+        text = event.text if (event.text or not shape.chat) else None
+        return sse(shape.chunk([shape.choice(i, text, reason, logprobs, chunk=True)], **extra))
+
+
+@dataclass
+class _Pending:
+    """A streamed choice's tokens not yet shown with a chunk, and its text offset."""
+
+    tokens: list[Any] = field(default_factory=list)
+    offset: int = 0
+
+
+class _TimedOut:
+    """Put in a stream's queue when its time limit and grace have passed."""
 
 
 async def _read(request: Request) -> bytes:

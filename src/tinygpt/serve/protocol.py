@@ -504,6 +504,7 @@ class Shape:
     model: str
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
+    _text_event: tuple[str, str, str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -540,6 +541,24 @@ class Shape:
         out["logprobs"] = logprobs
         out["finish_reason"] = finish_reason
         return out
+
+    def text_event(self, index: int, text: str, include_usage: bool) -> bytes:
+        """The server-sent event of a chunk that only carries text, written without building
+        dicts (one per token per stream: the server's most frequent message); the same JSON
+        as `sse(self.chunk([self.choice(index, text, None, chunk=True)]))`."""
+        if self._text_event is None:
+            head = json.dumps(self.head(True), ensure_ascii=False)[:-1]
+            key = '"delta": {"content": ' if self.chat else '"text": '
+            self._text_event = (
+                f'data: {head}, "choices": [{{"index": ',
+                f", {key}",
+                ("}" if self.chat else "")
+                + ', "logprobs": null, "finish_reason": null}]'
+                + (', "usage": null' if include_usage else "")
+                + "}\n\n",
+            )
+        start, middle, end = self._text_event
+        return f"{start}{index}{middle}{json.dumps(text, ensure_ascii=False)}{end}".encode()
 
     def answer(self, choices: list[dict[str, Any]], usage: dict[str, int]) -> dict[str, Any]:
         return {**self.head(False), "choices": choices, "usage": usage}
