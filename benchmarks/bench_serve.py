@@ -29,7 +29,6 @@ import json
 import os
 import random
 import socket
-import statistics
 import string
 import subprocess
 import sys
