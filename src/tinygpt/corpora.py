@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.errors import TinyGPTError
-from tinygpt.files import atomic_copy, decode_error, read_jsonl, sha256_file
+from tinygpt.files import atomic_copy, decode_error, kind_of, read_jsonl, sha256_file
 
 # Bump when a conversion changes, so that cached corpora made by older code are rebuilt.
 CONVERTER_VERSION = 1
@@ -667,6 +667,8 @@ def open_source(source: str, *, text_field: str = "text", errors: str = "strict"
         if all(p.suffix.lower() == ".jsonl" for p in files):
             return Source(source, "jsonl", files, text_field, errors)
         return Source(source, "files", files, text_field, errors)
+    if path.exists():  # a FIFO, a device, ...: not something to read text from
+        raise TinyGPTError(f"input path {source} is {kind_of(path)}, not a file or folder")
     if _looks_like_name(source):
         corpus_info(source)  # raises with the closest built-in name
     raise TinyGPTError(f"input path {source} does not exist; check the path")

@@ -43,7 +43,7 @@ from typing import Any
 
 from tinygpt.config import RunConfig
 from tinygpt.errors import TinyGPTError
-from tinygpt.files import atomic_copy, atomic_write_json, atomic_write_text
+from tinygpt.files import atomic_copy, atomic_write_json, atomic_write_text, kind_of
 
 CONFIG = "config.toml"
 TOKENIZER = "tokenizer.json"
@@ -153,10 +153,11 @@ class RunDir:
 
     def require(self) -> RunDir:
         """Self, or a clear error when the folder is not a run."""
-        if not self.path.is_dir():
+        kind = kind_of(self.path)
+        if kind != "a folder":
+            what = "it does not exist" if kind == "missing" else f"it is {kind}"
             raise TinyGPTError(
-                f"{self.path} is not a run folder: it does not exist; give a folder"
-                " `tinygpt train` wrote"
+                f"{self.path} is not a run folder: {what}; give a folder `tinygpt train` wrote"
             )
         if not self.is_run():
             raise TinyGPTError(
@@ -438,11 +439,19 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
     """Rebuild the model of a run folder from its config, tokenizer and a checkpoint."""
     from tinygpt.checkpoint import WEIGHTS, load_weights
     from tinygpt.model import GPT
+    from tinygpt.runtime import check_model_fits
 
     run = RunDir(run_dir)
     ckpt = run.resolve_checkpoint(checkpoint)
     config = run.read_config()
     tokenizer = run.load_tokenizer()
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise TinyGPTError(
+            f"{run.tokenizer_path} has {tokenizer.vocab_size:,} ids but the run's model a"
+            f" vocabulary of {config.model.vocab_size:,}: the tokenizer is not the one the run"
+            " was trained with; put that one back"
+        )
+    check_model_fits(config.model, device, training=False)
     model = GPT(config.model)
     load_weights(model, ckpt / WEIGHTS)
     model.to(device).eval()

@@ -63,7 +63,7 @@ from tinygpt.checkpoint import (
 from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K, RunConfig, TrainConfig
 from tinygpt.errors import TinyGPTError
 from tinygpt.run import RunDir
-from tinygpt.runtime import Dist, Runtime, restore_rng, rng_state, seed_all
+from tinygpt.runtime import Dist, Runtime, check_model_fits, restore_rng, rng_state, seed_all
 
 log = logging.getLogger("tinygpt.train")
 PROGRESS_EVERY_S = 10.0  # without a terminal, a progress line this often
@@ -946,7 +946,7 @@ def train(
     called after each checkpoint is safely on disk. `config` itself is not changed.
     """
     from tinygpt.batches import RandomWindows
-    from tinygpt.data import open_dataset
+    from tinygpt.data import check_fits, open_dataset
     from tinygpt.evaluate import SplitEvaluator
     from tinygpt.model import GPT
     from tinygpt.tokenizer import file_hash
@@ -969,12 +969,14 @@ def train(
         )
     tokenizer = dataset.load_tokenizer()
     config.model = dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size)
+    check_fits(dataset, config.model.vocab_size)
     rt = Runtime.start(tc)
     try:
         block = config.model.block_size
         global_batch = tc.batch_size * rt.dist.world_size
         check_data(len(dataset.train), len(dataset.val), block, global_batch)
         accum = accumulation(tc, global_batch * block)
+        check_model_fits(config.model, rt.device, training=True)
         seed_all(tc.seed)
         model = GPT(config.model).to(rt.device)
         rt.set_precision(tc.precision, config.model)

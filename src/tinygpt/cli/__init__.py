@@ -57,16 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    # Commands that take dotted config overrides (`--model.n_layer 6`) set
-    # `allow_overrides`; for the others an unknown argument is a usage error.
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "allow_overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.overrides = extra
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
+        # Commands that take dotted config overrides (`--model.n_layer 6`) set
+        # `allow_overrides`; for the others an unknown argument is a usage error. A number
+        # outside its range (tinygpt.numbers) raises TinyGPTError while parsing.
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "allow_overrides", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = extra
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except TinyGPTError as exc:
         print(f"tinygpt: error: {exc}", file=sys.stderr)
