@@ -422,6 +422,7 @@ ERRORS = [
     ("/v1/completions", {**GOOD, "max_tokens": "5"}, {}, 400, "max_tokens", "integer"),
     ("/v1/completions", {**GOOD, "n": MAX_N + 1}, {}, 400, "n", f"cap of {MAX_N}"),
     ("/v1/completions", {**GOOD, "prompt": ["a"] * 3, "n": 2}, {}, 400, "n", "6 choices"),
+    ("/v1/completions", {**GOOD, "seed": -1}, {}, 400, "seed", "integer from 0"),
     ("/v1/completions", {**GOOD, "temperature": 3}, {}, 400, "temperature", "between 0 and 2"),
     ("/v1/completions", {**GOOD, "top_p": True}, {}, 400, "top_p", "number"),
     ("/v1/completions", {**GOOD, "stop": [1]}, {}, 400, "stop", "list of strings"),
@@ -717,25 +718,32 @@ def test_the_event_loop_answers_while_generating(server, http, slow):
 
 def test_full_queue_answers_503_with_retry_after(model, tok, slow):
     slow.delay = 0.1  # the first request holds the only row for seconds
+    pool = ThreadPoolExecutor(1)
     with Engine(model, tok, max_batch=1, max_queue=1) as small:
         app = create_app(small, name=NAME)
         with start(app) as running, httpx.Client(base_url=running.url, timeout=30) as http:
             body = {**GOOD, "max_tokens": CAP, "stream": True}
             with http.stream("POST", "/v1/completions", json=body) as first:
-                next(line for line in first.iter_lines() if line.startswith("data: "))
-                with ThreadPoolExecutor(1) as pool:
-                    waiting = pool.submit(post, http, "/v1/completions", {**GOOD, "max_tokens": 2})
-                    end = time.monotonic() + 5
-                    while small.stats().queued == 0:
-                        assert time.monotonic() < end
-                        time.sleep(0.01)
-                    r = post(http, "/v1/completions", GOOD)
-                    assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
-                    assert r.json()["error"]["type"] == "server_error"
-                    client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
-                    with pytest.raises(openai.InternalServerError):
-                        client.completions.create(model=NAME, prompt="a", max_tokens=2)
-            assert waiting.result().status_code == 200  # the first left; the second ran
+                lines = first.iter_lines()  # kept: an abandoned iterator closes the stream
+                for line in lines:
+                    if line.startswith("data: "):
+                        break
+                waiting = pool.submit(post, http, "/v1/completions", {**GOOD, "max_tokens": 2})
+                end = time.monotonic() + 5
+                while small.stats().queued == 0:  # one runs, one waits: the queue is full
+                    assert time.monotonic() < end
+                    time.sleep(0.01)
+                r = post(http, "/v1/completions", GOOD)
+                assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+                assert r.json()["error"]["type"] == "server_error"
+                client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+                with pytest.raises(openai.InternalServerError):
+                    client.completions.create(model=NAME, prompt="a", max_tokens=2)
+                time.sleep(0.3)  # a few steps: the first still holds its row
+                assert not waiting.done() and small.stats().active == 1
+            # the first client left: its row goes to the waiting request
+            assert waiting.result(timeout=10).status_code == 200
+    pool.shutdown()
 
 
 def test_time_limit(engine, slow):

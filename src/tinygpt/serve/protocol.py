@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tinygpt.config import SEED
+
 # ------------------------------------------------------------------------------ errors
 
 
@@ -280,9 +282,6 @@ class Settings:
         )
 
 
-SEED_RANGE = (-(2**63), 2**63 - 1)
-
-
 def _common(
     body: dict[str, Any], limits: Limits, models: Sequence[str], max_tokens_names: Sequence[str]
 ) -> Settings:
@@ -342,8 +341,12 @@ def _common(
         raise bad(f"stop holds {len(stop)} strings; give at most {limits.max_stop}", "stop")
     stop = tuple(s for s in stop if s)
     seed = _get_int(body, "seed", None)
-    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1] - n:
-        raise bad(f"seed must be a 64-bit signed integer, got {seed}", "seed")
+    if seed is not None and not SEED.lo <= seed <= SEED.hi - (n - 1):
+        # choice i is seeded seed + i: every one of them must be a seed
+        raise bad(
+            f"seed must be an integer from {SEED.lo} to {SEED.hi - (n - 1)}, got {seed}",
+            "seed",
+        )
     stream = _get_bool(body, "stream", False)
     options = body.get("stream_options")
     include_usage = False
