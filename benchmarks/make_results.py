@@ -15,6 +15,7 @@ ORDER = [
     "generate",
     "engine",
     "gguf",
+    "serve",
     "tokenizer",
     "prepare",
     "langid",

@@ -25,6 +25,7 @@ COMMANDS = [
     "export",
     "import",
     "push",
+    "serve",
 ]
 
 
