@@ -1,5 +1,5 @@
 """`python -m tinygpt` is the same as the `tinygpt` command."""
 
-from tinygpt.cli import entry
+from tinygpt.launch import entry
 
 entry()
