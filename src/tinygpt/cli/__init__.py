@@ -17,7 +17,17 @@ from tinygpt import __version__
 from tinygpt.errors import TinyGPTError
 
 # Command-group modules, in the order `--help` lists them.
-GROUPS = ["corpus", "tokenizer", "prepare", "model", "train", "evaluate", "export"]
+GROUPS = [
+    "corpus",
+    "tokenizer",
+    "prepare",
+    "model",
+    "train",
+    "finetune",
+    "chat",
+    "evaluate",
+    "export",
+]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
