@@ -87,7 +87,7 @@ def test_a_fine_tune_is_a_normal_run_that_records_its_base(base, tuned, capsys):
     assert run.dataset()["kind"] == "examples"
     config, base_config = run.read_config(), RunDir(base).read_config()
     assert config.preset == "finetune"
-    assert config.train.optimizer == "adamw" and config.train.lr == 3e-4  # not the base's Muon
+    assert config.train.optimizer == "adamw" and config.train.lr == 5e-4  # not the base's Muon
     assert config.model.vocab_size == base_config.model.vocab_size + 4
     grown = {**base_config.model.__dict__, "vocab_size": config.model.vocab_size}
     assert config.model.__dict__ == grown
@@ -101,6 +101,8 @@ def test_a_fine_tune_is_a_normal_run_that_records_its_base(base, tuned, capsys):
     assert scored["val_loss"] == pytest.approx(run.read_summary()["val_loss"], rel=1e-5)
     # the other commands read it as any run
     assert main(["report", str(tuned), "--no-plots"]) == 0
+    report = (tuned / "report.md").read_text(encoding="utf-8")
+    assert "Fine-tuned from" in report and "examples," in report
     assert main(["sample", str(tuned), "--prompt", "Question 1?", "--max-new-tokens", "5"]) == 0
     assert main(["info", str(tuned)]) == 0
 

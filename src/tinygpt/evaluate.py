@@ -26,7 +26,11 @@ part of modelling the text.
 **Which text.** The run's validation split (the dataset recorded in the run folder), another
 prepared folder (its tokenizer must be the run's), or any text source that
 `tinygpt.corpora.iter_documents` reads, encoded with the run's tokenizer, every document
-followed by one end-of-text token (as `tinygpt prepare` lays them out).
+followed by one end-of-text token (as `tinygpt prepare` lays them out). A run fine-tuned on
+conversations is scored on the assistant tokens of its held-out examples instead
+(`score_examples`; `ExampleEvaluator` is the same during fine-tuning): each example on its
+own row, with only the tokens its loss mask marks counted, and bits per byte over the bytes
+of those tokens.
 
 **Generation quality.** A prompt set is a JSONL file of `{"prompt", "reference"}` lines;
 `make_prompts` cuts one from a token split (the first K tokens of a window as prompt, the

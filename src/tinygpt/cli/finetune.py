@@ -23,7 +23,7 @@ only the assistant's tokens are scored (--train-on-prompt: all). Malformed recor
 skipped and reported; examples longer than the context are dropped and counted.
 
 Settings: the model is the base's (only --model.dropout and a shorter --model.block_size may
-change); training settings come from the `finetune` preset (AdamW, lr 3e-4, 3 epochs),
+change); training settings come from the `finetune` preset (AdamW, lr 5e-4, 3 epochs),
 overridden by dotted settings (--train.lr 1e-4) and budgets."""
 
 
