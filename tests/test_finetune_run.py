@@ -118,9 +118,22 @@ def test_the_fine_tune_prints_losses_before_and_after(base, questions, tmp_path,
     assert "added 4 special tokens" in cap.err and "chat with it: tinygpt chat" in cap.out
     # the examples are prepared once: a second fine-tune of the same input reuses them
     assert main(["finetune", str(base), "--input", str(questions), "--out", str(tmp_path / "b"),
-                 "--max-steps", "1", *FAST]) == 0  # fmt: skip
+                 "--max-steps", "1", "--train-on-prompt", *FAST]) == 0  # fmt: skip
     assert "note: reused " in capsys.readouterr().err
     assert RunDir(tmp_path / "b").dataset_dir() == RunDir(out).dataset_dir()
+    assert RunDir(tmp_path / "b").finetune_record()["train_on_prompt"] is True
+
+
+def test_examples_longer_than_the_context_are_dropped_and_counted(base, tmp_path, capsys):
+    rows = [{"prompt": f"Q{i}", "response": "A" * (60 if i < 3 else 2)} for i in range(12)]
+    data = tmp_path / "long.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    argv = ["finetune", str(base), "--input", str(data), "--out", str(out), "--max-steps", "1"]
+    assert main([*argv, *FAST]) == 0
+    record = RunDir(out).finetune_record()
+    assert record["dropped_train"] + record["dropped_val"] == 3
+    assert "longer than the context (48 tokens + 1)" in capsys.readouterr().err
 
 
 def test_a_prepared_examples_folder_and_a_resumed_fine_tune(
@@ -212,6 +225,27 @@ def test_generation_ends_at_the_end_of_turn_in_chat_and_in_sample(tuned):
     assert sampled == "".join(gen.chat_stream(messages, seed=3, max_new_tokens=12))
     ids = gen.chat_ids(messages)
     assert gen.tokenizer.decode(ids) == "<|user|>\nQuestion 3?<|end|>\n<|assistant|>\n"
+
+
+def test_the_engine_ends_a_chat_request_at_the_end_of_turn(tuned):
+    """What a server does: prompt ids from chat_ids, stop ids from stop_token_ids."""
+    from tinygpt.engine import Engine
+
+    gen = tinygpt.load(tuned)
+    end = gen.end_of_turn_id
+    engine = Engine(gen.model, gen.tokenizer, max_batch=1, start=False)
+    calls: list[int] = []
+    handle = _stop_after(gen, calls, 3, end)
+    try:
+        ids = gen.chat_ids([{"role": "user", "content": "Question 5?"}])
+        req = engine.submit(ids, max_tokens=20, temperature=0.0, stop_token_ids=gen.stop_token_ids)
+        while not req.done:
+            engine.step()
+    finally:
+        handle.remove()
+    done = req.result()
+    assert done.token_ids[-1] == end and len(done.token_ids) == 3
+    assert done.finish_reason == "stop" and "<|end|>" not in done.text
 
 
 def test_the_history_keeps_to_the_context(tuned):
@@ -311,5 +345,9 @@ def test_bad_input_is_one_line_and_exit_2(base, questions, tuned, tmp_path, caps
 
     err = _one_line_error(capsys, [*start, "--input", str(questions), "--model.block_size", "64"])
     assert "longer than the base's context (48)" in err
+
+    err = _one_line_error(capsys, ["prepare", "--input", str(questions), "--format", "alpaca",
+                                   "--tokenizer", "char", "--out", out])  # fmt: skip
+    assert "encoded with the base model's tokenizer: give --tokenizer RUN" in err
 
     assert not Path(out).exists()  # nothing written by a refused command

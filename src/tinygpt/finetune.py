@@ -533,26 +533,11 @@ def finetune(
 
     `resume=True` continues the fine-tune in `out_dir` from its latest checkpoint (the base,
     when given, must be the one the run started from)."""
-    from tinygpt.batches import ExampleBatches, RandomWindows
-    from tinygpt.chat import save_template
-    from tinygpt.checkpoint import WEIGHTS, load_weights
-    from tinygpt.evaluate import ExampleEvaluator, SplitEvaluator
-    from tinygpt.examples import fit_to_context
     from tinygpt.model import GPT
     from tinygpt.run import RunDir
     from tinygpt.runtime import Runtime, seed_all
     from tinygpt.tokenizer import file_hash, load_tokenizer
-    from tinygpt.train import (
-        Hooks,
-        TextSampler,
-        accumulation,
-        build_optimizer,
-        check_data,
-        fit,
-        provenance,
-        restore,
-        resume_point,
-    )
+    from tinygpt.train import Hooks, build_optimizer, fit, restore, resume_point
 
     t_start = time.perf_counter()
     say = report or (lambda line: None)
@@ -591,7 +576,6 @@ def finetune(
         raise TinyGPTError(
             "no training budget: give --max-steps, --max-tokens, --max-time or --max-epochs"
         )
-    block = config.model.block_size
     if resume:  # the data the run was trained on, unless given anew
         recorded = run.dataset_dir()
         if data_dir is None and input is None and corpus is None and recorded is not None:
@@ -619,13 +603,7 @@ def finetune(
         report=report,
     )
     chat_data = resolved != "text"
-    if chat_data and tc.tokens_per_step:
-        raise TinyGPTError(
-            "train.tokens_per_step does not apply to examples (each batch is as long as its"
-            " longest example); set train.batch_size instead"
-        )
-    data_tokenizer = data.tokenizer_path
-    if resume and file_hash(run.tokenizer_path) != file_hash(data_tokenizer):
+    if resume and file_hash(run.tokenizer_path) != file_hash(data.tokenizer_path):
         raise TinyGPTError(
             f"the data {data.path} was made with another tokenizer than the run {run.path};"
             " resume with the data the run was fine-tuned on"
@@ -638,116 +616,37 @@ def finetune(
     )
     rt = Runtime.start(tc)
     try:
-        global_batch = tc.batch_size * rt.dist.world_size
         seed_all(tc.seed)
-        tokenizer = load_tokenizer(data_tokenizer)
-        notes: dict[str, Any] = {}
+        tokenizer = load_tokenizer(data.tokenizer_path)
         if resume:
-            model = GPT(config.model)
+            model, notes = GPT(config.model), {}
         else:
-            model = GPT(
-                dataclasses.replace(
-                    config.model,
-                    block_size=base_config.model.block_size,
-                    vocab_size=base_config.model.vocab_size,
-                )
-            )
-            load_weights(model, based.checkpoint / WEIGHTS)
-            shorten_context(model, block)
-            if chat_data:
-                base_tok = based.run.load_tokenizer()
-                grown = add_special_tokens(model, base_tok, tmpl.special_tokens, seed=tc.seed)
-                if grown.special_tokens != tokenizer.special_tokens:
-                    raise TinyGPTError(
-                        f"the special tokens of {data.path} ({tokenizer.special_tokens}) differ "
-                        f"from the base's grown by template {tmpl.name!r}; prepare the data again"
-                    )
-                added = [t for t in tmpl.special_tokens if t not in base_tok.special_tokens]
-                if added:
-                    notes["added_tokens"] = added
-                    say(
-                        f"added {len(added)} special tokens ({' '.join(added)}): the vocabulary"
-                        f" grows from {base_config.model.vocab_size} to"
-                        f" {model.config.vocab_size} ids"
-                    )
+            model, notes = _start_model(based, base_config, config, tmpl if chat_data else None,
+                                        tokenizer, data.path, say)  # fmt: skip
             config.model = model.config
         model.to(rt.device)
         rt.set_precision(tc.precision, config.model)
         optimizer = build_optimizer(model, tc, rt.device)
-        eval_kw = dict(batch_size=tc.eval_batch_size, device=rt.device, autocast=rt.autocast)
-        if chat_data:
-            accum = 1
-            keep, dropped = fit_to_context(data.train, block)
-            val_keep, val_dropped = fit_to_context(data.val, block)
-            if dropped or val_dropped:
-                say(
-                    f"dropped {dropped} training and {val_dropped} held-out examples longer than"
-                    f" the context ({block} tokens + 1) or with nothing to score"
-                )
-            if not len(keep) or not len(val_keep):
-                which = "training" if not len(keep) else "held-out"
-                raise TinyGPTError(
-                    f"no {which} example fits the model's context of {block} tokens (the"
-                    f" longest is {int(max(data.train.lengths.max(), data.val.lengths.max()))});"
-                    " shorten the examples or fine-tune a base with a longer context"
-                )
-            notes.update(dropped_train=dropped, dropped_val=val_dropped)
-            batches = ExampleBatches(
-                data.train.ids, data.train.mask, data.train.offsets, keep, global_batch,
-                tc.seed, rt.dist, rt.device, pad_id=tokenizer.eot_id,
-                train_on_prompt=train_on_prompt, block_size=block,
-            )  # fmt: skip
-            evaluator = ExampleEvaluator(
-                data.val, val_keep.tolist(), examples=tc.eval_windows, pad_id=tokenizer.eot_id,
-                **eval_kw,
-            )  # fmt: skip
-            sampler = ChatSampler(data.val, tokenizer, tmpl, tc)
-            evaluated = f"assistant tokens of {len(val_keep)} held-out examples"
-        else:
-            check_data(len(data.train), len(data.val), block, global_batch)
-            accum = accumulation(tc, global_batch * block)
-            batches = RandomWindows(data.train, block, global_batch, tc.seed, rt.dist, rt.device)
-            evaluator = SplitEvaluator(data.val, block, windows=tc.eval_windows, **eval_kw)
-            sampler = TextSampler(tokenizer, tc)
-            evaluated = "the validation split (a spread of windows before, all of it after)"
-        state = restore(start, model, optimizer, batches, rt) if start is not None else None
+        feed = _feed(data, chat_data, tokenizer, tmpl, config, rt, train_on_prompt, say)
+        notes.update(feed.notes)
+        state = None
+        if start is not None:
+            state = restore(start, model, optimizer, feed.batches, rt)
         before = None
-        if state is None:
-            before = evaluator.final(model).loss if chat_data else evaluator.estimate(model)
-            say(f"held-out loss before fine-tuning: {before:.4f} ({evaluated})")
+        if state is None:  # the same measure as after training: every held-out example
+            before = feed.evaluator.final(model).loss
+            say(f"held-out loss before fine-tuning: {before:.4f} ({feed.evaluated})")
         if rt.dist.is_main:
-            run.write_config(config)
-            run.write_tokenizer(data_tokenizer)
-            if tmpl is not None:
-                save_template(run.path, tmpl)
-            run.samples_dir.mkdir(exist_ok=True)
-            run.attach_log(log)
             ft = record if resume else {
                 **based.record(),
                 "format": resolved,
                 "template": tmpl.name if tmpl is not None else None,
                 "train_on_prompt": train_on_prompt,
-                "context": block,
+                "context": config.model.block_size,
                 "val_loss_before": before,
                 **notes,
             }  # fmt: skip
-            dataset_record = {
-                "path": str(Path(data.path).resolve()),
-                "key": data.meta.get("key"),
-                "tokenizer_hash": data.meta.get("tokenizer_hash"),
-                "source": data.meta.get("source"),
-                "kind": "examples" if chat_data else "text",
-            }
-            info = {
-                "device": rt.device,
-                "precision": rt.precision,
-                "threads": torch.get_num_threads(),
-                "world_size": rt.dist.world_size,
-                "parameters": model.num_params(),
-                "resumed_from": state.resumed_from if state else None,
-                "finetune": ft,
-            }
-            run.write_info(provenance(command, dataset_record, info), resumed=state is not None)
+            _begin_run(run, config, data, tmpl, model, rt, ft, state, command)
             log.info(
                 "fine-tune %s of %s (%s): %s parameters, %s data, device %s",
                 run.path, based.given, based.checkpoint.name, f"{model.num_params():,}",
@@ -758,19 +657,185 @@ def finetune(
         raise
     result = fit(
         model,
-        batches,
+        feed.batches,
         optimizer,
         tc,
         run,
-        evaluator=evaluator,
+        evaluator=feed.evaluator,
         rt=rt,
         state=state,
-        accum=accum,
-        hooks=Hooks(sample=sampler),
+        accum=feed.accum,
+        hooks=Hooks(sample=feed.sampler),
         progress=progress,
         config=config.to_dict(),
         started=t_start,
     )
     if resume and record is not None:
         before = record.get("val_loss_before")
-    return FinetuneResult(result, before, evaluated, tmpl.name if tmpl is not None else None)
+    return FinetuneResult(result, before, feed.evaluated, tmpl.name if tmpl is not None else None)
+
+
+def _start_model(
+    based: Base,
+    base_config: Any,
+    config: Any,
+    template: Any,
+    tokenizer: Any,
+    data_path: Path,
+    say: Report,
+) -> tuple[Any, dict[str, Any]]:
+    """The base's model with its weights, `config`'s dropout and context, and rows for the
+    template's special tokens (checked against the data's tokenizer); the notes for run.json."""
+    from tinygpt.checkpoint import WEIGHTS, load_weights
+    from tinygpt.model import GPT
+
+    shape = {"block_size": base_config.model.block_size, "vocab_size": base_config.model.vocab_size}
+    model = GPT(dataclasses.replace(config.model, **shape))
+    load_weights(model, based.checkpoint / WEIGHTS)
+    shorten_context(model, config.model.block_size)
+    notes: dict[str, Any] = {}
+    if template is None:
+        return model, notes
+    base_tok = based.run.load_tokenizer()
+    grown = add_special_tokens(model, base_tok, template.special_tokens, seed=config.train.seed)
+    if (grown.vocab_size, grown.special_tokens) != (tokenizer.vocab_size, tokenizer.special_tokens):
+        raise TinyGPTError(
+            f"the tokenizer of {data_path} is not the base's grown by template "
+            f"{template.name!r}; prepare the data again with --tokenizer {based.run.path}"
+        )
+    added = [t for t in template.special_tokens if t not in base_tok.special_tokens]
+    if added:
+        notes["added_tokens"] = added
+        say(
+            f"added {len(added)} special tokens ({' '.join(added)}): the vocabulary grows from"
+            f" {base_config.model.vocab_size} to {model.config.vocab_size} ids"
+        )
+    return model, notes
+
+
+@dataclass
+class _Feed:
+    """What the loop is handed besides the model: data, evaluator, samples."""
+
+    batches: Any
+    evaluator: Any
+    sampler: Any
+    accum: int
+    evaluated: str  # what the validation loss measures, in words
+    notes: dict[str, Any]
+
+
+def _feed(
+    data: Any,
+    chat_data: bool,
+    tokenizer: Any,
+    template: Any,
+    config: Any,
+    rt: Any,
+    train_on_prompt: bool,
+    say: Report,
+) -> _Feed:
+    """Batches, evaluator and sampler: whole examples (the context rule applied) or random
+    windows of text, as pre-training draws them."""
+    from tinygpt.batches import ExampleBatches, RandomWindows
+    from tinygpt.evaluate import ExampleEvaluator, SplitEvaluator
+    from tinygpt.examples import fit_to_context
+    from tinygpt.train import TextSampler, accumulation, check_data
+
+    tc, block = config.train, config.model.block_size
+    global_batch = tc.batch_size * rt.dist.world_size
+    eval_kw = dict(batch_size=tc.eval_batch_size, device=rt.device, autocast=rt.autocast)
+    if not chat_data:
+        check_data(len(data.train), len(data.val), block, global_batch)
+        return _Feed(
+            batches=RandomWindows(data.train, block, global_batch, tc.seed, rt.dist, rt.device),
+            evaluator=SplitEvaluator(data.val, block, windows=tc.eval_windows, **eval_kw),
+            sampler=TextSampler(tokenizer, tc),
+            accum=accumulation(tc, global_batch * block),
+            evaluated="the validation split",
+            notes={},
+        )
+    if tc.tokens_per_step:
+        raise TinyGPTError(
+            "train.tokens_per_step does not apply to examples (each batch is as long as its"
+            " longest example); set train.batch_size instead"
+        )
+    keep, dropped = fit_to_context(data.train, block)
+    val_keep, val_dropped = fit_to_context(data.val, block)
+    if dropped or val_dropped:
+        say(
+            f"dropped {dropped} training and {val_dropped} held-out examples longer than the"
+            f" context ({block} tokens + 1) or with nothing to score"
+        )
+    if not len(keep) or not len(val_keep):
+        which = "training" if not len(keep) else "held-out"
+        longest = int(max(data.train.lengths.max(), data.val.lengths.max()))
+        raise TinyGPTError(
+            f"no {which} example fits the model's context of {block} tokens (the longest has"
+            f" {longest}); shorten the examples or fine-tune a base with a longer context"
+        )
+    pad = tokenizer.eot_id
+    split = data.train
+    return _Feed(
+        batches=ExampleBatches(
+            split.ids,
+            split.mask,
+            split.offsets,
+            keep,
+            global_batch,
+            tc.seed,
+            rt.dist,
+            rt.device,
+            pad_id=pad,
+            train_on_prompt=train_on_prompt,
+            block_size=block,
+        ),  # fmt: skip
+        evaluator=ExampleEvaluator(
+            data.val, val_keep.tolist(), examples=tc.eval_windows, pad_id=pad, **eval_kw
+        ),
+        sampler=ChatSampler(data.val, tokenizer, template, tc),
+        accum=1,
+        evaluated=f"assistant tokens of {len(val_keep)} held-out examples",
+        notes={"dropped_train": dropped, "dropped_val": val_dropped},
+    )
+
+
+def _begin_run(
+    run: Any,
+    config: Any,
+    data: Any,
+    template: Any,
+    model: Any,
+    rt: Any,
+    record: dict[str, Any],
+    state: Any,
+    command: list[str] | None,
+) -> None:
+    """Write what the run folder holds before the first step: config, the data's tokenizer,
+    the template, run.json (with the "finetune" record), the samples folder and the log."""
+    from tinygpt.chat import save_template
+    from tinygpt.train import provenance
+
+    run.write_config(config)
+    run.write_tokenizer(data.tokenizer_path)
+    if template is not None:
+        save_template(run.path, template)
+    run.samples_dir.mkdir(exist_ok=True)
+    run.attach_log(log)
+    dataset = {
+        "path": str(Path(data.path).resolve()),
+        "key": data.meta.get("key"),
+        "tokenizer_hash": data.meta.get("tokenizer_hash"),
+        "source": data.meta.get("source"),
+        "kind": "examples" if data.meta.get("kind") == "examples" else "text",
+    }
+    info = {
+        "device": rt.device,
+        "precision": rt.precision,
+        "threads": torch.get_num_threads(),
+        "world_size": rt.dist.world_size,
+        "parameters": model.num_params(),
+        "resumed_from": state.resumed_from if state else None,
+        "finetune": record,
+    }
+    run.write_info(provenance(command, dataset, info), resumed=state is not None)
