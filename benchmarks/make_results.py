@@ -14,6 +14,7 @@ ORDER = [
     "train_compare",
     "generate",
     "engine",
+    "gguf",
     "tokenizer",
     "prepare",
     "langid",

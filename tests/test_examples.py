@@ -5,9 +5,8 @@ source over examples and the evaluator of held-out answers."""
 from __future__ import annotations
 
 import json
+import socket
 import string
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -222,21 +221,25 @@ def test_a_json_list_and_hf_datasets_are_read_too(tmp_path, tokenizer_file, monk
     conv = read_conversations(str(listed), "alpaca", report=None)
     assert len(conv.messages) == 3 and conv.where[2] == f"{listed}[2]"
 
-    module = types.ModuleType("datasets")
-    module.load_dataset = lambda name, config, *, split, streaming: iter(qa(3))
-    monkeypatch.setitem(sys.modules, "datasets", module)
-    assert resolve_format("hf:someone/instructions", "auto") == "alpaca"
-    out = prepare_examples("hf:someone/instructions", None, tokenizer=tokenizer_file)
+    pytest.importorskip("datasets")
+    folder = tmp_path / "hfdata"  # a dataset `datasets.load_dataset` reads from disk
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", qa(3))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing may come from the Hub
+    assert resolve_format(f"hf:{folder}", "auto") == "alpaca"
+    out = prepare_examples(f"hf:{folder}", None, tokenizer=tokenizer_file)
     assert out.meta["splits"]["train"]["examples"] + out.meta["splits"]["val"]["examples"] == 3
 
-    def offline(*args, **kwargs):
-        raise ConnectionError("Couldn't reach huggingface.co\nmore")
-
-    module.load_dataset = offline
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the socket is
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     with pytest.raises(TinyGPTError) as exc:
-        prepare_examples("hf:someone/other", None, tokenizer=tokenizer_file, fmt="alpaca")
-    assert "could not stream Hugging Face dataset hf:someone/other" in str(exc.value)
-    assert "\n" not in str(exc.value)
+        prepare_examples("hf:someone/instructions", None, tokenizer=tokenizer_file, fmt="alpaca")
+    assert "cannot stream hf:someone/instructions" in str(exc.value)
+    assert "\n" not in str(exc.value) and "--input PATH" in str(exc.value)
 
 
 def test_examples_longer_than_the_context_are_dropped_and_counted():

@@ -44,6 +44,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections import Counter
@@ -523,6 +524,7 @@ def finetune(
     command: list[str] | None = None,
     progress: bool = True,
     report: Report | None = None,
+    force: bool = False,
 ) -> FinetuneResult:
     """Fine-tune `base` (a run folder or a local Hugging Face folder; its `checkpoint`) on
     `data_dir` (an examples folder or a prepared text folder), `input` (a JSONL/JSON file of
@@ -532,16 +534,20 @@ def finetune(
     receives notes (skipped records, dropped examples, the vocabulary's growth).
 
     `resume=True` continues the fine-tune in `out_dir` from its latest checkpoint (the base,
-    when given, must be the one the run started from)."""
+    when given, must be the one the run started from). `force` fine-tunes into a folder that
+    holds other files."""
     from tinygpt.model import GPT
     from tinygpt.run import RunDir
-    from tinygpt.runtime import Runtime, seed_all
+    from tinygpt.runtime import Runtime, check_model_fits, seed_all
     from tinygpt.tokenizer import file_hash, load_tokenizer
     from tinygpt.train import Hooks, build_optimizer, fit, restore, resume_point
 
     t_start = time.perf_counter()
     say = report or (lambda line: None)
     run = RunDir(out_dir)
+    run.check_out(force=force)
+    if int(os.environ.get("RANK", "0")) == 0:
+        run.remove_leftovers()
     record: dict[str, Any] | None = None
     if resume:
         record = run.finetune_record() if run.is_run() else None
@@ -614,8 +620,13 @@ def finetune(
         dir=str(data.path),
         tokenizer=str(based.run.tokenizer_path),
     )
+    if not chat_data:
+        from tinygpt.data import check_fits
+
+        check_fits(data, config.model.vocab_size, "the base")
     rt = Runtime.start(tc)
     try:
+        check_model_fits(config.model, rt.device, training=True)
         seed_all(tc.seed)
         tokenizer = load_tokenizer(data.tokenizer_path)
         if resume:
@@ -631,7 +642,7 @@ def finetune(
         notes.update(feed.notes)
         state = None
         if start is not None:
-            state = restore(start, model, optimizer, feed.batches, rt)
+            state = restore(run, start, model, optimizer, feed.batches, rt)
         before = None
         if state is None:  # the same measure as after training: every held-out example
             before = feed.evaluator.final(model).loss
@@ -691,6 +702,7 @@ def _start_model(
 
     shape = {"block_size": base_config.model.block_size, "vocab_size": base_config.model.vocab_size}
     model = GPT(dataclasses.replace(config.model, **shape))
+    based.run.verified(based.checkpoint, (WEIGHTS,))
     load_weights(model, based.checkpoint / WEIGHTS)
     shorten_context(model, config.model.block_size)
     notes: dict[str, Any] = {}

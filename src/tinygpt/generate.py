@@ -39,9 +39,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
+from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K, SAMPLING
 from tinygpt.errors import TinyGPTError
 from tinygpt.model import GPT
+from tinygpt.numbers import check
 from tinygpt.runtime import resolve_device
 
 # -------------------------------------------------------------------------------- sampling
@@ -111,21 +112,21 @@ def check_sampling(
     top_p: float | None,
     repetition_penalty: float,
     num_samples: int = 1,
+    seed: int | None = None,
 ) -> None:
-    if max_new_tokens < 0:
-        raise TinyGPTError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
-    if temperature < 0:
-        raise TinyGPTError(f"temperature must be 0 (greedy) or more, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise TinyGPTError(f"top_k must be at least 1 (or unset for no limit), got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise TinyGPTError(f"top_p must be in (0, 1], got {top_p}")
-    if repetition_penalty <= 0:
-        raise TinyGPTError(
-            f"repetition_penalty must be positive (1.0 = off), got {repetition_penalty}"
-        )
-    if num_samples < 1:
-        raise TinyGPTError(f"num_samples must be at least 1, got {num_samples}")
+    """Refuse sampling settings outside `tinygpt.config.SAMPLING` (None means unset)."""
+    given = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        num_samples=num_samples,
+        seed=seed,
+    )
+    for name, value in given.items():
+        if value is not None:
+            check(name, value, SAMPLING[name])
 
 
 def usable_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[str]:
@@ -179,6 +180,7 @@ def generate_tokens(
         top_k=top_k,
         top_p=top_p,
         repetition_penalty=repetition_penalty,
+        seed=seed,
     )
     if prompt.dim() != 2 or prompt.size(1) == 0:
         raise TinyGPTError("the prompt must hold at least one token; give a non-empty prompt")
@@ -462,6 +464,7 @@ class TextGenerator:
             top_k=top_k,
             top_p=top_p,
             repetition_penalty=repetition_penalty,
+            seed=seed,
         )
         T = max(len(i) for i in ids)
         # Left padding: every row's last prompt token sits in the last column.
@@ -515,8 +518,7 @@ class TextGenerator:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise TinyGPTError("no prompts were given; pass a string or a non-empty list")
-        if num_samples < 1:
-            raise TinyGPTError(f"num_samples must be at least 1, got {num_samples}")
+        check("num_samples", num_samples, SAMPLING["num_samples"])
         ids = [self.encode_prompt(p) for p in prompts for _ in range(num_samples)]
         texts = [""] * len(ids)
         for pieces in self._rows(ids, stop, **sampling):

@@ -16,6 +16,11 @@ from typing import Any, TextIO
 
 from tinygpt.errors import TinyGPTError
 
+DESCRIPTION = """\
+A multi-turn conversation with a run that has a chat template (fine-tuned with
+`tinygpt finetune`). Answers stream to standard output; the oldest turns are left out, with
+a note, when the conversation outgrows the context. With -p, answer one message and exit.
+With --seed S, turn i is sampled with seed S + i."""
 HELP = """\
 commands:
   /reset        forget the conversation (the system message stays)
@@ -27,29 +32,19 @@ commands:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
-    from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
+    from tinygpt.cli.model import add_sampling_arguments
 
     p = sub.add_parser(
         "chat",
         help="chat with a fine-tuned run in the terminal",
-        description="A multi-turn conversation with a run that has a chat template (fine-tuned"
-        " with `tinygpt finetune`). Answers stream to standard output; the oldest turns are"
-        " left out, with a note, when the conversation outgrows the context. With -p, answer"
-        " one message and exit.\n\n" + HELP,
+        description=DESCRIPTION + "\n\n" + HELP,
         formatter_class=HelpFormatter,
     )
     p.add_argument("run", metavar="RUN", help="a fine-tuned run folder")
     p.add_argument("-p", "--prompt", default=None, help="answer this message and exit")
     p.add_argument("--system", default=None, metavar="S", help="a system message")
     p.add_argument("--checkpoint", default="best", help="best, latest or step-N")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="longest answer, in tokens")
-    p.add_argument(
-        "--temperature", type=float, default=SAMPLE_TEMPERATURE, help="0 for greedy decoding"
-    )
-    p.add_argument("--top-k", type=int, default=SAMPLE_TOP_K, help="0 for no limit")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass; 1 for off")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 for off")
-    p.add_argument("--seed", type=int, default=None, help="turn i is sampled with seed + i")
+    add_sampling_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.set_defaults(func=run_chat)
 

@@ -1,15 +1,17 @@
 """`tinygpt export`, `tinygpt import` and `tinygpt push`: argument parsing for sharing models.
 
-The work is done by `tinygpt.export.hf_run` (run folder <-> transformers folder) and
-`tinygpt.export.hub` (token lookup and upload); torch and transformers are imported only
-when a command runs.
+The work is done by `tinygpt.export.hf_run` (run folder <-> transformers folder),
+`tinygpt.export.gguf` (run folder -> a GGUF file for llama.cpp) and `tinygpt.export.hub`
+(token lookup and upload); torch, transformers and gguf are imported only when a command
+runs.
 """
 
 from __future__ import annotations
 
 import argparse
 
-FORMATS = ["hf"]
+FORMATS = ["hf", "gguf"]
+GGUF_TYPES = ["f32", "f16", "q8_0"]  # tinygpt.export.gguf.TYPES, without importing it
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,22 +19,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     export = subparsers.add_parser(
         "export",
-        help="write a run as a Hugging Face transformers folder",
-        description="Write one checkpoint of a run as a folder that transformers loads with no "
-        "network and no trust_remote_code: config.json, model.safetensors, "
-        "generation_config.json, tokenizer.json + tokenizer_config.json + "
-        "special_tokens_map.json, and a model card README.md. GPT-2-style configs become "
-        "GPT2LMHeadModel, Llama-style ones LlamaForCausalLM, Llama-style with QK-norm (the "
-        "default preset) Qwen3ForCausalLM. The folder is written next to --out and renamed "
-        "into place when complete.",
+        help="write a run as a Hugging Face transformers folder or a GGUF file for llama.cpp",
+        description="Write one checkpoint of a run.\n\n"
+        "--format hf: a folder that transformers loads with no network and no "
+        "trust_remote_code: config.json, model.safetensors, generation_config.json, "
+        "tokenizer.json + tokenizer_config.json + special_tokens_map.json, and a model card "
+        "README.md. GPT-2-style configs become GPT2LMHeadModel, Llama-style ones "
+        "LlamaForCausalLM, Llama-style with QK-norm (the default preset) Qwen3ForCausalLM.\n\n"
+        "--format gguf: one file that llama.cpp (and the apps built on it) runs, with the "
+        "tokenizer and a chat run's template inside: architecture gpt2, llama or qwen3 as "
+        "above; weights as --type. Character and byte-level BPE tokenizers (gpt2 or gpt4 "
+        "pattern, no lowercasing) map exactly.\n\n"
+        "The output is written next to --out and renamed into place when complete.",
         formatter_class=HelpFormatter,
     )
     export.add_argument("run", metavar="RUN", help="a run folder written by `tinygpt train`")
     export.add_argument("--format", default="hf", choices=FORMATS, help="output format")
-    export.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    export.add_argument(
+        "--out", required=True, metavar="PATH", help="folder (hf) or file (gguf) to write"
+    )
+    export.add_argument(
+        "--type",
+        default=None,
+        choices=GGUF_TYPES,
+        help="gguf weights: f32, f16, or q8_0 (8-bit blocks); norms and biases stay f32"
+        " (default: f32)",
+    )
     export.add_argument("--checkpoint", default="best", help="best, latest or step-N")
     export.add_argument(
-        "--force", action="store_true", help="replace --out when it exists and is not empty"
+        "--force", action="store_true", help="replace --out when it exists (and is not empty)"
     )
     _card_arguments(export)
     export.set_defaults(func=run_export)
@@ -79,6 +94,23 @@ def _card_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from tinygpt.errors import TinyGPTError
+
+    if args.format == "gguf":
+        from tinygpt.export.gguf import export_run_gguf
+
+        out = export_run_gguf(
+            args.run,
+            args.out,
+            checkpoint=args.checkpoint,
+            type=args.type or "f32",
+            license=args.license,
+            force=args.force,
+        )
+        print(f"exported {args.run} to {out}")
+        return 0
+    if args.type is not None:
+        raise TinyGPTError("--type applies to --format gguf; a transformers folder keeps fp32")
     from tinygpt.export.hf_run import export_run
 
     out = export_run(

@@ -30,6 +30,7 @@ overridden by dotted settings (--train.lr 1e-4) and budgets."""
 def register(sub: argparse._SubParsersAction) -> None:
     from tinygpt.chat import list_templates
     from tinygpt.cli import HelpFormatter
+    from tinygpt.cli.train import setting
     from tinygpt.examples import FORMATS
 
     p = sub.add_parser(
@@ -74,17 +75,36 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="strict",
         help="bytes that are not UTF-8: stop, or replace with U+FFFD",
     )
-    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    p.add_argument("--max-tokens", type=int, help="stop after this many training tokens")
-    p.add_argument("--max-time", type=float, metavar="S", help="stop after S seconds of training")
     p.add_argument(
-        "--max-epochs", type=float, metavar="E", help="stop after E passes over the data"
+        "--max-steps", type=setting("--max-steps", "max_steps"), help="stop after N optimiser steps"
+    )
+    p.add_argument(
+        "--max-tokens", type=setting("--max-tokens", "max_tokens"), help="stop after N tokens"
+    )
+    p.add_argument(
+        "--max-time",
+        type=setting("--max-time", "max_time"),
+        metavar="S",
+        help="stop after S seconds of training",
+    )
+    p.add_argument(
+        "--max-epochs",
+        type=setting("--max-epochs", "max_epochs"),
+        metavar="E",
+        help="stop after E passes over the data",
     )
     p.add_argument("--resume", action="store_true", help="continue the fine-tune in --out")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--seed", type=int, help="seed for data order, new token rows and dropout")
+    p.add_argument("--threads", type=setting("--threads", "threads"), help="CPU threads for torch")
+    p.add_argument(
+        "--seed",
+        type=setting("--seed", "seed"),
+        help="seed for data order, new token rows and dropout",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--force", action="store_true", help="fine-tune into an --out folder that holds other files"
+    )
     p.set_defaults(func=run, allow_overrides=True)
 
 
@@ -120,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         command=["tinygpt", *sys.argv[1:]],
         progress=not args.no_progress,
         report=note,
+        force=args.force,
     )
     result = out.train
     if not result.is_main:

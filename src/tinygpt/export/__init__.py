@@ -5,7 +5,8 @@
 - `tinygpt.export.hf_run`: a run folder <-> a transformers folder (`tinygpt export`,
   `tinygpt import`);
 - `tinygpt.export.card`: the model card of an exported run;
-- `tinygpt.export.hub`: pushing to the Hugging Face Hub (`tinygpt push`).
+- `tinygpt.export.hub`: pushing to the Hugging Face Hub (`tinygpt push`);
+- `tinygpt.export.gguf`: one GGUF file for llama.cpp (`tinygpt export --format gguf`).
 
 This package knows nothing about training; it reads run folders through
 `tinygpt.checkpoint` and `tinygpt.report`.
@@ -24,6 +25,8 @@ _WHERE = {
     "export_run": "hf_run",
     "import_hf": "hf_run",
     "push_to_hub": "hub",
+    "write_gguf": "gguf",
+    "export_run_gguf": "gguf",
 }
 __all__ = list(_WHERE)
 
