@@ -185,3 +185,22 @@ def test_masked_targets():
     assert masked_targets([7], [1]) == []
     with pytest.raises(TinyGPTError, match="3 ids but 2 mask entries"):
         masked_targets([1, 2, 3], [1, 1])
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_a_shorter_context_keeps_the_first_positions(pos):
+    from tinygpt.finetune import shorten_context
+
+    model = tiny(pos=pos)
+    idx = torch.randint(0, V, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before, _ = model(idx)
+        shorten_context(model, 10)
+        after, _ = model(idx)
+    assert model.config.block_size == 10
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    if pos == "learned":
+        assert model.pos_emb.weight.shape == (10, 16)
+        assert "pos_emb.weight" in dict(model.named_parameters())
+    with pytest.raises(TinyGPTError, match="only keep or shorten"):
+        shorten_context(model, 11)

@@ -119,6 +119,21 @@ def test_stops_at_end_of_text():
     assert cut == greedy[: greedy.index(eot)]
 
 
+def test_stops_at_any_stop_id_and_ended_rows_repeat_it():
+    model = tiny_model()
+    greedy = generate_ids(model, [5, 6], max_new_tokens=6, temperature=0.0)[0]
+    end = greedy[3]  # an end-of-turn token, say; end-of-text stays an end too
+    cut = generate_ids(
+        model, [5, 6], max_new_tokens=6, temperature=0.0, eot_id=256, stop_ids=[end]
+    )[0]
+    assert cut == greedy[: greedy.index(end)]
+    prompt = torch.tensor([[5, 6], [7, 8]])
+    steps = list(generate_tokens(model, prompt, max_new_tokens=8, temperature=0.0, stop_ids=[end]))
+    rows = torch.stack(steps, 1).tolist()
+    first = rows[0].index(end)
+    assert rows[0][first:] == [end] * (len(rows[0]) - first)  # repeated once ended
+
+
 def test_top_k_known_logits():
     logits = torch.tensor([[1.0, 4.0, 3.0, 2.0], [0.0, -1.0, 5.0, 5.0]])
     out = filter_logits(logits, top_k=2)

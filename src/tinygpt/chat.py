@@ -467,6 +467,46 @@ def template_for_jinja(jinja: str) -> ChatTemplate | None:
     return None
 
 
+# ------------------------------------------------------------------------------ history
+
+
+def fit_history(
+    template: ChatTemplate, tokenizer: Any, messages: Sequence[Message], budget: int
+) -> tuple[list[Message], int]:
+    """(kept messages, number left out): the conversation (ending with a user message)
+    with its oldest exchanges left out, one user message and the answer to it at a time,
+    until its prompt — rendered with the generation prompt — is at most `budget` tokens.
+    A system message stays. When the last user message alone does not fit, an error says
+    so.
+
+    >>> from tinygpt.tokenizer import CharTokenizer
+    >>> tok = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz "))
+    >>> tok = tok.with_special_tokens(get_template("inst").special_tokens)
+    >>> turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+    ...          {"role": "user", "content": "how are you"}]
+    >>> kept, dropped = fit_history(get_template("inst"), tok, turns, 16)
+    >>> [m["content"] for m in kept], dropped
+    (['how are you'], 2)
+    """
+    validate_messages(messages, add_generation_prompt=True)
+    head = list(messages[:1]) if messages[0]["role"] == "system" else []
+    turns = list(messages[len(head) :])
+    dropped = 0
+    while True:
+        kept = head + turns
+        ids, _ = template.encode(tokenizer, kept, add_generation_prompt=True)
+        if len(ids) <= budget:
+            return kept, dropped
+        if len(turns) == 1:
+            raise TinyGPTError(
+                f"the last message takes {len(ids)} tokens with the template, more than the "
+                f"{budget} the model's context leaves for it; shorten it (or the system "
+                "message), or ask for fewer new tokens"
+            )
+        turns = turns[2:]  # the oldest user message and the answer to it
+        dropped += 2
+
+
 # --------------------------------------------------------------------------- run folder
 
 

@@ -606,7 +606,19 @@ def _iter_jsonl(path: Path, field: str, errors: str) -> Iterator[Document]:
 
 
 def _iter_hf(spec: str, field: str) -> Iterator[str]:
-    """Stream the train split of a Hugging Face dataset `NAME[:CONFIG]`."""
+    """Stream the `field` text of the train split of a Hugging Face dataset `NAME[:CONFIG]`."""
+    for i, record in enumerate(iter_hf_records(spec)):
+        if field not in record:
+            raise TinyGPTError(
+                f"hf:{spec} record {i} has no {field!r} field (fields: "
+                f"{', '.join(map(str, record))}); choose one with --text-field NAME"
+            )
+        yield str(record[field])
+
+
+def iter_hf_records(spec: str) -> Iterator[dict[str, Any]]:
+    """Stream the records (dicts) of the train split of a Hugging Face dataset
+    `NAME[:CONFIG]`; without the `datasets` package or a connection, one clear line."""
     name, _, config = spec.partition(":")
     if not name:
         raise TinyGPTError(
@@ -623,13 +635,8 @@ def _iter_hf(spec: str, field: str) -> Iterator[str]:
     _quiet_hf_logs()
     try:
         stream = datasets.load_dataset(name, config or None, split="train", streaming=True)
-        for i, record in enumerate(stream):
-            if field not in record:
-                raise TinyGPTError(
-                    f"hf:{spec} record {i} has no {field!r} field (fields: "
-                    f"{', '.join(map(str, record))}); choose one with --text-field NAME"
-                )
-            yield str(record[field])
+        for record in stream:
+            yield dict(record)
     except TinyGPTError:
         raise
     except Exception as exc:

@@ -147,6 +147,11 @@ def open_dataset(path: str | os.PathLike[str]) -> Dataset:
     meta = read_meta(path)
     if meta is None:
         raise TinyGPTError(f"{path / META} is damaged or not a dataset description; {hint}")
+    if meta.get("kind") == "examples":  # tinygpt.examples: conversations, not running text
+        raise TinyGPTError(
+            f"{path} holds chat examples, not text; fine-tune on it with"
+            f" `tinygpt finetune BASE --data {path} --out RUN`"
+        )
     try:
         dtype = np.dtype(meta["dtype"])
         counts = {split: int(meta["splits"][split]["tokens"]) for split in SPLITS}

@@ -26,7 +26,11 @@ part of modelling the text.
 **Which text.** The run's validation split (the dataset recorded in the run folder), another
 prepared folder (its tokenizer must be the run's), or any text source that
 `tinygpt.corpora.iter_documents` reads, encoded with the run's tokenizer, every document
-followed by one end-of-text token (as `tinygpt prepare` lays them out).
+followed by one end-of-text token (as `tinygpt prepare` lays them out). A run fine-tuned on
+conversations is scored on the assistant tokens of its held-out examples instead
+(`score_examples`; `ExampleEvaluator` is the same during fine-tuning): each example on its
+own row, with only the tokens its loss mask marks counted, and bits per byte over the bytes
+of those tokens.
 
 **Generation quality.** A prompt set is a JSONL file of `{"prompt", "reference"}` lines;
 `make_prompts` cuts one from a token split (the first K tokens of a window as prompt, the
@@ -238,6 +242,106 @@ class SplitEvaluator:
 
     def final(self, model: torch.nn.Module) -> EvalResult:
         return self._run(model, None)
+
+
+@torch.no_grad()
+def evaluate_examples(
+    model: torch.nn.Module,
+    split: Any,
+    indices: Sequence[int],
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    autocast: Callable[[], object] | None = None,
+    pad_id: int = 0,
+) -> EvalResult:
+    """Sum the cross-entropy of `model` over the scored tokens (the assistant's, by the
+    examples' loss masks) of the examples `indices` of `split` (a
+    `tinygpt.examples.ExampleSplit`), each example on its own row with its own context.
+
+    Examples are batched in order of length, padded on the right; padding and the tokens the
+    mask leaves out are not scored."""
+    if batch_size < 1:
+        raise TinyGPTError(f"the evaluation batch size must be at least 1, got {batch_size}")
+    lengths = split.lengths
+    order = sorted(indices, key=lambda i: int(lengths[i]))
+    was_training = model.training
+    model.eval()
+    ctx = autocast or nullcontext
+    nll, count = 0.0, 0
+    try:
+        for g in range(0, len(order), batch_size):
+            group = order[g : g + batch_size]
+            T = max(int(lengths[i]) for i in group) - 1
+            x = torch.full((len(group), T), pad_id, dtype=torch.long)  # (B, T)
+            y = torch.full((len(group), T), -1, dtype=torch.long)  # (B, T)
+            for r, i in enumerate(group):
+                ids, mask = split.example(i)
+                n = len(ids) - 1
+                x[r, :n] = torch.from_numpy(ids[:-1])
+                y[r, :n] = torch.from_numpy(np.where(mask[1:] > 0, ids[1:], -1))
+            x, y = x.to(device), y.to(device)
+            with ctx():
+                logits, _ = model(x)
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)),
+                y.reshape(-1),
+                ignore_index=-1,
+                reduction="sum",
+            )
+            nll += loss.item()
+            count += int((y != -1).sum())
+    finally:
+        model.train(was_training)
+    return EvalResult(nll=nll, tokens=count)
+
+
+class ExampleEvaluator:
+    """The validation loss of a fine-tune: the assistant tokens of held-out examples (the
+    same interface as `SplitEvaluator`). `estimate` scores a fixed spread of `examples`
+    of them, `final` all of them. The score follows the examples' masks even when training
+    scores the prompt too (`--train-on-prompt`), so that losses compare across both."""
+
+    def __init__(
+        self,
+        split: Any,
+        indices: Sequence[int],
+        *,
+        batch_size: int,
+        examples: int,
+        device: str,
+        autocast: Callable[[], object] | None = None,
+        pad_id: int = 0,
+    ) -> None:
+        self.split = split
+        self.indices = list(indices)
+        self.batch_size = batch_size
+        self.device = device
+        self.autocast = autocast
+        self.pad_id = pad_id
+        n = len(self.indices)
+        if n <= examples:
+            self.subset = self.indices
+        else:
+            picks = sorted({round(i * (n - 1) / max(examples - 1, 1)) for i in range(examples)})
+            self.subset = [self.indices[i] for i in picks]
+
+    def _run(self, model: torch.nn.Module, indices: Sequence[int]) -> EvalResult:
+        return evaluate_examples(
+            model,
+            self.split,
+            indices,
+            batch_size=self.batch_size,
+            device=self.device,
+            autocast=self.autocast,
+            pad_id=self.pad_id,
+        )
+
+    def estimate(self, model: torch.nn.Module) -> float:
+        return self._run(model, self.subset).loss
+
+    def final(self, model: torch.nn.Module) -> EvalResult:
+        return self._run(model, self.indices)
 
 
 # ------------------------------------------------------------------------ bits per byte
@@ -507,20 +611,27 @@ def evaluate_run(
     if per_line and (not input or data):
         raise TinyGPTError("--per-line scores the lines of a text file: give --input FILE")
     run = load_run(run_dir, checkpoint=checkpoint, device=resolve_device(device))
+    device_of_model = str(next(run.model.parameters()).device)
+    block = run.config.model.block_size
     if per_line:
         if stride is not None or max_tokens is not None:
             raise TinyGPTError("--per-line scores whole lines: drop --stride and --max-tokens")
         lines = read_lines(input, errors)
         result = score_lines(
-            run.model,
-            lines,
-            run.tokenizer,
-            run.config.model.block_size,
-            batch_size=batch_size,
-            device=str(next(run.model.parameters()).device),
+            run.model, lines, run.tokenizer, block, batch_size=batch_size, device=device_of_model
         )
-        result.checkpoint, result.step = run.checkpoint_dir.name, run.step
         result.data = f"{len(lines)} lines of {input}"
+    examples = None if input else _examples_of(run_dir, data)
+    if examples is not None:
+        if stride is not None or max_tokens is not None:
+            raise TinyGPTError(
+                "--stride and --max-tokens apply to text; held-out examples are scored whole"
+            )
+        result = score_examples(
+            run.model, examples, run.tokenizer, block, batch_size=batch_size, device=device_of_model
+        )
+    if per_line or examples is not None:
+        result.checkpoint, result.step = run.checkpoint_dir.name, run.step
         if save:
             RunDir(run_dir).write_eval("results.json", result.to_dict())
         return result
@@ -549,6 +660,67 @@ def evaluate_run(
     if save:
         RunDir(run_dir).write_eval("results.json", result.to_dict())
     return result
+
+
+def _examples_of(run_dir: str | Path, data: str | Path | None) -> Any:
+    """The examples folder to score: `data` when it is one; without `data`, the one a
+    fine-tuned run was trained on (None when the text to score is not examples)."""
+    from tinygpt.examples import is_examples, open_examples
+    from tinygpt.run import RunDir
+    from tinygpt.tokenizer import file_hash
+
+    path = Path(data) if data else RunDir(run_dir).dataset_dir()
+    if path is None or not is_examples(path):
+        return None
+    examples = open_examples(path)
+    if examples.meta.get("tokenizer_hash") != file_hash(RunDir(run_dir).tokenizer_path):
+        raise TinyGPTError(
+            f"{path} was prepared with another tokenizer than the run {run_dir}; prepare the"
+            f" examples with --tokenizer {run_dir}"
+        )
+    return examples
+
+
+def score_examples(
+    model: Any,
+    examples: Any,
+    tokenizer: Any,
+    block_size: int,
+    *,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> LossResult:
+    """Loss, perplexity and bits per byte of `model` on the assistant tokens of the held-out
+    examples of an examples folder (`tinygpt.examples.open_examples`); examples longer than
+    the context are left out, as fine-tuning leaves them out."""
+    from tinygpt.examples import fit_to_context
+
+    split = examples.val
+    keep, dropped = fit_to_context(split, block_size)
+    if not len(keep):
+        raise TinyGPTError(
+            f"none of the {len(split)} held-out examples of {examples.path} fits the model's"
+            f" context of {block_size} tokens"
+        )
+    result = evaluate_examples(
+        model, split, keep.tolist(), batch_size=batch_size, device=device,
+        pad_id=tokenizer.eot_id,
+    )  # fmt: skip
+    lengths = token_byte_lengths(tokenizer)
+    n_bytes = 0
+    for i in keep.tolist():
+        ids, mask = split.example(i)
+        n_bytes += count_bytes(ids[1:][mask[1:] > 0], lengths)
+    left_out = f", {dropped} longer than the context left out" if dropped else ""
+    return LossResult(
+        val_loss=result.loss,
+        val_ppl=result.perplexity,
+        val_bpb=bits_per_byte(result.nll, n_bytes),
+        nll=result.nll,
+        tokens=result.tokens,
+        bytes=n_bytes,
+        data=f"assistant tokens of {len(keep)} held-out examples of {examples.path}{left_out}",
+    )
 
 
 # ------------------------------------------------------------------------ prompt sets

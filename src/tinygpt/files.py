@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -217,12 +217,17 @@ def read_text(path: str | os.PathLike[str], what: str = "file", hint: str = "") 
 
 
 def read_jsonl(
-    path: str | os.PathLike[str], *, errors: str = "strict"
+    path: str | os.PathLike[str],
+    *,
+    errors: str = "strict",
+    skip: Callable[[int, str], None] | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """Yield `(line number, parsed value)` for every non-blank line of a JSON Lines file.
 
     A line that is not JSON, or bytes that are not UTF-8 (with errors="strict"), raise a
     TinyGPTError naming the file and line; `errors="replace"` turns bad bytes into U+FFFD.
+    With `skip`, a line that is not JSON is instead handed to `skip(line number, reason)`
+    and passed over (a reader that counts and reports malformed lines).
     """
     path = Path(path)
     offset = 0
@@ -238,4 +243,6 @@ def read_jsonl(
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise TinyGPTError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                if skip is None:
+                    raise TinyGPTError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                skip(lineno, f"not valid JSON ({exc.msg})")

@@ -163,13 +163,15 @@ def generate_tokens(
     use_cache: bool = True,
     prefill_chunk: int | None = None,
     attention_mask: Tensor | None = None,
+    stop_ids: Sequence[int] = (),
 ) -> Iterator[Tensor]:
     """Yield the next token of every row, (B,), up to max_new_tokens times.
 
     prompt: (B, T) ids, T >= 1. attention_mask (B, T), for prompts of different lengths:
     left padding, i.e. each row is zeros (padding) then ones (its prompt, at least one token).
-    Rows that have produced `eot_id` keep yielding `eot_id`; the loop ends early once every
-    row has. `seed` seeds a private torch.Generator, so the global random state is neither
+    A row ends at `eot_id` or any of `stop_ids` (a chat template's end-of-turn token); an
+    ended row keeps yielding the id that ended it, and the loop ends early once every row
+    has ended. `seed` seeds a private torch.Generator, so the global random state is neither
     used nor changed (the rows of one batch share it).
     """
     check_sampling(
@@ -207,6 +209,9 @@ def generate_tokens(
     window = list(pad)  # column of each row's first cached token
     cached = [0] * B  # tokens of each row in the cache (what cache.lens holds)
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    ends = ([eot_id] if eot_id is not None else []) + list(stop_ids)
+    ends_t = torch.tensor(ends, dtype=torch.long, device=device)
+    ended = torch.zeros(B, dtype=torch.long, device=device)  # the id each ended row repeats
 
     for _ in range(max_new_tokens):
         if cache is None:
@@ -239,13 +244,14 @@ def generate_tokens(
             repetition_penalty=repetition_penalty,
             generator=generator,
         )  # (B,)
-        if eot_id is not None:
-            nxt = nxt.masked_fill(done, eot_id)
-            done |= nxt == eot_id
+        if ends:
+            nxt = torch.where(done, ended, nxt)
+            ended = torch.where(done, ended, nxt)
+            done |= torch.isin(nxt, ends_t)
         tokens[:, L] = nxt
         L += 1
         yield nxt
-        if eot_id is not None and bool(done.all()):
+        if ends and bool(done.all()):
             return
 
 
@@ -280,20 +286,29 @@ def generate_ids(
     max_new_tokens: int,
     num_samples: int = 1,
     eot_id: int | None = None,
+    stop_ids: Sequence[int] = (),
     **sampling: Any,
 ) -> list[list[int]]:
     """New token ids for `num_samples` continuations of one prompt (rows of one batch),
-    each cut before its first end-of-text token."""
+    each cut before its first end-of-text token (or any of `stop_ids`)."""
     device = next(model.parameters()).device
     prompt = torch.tensor([list(prompt_ids)] * num_samples, dtype=torch.long, device=device)
     steps = list(
-        generate_tokens(model, prompt, max_new_tokens=max_new_tokens, eot_id=eot_id, **sampling)
+        generate_tokens(
+            model,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            eot_id=eot_id,
+            stop_ids=stop_ids,
+            **sampling,
+        )
     )
     if not steps:
         return [[] for _ in range(num_samples)]
     out = torch.stack(steps, dim=1).tolist()  # (B, steps)
-    if eot_id is not None:
-        out = [row[: row.index(eot_id)] if eot_id in row else row for row in out]
+    ends = set(stop_ids) | ({eot_id} if eot_id is not None else set())
+    if ends:
+        out = [row[: next((i for i, t in enumerate(row) if t in ends), len(row))] for row in out]
     return out
 
 
@@ -362,7 +377,8 @@ class RowText:
 
 
 class TextGenerator:
-    """A model and its tokenizer, ready to continue prompts.
+    """A model and its tokenizer (and, for a fine-tuned run, its chat template), ready to
+    continue prompts and to answer conversations.
 
     `generate(prompt, ...)` returns the new text (without the prompt): a string, or a list
     of `num_samples` strings when num_samples > 1. Given a list of prompts, it continues them
@@ -379,22 +395,47 @@ class TextGenerator:
     - top_p: sample within the smallest set of tokens of total probability >= top_p.
     - repetition_penalty: > 1 discourages tokens already in prompt or output (default 1.0).
     - seed: makes the sample reproducible (a private generator; global RNG untouched).
-    - stop: strings that end a sample (not included in it); end-of-text always ends it.
+    - stop: strings that end a sample (not included in it); end-of-text always ends it,
+      and so does the template's end-of-turn token when there is a template
+      (`stop_token_ids`).
 
     The prompt is text: a special-token string typed in it (`<|endoftext|>`, a chat marker)
     is encoded as its characters, as `tinygpt prepare` encodes it in training text (the rule
     in `tinygpt.chat`). An empty prompt starts from the end-of-text token, i.e. at a document
     boundary.
+
+    Chat (a run with a template; `tinygpt.chat`): `chat(messages, ...)` returns the
+    assistant's answer to a conversation that ends with a user message, `chat_stream`
+    yields it in pieces; both take the sampling arguments above. The conversation is
+    rendered with the template and the generation prompt; when it does not fit the context
+    with room for the answer, its oldest exchanges are left out (`fit_history` says how
+    many). The answer ends at the end-of-turn token, which is not part of it.
     """
 
-    def __init__(self, model: GPT, tokenizer: Any) -> None:
+    def __init__(self, model: GPT, tokenizer: Any, template: Any = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.template = template  # tinygpt.chat.ChatTemplate, or None
         self.eot_id: int | None = getattr(tokenizer, "eot_id", None)
+        self.end_of_turn_id: int | None = None
+        if template is not None:
+            self.end_of_turn_id = tokenizer.special_tokens.get(template.end_of_turn)
+            if self.end_of_turn_id is None:
+                raise TinyGPTError(
+                    f"the tokenizer lacks {template.end_of_turn!r}, the end-of-turn token of "
+                    f"template {template.name!r}; the run's tokenizer and template disagree"
+                )
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """The ids that end generation: end-of-text and, with a template, its end-of-turn
+        token (what `tinygpt.engine.SamplingParams(stop_token_ids=...)` should be given)."""
+        ids = [self.eot_id, self.end_of_turn_id]
+        return tuple(dict.fromkeys(i for i in ids if i is not None))
 
     def encode_prompt(self, prompt: str) -> list[int]:
         ids = self.tokenizer.encode(prompt) if prompt else []
@@ -406,8 +447,7 @@ class TextGenerator:
 
     def _rows(
         self,
-        prompts: list[str],
-        num_samples: int,
+        ids: list[list[int]],
         stop: str | Sequence[str] | None,
         max_new_tokens: int = 256,
         temperature: float = SAMPLE_TEMPERATURE,
@@ -417,18 +457,15 @@ class TextGenerator:
         seed: int | None = None,
         use_cache: bool = True,
     ) -> Iterator[list[str]]:
-        """Yield, per step, the text piece each row releases ("" for none); the rows are
-        num_samples rows for each prompt in turn."""
+        """Yield, per step, the text piece each row of prompt `ids` releases ("" for none)."""
         check_sampling(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
             repetition_penalty=repetition_penalty,
-            num_samples=num_samples,
             seed=seed,
         )
-        ids = [self.encode_prompt(p) for p in prompts for _ in range(num_samples)]
         T = max(len(i) for i in ids)
         # Left padding: every row's last prompt token sits in the last column.
         prompt_t = torch.tensor([[0] * (T - len(i)) + i for i in ids], device=self.device)
@@ -437,6 +474,7 @@ class TextGenerator:
             mask = torch.tensor([[0] * (T - len(i)) + [1] * len(i) for i in ids])
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         rows = [RowText(self.tokenizer, stops) for _ in ids]
+        ends = set(self.stop_token_ids)
         steps = generate_tokens(
             self.model,
             prompt_t,
@@ -446,7 +484,7 @@ class TextGenerator:
             top_p=top_p,
             repetition_penalty=repetition_penalty,
             seed=seed,
-            eot_id=self.eot_id,
+            stop_ids=self.stop_token_ids,
             use_cache=use_cache,
             attention_mask=None if mask is None else mask.to(self.device),
         )
@@ -456,7 +494,7 @@ class TextGenerator:
                 for row, token in zip(rows, nxt.tolist()):
                     if row.done:
                         pieces.append("")
-                    elif token == self.eot_id:
+                    elif token in ends:
                         pieces.append(row.finish())
                     else:
                         pieces.append(row.push(token))
@@ -480,8 +518,10 @@ class TextGenerator:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise TinyGPTError("no prompts were given; pass a string or a non-empty list")
-        texts = [""] * (len(prompts) * num_samples)
-        for pieces in self._rows(prompts, num_samples, stop, **sampling):
+        check("num_samples", num_samples, SAMPLING["num_samples"])
+        ids = [self.encode_prompt(p) for p in prompts for _ in range(num_samples)]
+        texts = [""] * len(ids)
+        for pieces in self._rows(ids, stop, **sampling):
             texts = [t + p for t, p in zip(texts, pieces)]
         per_prompt = [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
         answers = [t[0] if num_samples == 1 else t for t in per_prompt]
@@ -490,14 +530,68 @@ class TextGenerator:
     def stream(
         self, prompt: str = "", *, stop: str | Sequence[str] | None = None, **sampling: Any
     ) -> Iterator[str]:
-        for pieces in self._rows([prompt], 1, stop, **sampling):
+        ids = [self.encode_prompt(prompt)]
+        for pieces in self._rows(ids, stop, **sampling):
+            if pieces[0]:
+                yield pieces[0]
+
+    # --- chat --------------------------------------------------------------------------
+    def _need_template(self) -> Any:
+        if self.template is None:
+            raise TinyGPTError(
+                "this model has no chat template (it was only pre-trained); fine-tune it on "
+                "conversations first (tinygpt finetune), or continue text with generate()"
+            )
+        return self.template
+
+    def fit_history(
+        self, messages: Sequence[dict[str, Any]], max_new_tokens: int = 256
+    ) -> tuple[list[dict[str, Any]], int]:
+        """(messages to send, how many were left out): the conversation, without its oldest
+        exchanges when its prompt would leave less room for the answer than
+        min(max_new_tokens, context / 2) tokens (`tinygpt.chat.fit_history`)."""
+        from tinygpt.chat import fit_history
+
+        context = self.model.config.block_size
+        budget = context - min(max_new_tokens, context // 2)
+        return fit_history(self._need_template(), self.tokenizer, messages, budget)
+
+    def chat_ids(self, messages: Sequence[dict[str, Any]], max_new_tokens: int = 256) -> list[int]:
+        """The prompt ids of a conversation (ending with a user message): fitted to the
+        context (`fit_history`), rendered with the template and its generation prompt."""
+        kept, _ = self.fit_history(messages, max_new_tokens)
+        ids, _ = self.template.encode(self.tokenizer, kept, add_generation_prompt=True)
+        return ids
+
+    def chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        stop: str | Sequence[str] | None = None,
+        **sampling: Any,
+    ) -> str:
+        """The assistant's answer to `messages` (class docstring)."""
+        return "".join(self.chat_stream(messages, stop=stop, **sampling))
+
+    def chat_stream(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        stop: str | Sequence[str] | None = None,
+        **sampling: Any,
+    ) -> Iterator[str]:
+        """The assistant's answer to `messages`, in pieces as it is generated."""
+        ids = self.chat_ids(messages, sampling.get("max_new_tokens", 256))
+        for pieces in self._rows([ids], stop, **sampling):
             if pieces[0]:
                 yield pieces[0]
 
 
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> TextGenerator:
-    """Load a trained run folder into a `TextGenerator` (see its docstring for the API)."""
+    """Load a trained run folder into a `TextGenerator` (see its docstring for the API),
+    with the run's chat template when it has one."""
+    from tinygpt.chat import load_template
     from tinygpt.run import load_run
 
     run = load_run(run_dir, checkpoint=checkpoint, device=resolve_device(device))
-    return TextGenerator(run.model, run.tokenizer)
+    return TextGenerator(run.model, run.tokenizer, load_template(run.run_dir))

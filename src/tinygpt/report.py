@@ -88,6 +88,7 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
         },
         "data": data_summary,
         "tokenizer": tokenizer,
+        "finetune": run.finetune_record(),
         "summary": summary,
         "training": training,
         "eval": run.read_eval("results.json"),
@@ -177,7 +178,15 @@ def sections(data: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
     )
     rows = [("dataset", fmt(data["data"].get("path"))), ("source", fmt(data["data"].get("source")))]
     for name, split in (data["data"].get("splits") or {}).items():
-        if isinstance(split, dict):
+        if isinstance(split, dict) and "examples" in split:  # fine-tuning examples
+            rows.append(
+                (
+                    f"{name} split",
+                    f"{fmt(split.get('examples'))} examples, {fmt(split.get('tokens'))} tokens,"
+                    f" {fmt(split.get('scored'))} scored",
+                )
+            )
+        elif isinstance(split, dict):
             rows.append(
                 (
                     f"{name} split",
@@ -194,6 +203,21 @@ def sections(data: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
         )
         rows.append(("tokenizer sha256", tok["hash"][:16] + "…"))
     out.append(("Data and tokenizer", rows))
+    ft = data.get("finetune")
+    if ft:
+        out.append(
+            (
+                "Fine-tuned from",
+                [
+                    ("base", f"{ft.get('base')} ({ft.get('base_kind')}, {ft.get('checkpoint')})"),
+                    ("base weights sha256", str(ft.get("weights_sha256", ""))[:16] + "…"),
+                    ("data format", fmt(ft.get("format"))),
+                    ("chat template", fmt(ft.get("template"))),
+                    ("scored", "every token" if ft.get("train_on_prompt") else "assistant turns"),
+                    ("held-out loss before", fmt(ft.get("val_loss_before"))),
+                ],
+            )
+        )
 
     s = data["summary"] or {}
     t = data["training"]

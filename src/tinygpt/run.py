@@ -11,7 +11,8 @@ RUN/
   chat_template.json  the chat template of a fine-tuned run (`tinygpt.chat`), if it has one
   run.json          provenance: versions, command, device, and the record of the dataset
                     the run was trained on ("dataset": path, key, tokenizer hash, source);
-                    each resumption appends an entry to "resumed"
+                    for a fine-tuned run, where it started ("finetune": base, checkpoint,
+                    hashes, template, data format); each resumption appends to "resumed"
   metrics.csv       one row per logged step, columns METRICS_FIELDS (floats written exactly)
   summary.json      the end of training: steps, tokens, times, final validation loss
   train.log         the training log
@@ -234,6 +235,13 @@ class RunDir:
     def dataset_dir(self) -> Path | None:
         path = self.dataset().get("path")
         return Path(path) if path else None
+
+    def finetune_record(self) -> dict[str, Any] | None:
+        """Where a fine-tuned run started (run.json's "finetune": the base's path and
+        checkpoint, hashes of its weights and tokenizer, the template, the data format);
+        None for a run that was not fine-tuned."""
+        value = self.read_info().get("finetune")
+        return dict(value) if isinstance(value, dict) else None
 
     def read_summary(self) -> dict[str, Any] | None:
         return _read_json(self.path / SUMMARY)

@@ -17,7 +17,18 @@ from tinygpt import __version__
 from tinygpt.errors import TinyGPTError
 
 # Command-group modules, in the order `--help` lists them.
-GROUPS = ["corpus", "tokenizer", "prepare", "model", "train", "evaluate", "export", "serve"]
+GROUPS = [
+    "corpus",
+    "tokenizer",
+    "prepare",
+    "model",
+    "train",
+    "finetune",
+    "chat",
+    "evaluate",
+    "export",
+    "serve",
+]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

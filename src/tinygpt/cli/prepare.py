@@ -175,6 +175,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="encoding processes; None means one per CPU core",
     )
+    parser.add_argument(
+        "--format",
+        default="text",
+        choices=("auto", "text", "alpaca", "prompt", "messages"),
+        help="text, or instruction examples (alpaca, prompt, messages; auto: by the keys of "
+        "the first record) encoded through --template with the base's --tokenizer RUN|FILE",
+    )
+    parser.add_argument(
+        "--template",
+        default="default",
+        metavar="NAME",
+        help="chat template of instruction examples (default, chatml, inst)",
+    )
     parser.add_argument("--force", action="store_true", help="replace a different dataset in --out")
     parser.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write")
     add_cleaning_arguments(parser)
@@ -182,6 +195,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def prepare_command(args: argparse.Namespace) -> int:
+    if args.format != "text":
+        from tinygpt.examples import resolve_format
+
+        fmt = resolve_format(args.corpus or args.input, args.format, errors=args.errors)
+        if fmt != "text":
+            return prepare_examples_command(args, fmt)
     if args.tokenizer == "gpt2" and args.vocab_size is not None:
         raise TinyGPTError(
             "--vocab-size does not apply to --tokenizer gpt2: GPT-2's vocabulary has 50,257 ids"
@@ -216,6 +235,60 @@ def prepare_command(args: argparse.Namespace) -> int:
         f"({splits['train']['documents']} docs), val {splits['val']['tokens']:,} tokens "
         f"({splits['val']['documents']} docs); {meta['tokenizer_kind']} vocab "
         f"{meta['vocab_size']:,}{short}, {meta['dtype']}",
+        file=sys.stderr,
+    )
+    print(result.path)
+    return 0
+
+
+def prepare_examples_command(args: argparse.Namespace, fmt: str) -> int:
+    """`prepare --format alpaca|prompt|messages`: an examples folder (`tinygpt.examples`)."""
+    from tinygpt.examples import prepare_examples
+
+    if args.tokenizer in ("char", "bpe"):
+        raise TinyGPTError(
+            "instruction examples are encoded with the base model's tokenizer: give --tokenizer"
+            " RUN (the run folder to fine-tune) or a tokenizer.json"
+        )
+    if args.vocab_size is not None or args.lowercase or args.normalize_whitespace:
+        raise TinyGPTError(
+            "--vocab-size, --lowercase and --normalize-whitespace make a new tokenizer; "
+            "instruction examples use the base's as it is"
+        )
+    if cleaning_from_args(args).to_dict() != Cleaning().to_dict():
+        raise TinyGPTError(
+            "the cleaning flags apply to text; instruction examples are kept as given"
+        )
+    tokenizer = args.tokenizer
+    if tokenizer == "gpt2":
+        from tinygpt.tokenizer.gpt2 import gpt2_tokenizer_file
+
+        tokenizer = str(gpt2_tokenizer_file())
+    result = prepare_examples(
+        args.corpus or args.input,
+        args.out,
+        tokenizer=tokenizer,
+        template=args.template,
+        fmt=fmt,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        errors=args.errors,
+        block_size=args.block_size,
+        force=args.force,
+        command=shlex.join(["tinygpt", *sys.argv[1:]]) if sys.argv else None,
+        report=lambda line: print(f"note: {line}", file=sys.stderr),
+    )
+    meta = result.meta
+    splits = meta["splits"]
+    verb = "reused" if result.reused else "wrote"
+    skipped = f", {meta['skipped']} records skipped" if meta["skipped"] else ""
+    added = f" + {len(meta['added_tokens'])} special" if meta["added_tokens"] else ""
+    print(
+        f"{verb} {result.path}: {splits['train']['examples']} training examples "
+        f"({splits['train']['tokens']:,} tokens, {splits['train']['scored']:,} scored), "
+        f"{splits['val']['examples']} held out ({splits['val']['tokens']:,} tokens); "
+        f"{meta['data_format']} with template {meta['template']}; vocab "
+        f"{meta['vocab_size']:,}{added and f' ({added.strip()} tokens added)'}{skipped}",
         file=sys.stderr,
     )
     print(result.path)
