@@ -191,8 +191,6 @@ class OnnxLM:
         threads: int | None = None,
         providers: Sequence[str] | None = None,
     ) -> None:
-        import numpy as np
-
         ort = _onnxruntime()
         self.folder = OnnxDir(path)
         self.info = self.folder.read_marker()
@@ -236,11 +234,12 @@ class OnnxLM:
                 f"{self.folder.model_path} lacks the inputs/outputs {', '.join(lacking[:4])}; "
                 "export the run again"
             )
-        self._np = np
 
     def empty_past(self, batch: int) -> list[Any]:
+        import numpy as np
+
         shape = (batch, self.n_kv_head, 0, self.head_dim)  # (B, K, 0, D)
-        return [self._np.zeros(shape, dtype=self._np.float32) for _ in self.past_names]
+        return [np.zeros(shape, dtype=np.float32) for _ in self.past_names]
 
     def __call__(
         self, input_ids: Any, attention_mask: Any, position_ids: Any, past: Sequence[Any]
