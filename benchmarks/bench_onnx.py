@@ -297,7 +297,7 @@ def quality(run_dir: Path, root: Path, threads: int) -> list[str]:
     from tinygpt.run import RunDir, load_run
 
     run = load_run(run_dir)
-    data = RunDir(run_dir).dataset_dir
+    data = RunDir(run_dir).dataset_dir()
     if data is None:
         raise SystemExit(f"{run_dir} records no dataset folder to evaluate on")
     val = np.asarray(open_dataset(data).val)
