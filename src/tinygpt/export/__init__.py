@@ -5,7 +5,9 @@
 - `tinygpt.export.hf_run`: a run folder <-> a transformers folder (`tinygpt export`,
   `tinygpt import`);
 - `tinygpt.export.card`: the model card of an exported run;
-- `tinygpt.export.hub`: pushing to the Hugging Face Hub (`tinygpt push`).
+- `tinygpt.export.hub`: pushing to the Hugging Face Hub (`tinygpt push`);
+- `tinygpt.export.onnx`: a run or a model -> an ONNX folder with a KV cache, optionally
+  int8 (`tinygpt export --format onnx`); `tinygpt.onnx_runtime` runs such folders.
 
 This package knows nothing about training; it reads run folders through
 `tinygpt.checkpoint` and `tinygpt.report`.
@@ -24,6 +26,8 @@ _WHERE = {
     "export_run": "hf_run",
     "import_hf": "hf_run",
     "push_to_hub": "hub",
+    "export_run_onnx": "onnx",
+    "save_onnx_folder": "onnx",
 }
 __all__ = list(_WHERE)
 
