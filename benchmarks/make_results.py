@@ -15,6 +15,7 @@ ORDER = [
     "generate",
     "engine",
     "onnx",
+    "gguf",
     "tokenizer",
     "prepare",
     "langid",

@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import types
 import zipfile
 from pathlib import Path
 
@@ -346,45 +345,44 @@ def test_bad_paths(tmp_path):
         open_source("atatruk")
 
 
-# --- Hugging Face datasets, with the network faked ---------------------------------------
+# --- Hugging Face datasets: the real package, on a folder or an unreachable Hub -----------
 
 
-def fake_datasets(monkeypatch, load):
-    module = types.ModuleType("datasets")
-    module.load_dataset = load
-    monkeypatch.setitem(sys.modules, "datasets", module)
+@pytest.fixture
+def hf_folder(tmp_path):
+    """A dataset `datasets.load_dataset` reads from disk: a folder with train.jsonl."""
+    folder = tmp_path / "hfdata"
+    folder.mkdir()
+    rows = [{"text": "Ankara başkenttir.", "id": 1}, {"text": "İzmir.", "id": 2}]
+    (folder / "train.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
+    return folder
 
 
-def test_hf_streams_text_field(monkeypatch):
-    seen = {}
-
-    def load(name, config, *, split, streaming):
-        seen.update(name=name, config=config, split=split, streaming=streaming)
-        return iter([{"text": "Ankara başkenttir.", "id": 1}, {"text": "İzmir.", "id": 2}])
-
-    fake_datasets(monkeypatch, load)
-    docs = list(iter_documents("hf:wikimedia/wikipedia:20231101.tr"))
+def test_hf_streams_text_field(hf_folder, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing may come from the Hub
+    docs = list(iter_documents(f"hf:{hf_folder}"))
     assert docs == ["Ankara başkenttir.", "İzmir."]
-    assert seen == {
-        "name": "wikimedia/wikipedia",
-        "config": "20231101.tr",
-        "split": "train",
-        "streaming": True,
-    }
     with pytest.raises(TinyGPTError, match="record 0 has no 'body' field"):
-        list(iter_documents("hf:some/data", text_field="body"))
+        list(iter_documents(f"hf:{hf_folder}", text_field="body"))
 
 
-def test_hf_network_failure_is_one_line(monkeypatch):
-    def load(*args, **kwargs):
-        raise ConnectionError("Couldn't reach huggingface.co\nmore detail")
+def test_hf_network_failure_is_one_line_and_quick(monkeypatch, capsys):
+    import socket
 
-    fake_datasets(monkeypatch, load)
-    with pytest.raises(
-        TinyGPTError, match=r"ConnectionError: Couldn't reach huggingface.co\).*--input PATH"
-    ) as exc:
-        list(iter_documents("hf:some/data"))
-    assert "\n" not in str(exc.value)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the socket is
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    started = time.perf_counter()
+    with pytest.raises(TinyGPTError, match=r"Hub \(http://127.0.0.1:\d+\) is out of reach") as exc:
+        list(iter_documents("hf:wikimedia/wikipedia:20231101.tr"))
+    assert time.perf_counter() - started < 20  # not half a minute of retries
+    assert "\n" not in str(exc.value) and "--input PATH" in str(exc.value)
+    assert capsys.readouterr().err == ""  # and no retry noise
 
 
 def test_hf_without_datasets_package(monkeypatch):

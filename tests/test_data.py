@@ -256,7 +256,7 @@ def run_cli(argv: list[str], capsys) -> str:
         (lambda d: write(d / "short.txt", "tiny text here"), ["--block-size", "64"], "shorter than one context window.*--block-size \\+ 1 = 65"),
         (lambda d: write(d / "in.txt", TEXT), ["--tokenizer", "bpe", "--vocab-size", "100"], "vocab"),
         (lambda d: write(d / "in.txt", TEXT), ["--tokenizer", str(Path("/nonexistent/tok.json"))], "must be char, bpe, gpt2 or a tokenizer.json"),
-        (lambda d: write(d / "in.txt", TEXT), ["--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
+        (lambda d: write(d / "in.txt", TEXT), ["--val-fraction", "1.5"], "--val-fraction = 1.5 must be between 0 and 1"),
         (lambda d: write(d / "in.txt", TEXT), ["--dedup", "--min-chars", "999999"], "cleaning dropped all 1 documents.*shorter than --min-chars: 1"),
         (lambda d: write_jsonl(d / "d.jsonl", ["a", "b"], field="body"), [], "d.jsonl:1: no 'text' field.*--text-field"),
         (lambda d: d / "missing.txt", [], "input path .*missing.txt does not exist"),

@@ -353,9 +353,9 @@ def test_sample_rows_known_answers():
     [
         (dict(max_tokens=0), "max_tokens must be at least 1"),
         (dict(max_tokens=2.5), "max_tokens must be an integer"),
-        (dict(temperature=-1), "temperature must be 0"),
-        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
-        (dict(top_k=0), "top_k must be at least 1"),
+        (dict(temperature=-1), "temperature = -1 must not be negative"),
+        (dict(top_p=0.0), r"top_p = 0.0 must be in \(0, 1\]"),
+        (dict(top_k=0), "top_k = 0 must be at least 1"),
         (dict(top_logprobs=21), r"top_logprobs must be in \[0, 20\]"),
         (dict(timeout=0), "timeout must be positive"),
     ],

@@ -383,6 +383,10 @@ def test_quantize_for_a_format_without_it(capsys, trained):
     )
     _one_line_error(code, err, "--quantize int8 is not available for --format hf")
     code, _, err = _cli(
+        capsys, "export", run, "--format", "gguf", "--quantize", "int8", "--out", run.parent / "x"
+    )
+    _one_line_error(code, err, "not available for --format gguf", "--type q8_0")
+    code, _, err = _cli(
         capsys, "export", run, "--format", "onnx", "--quantize", "int4", "--out", run.parent / "x"
     )
     _one_line_error(code, err, "--quantize int4", "choose int8")

@@ -166,13 +166,18 @@ def test_repetition_penalty_known_answer():
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        (dict(temperature=-1.0), r"temperature must be 0 \(greedy\) or more"),
-        (dict(top_k=0), r"top_k must be at least 1"),
-        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
-        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
-        (dict(repetition_penalty=0.0), r"repetition_penalty must be positive"),
-        (dict(max_new_tokens=-1), r"max_new_tokens must be 0 or more"),
-        (dict(num_samples=0), r"num_samples must be at least 1"),
+        (dict(temperature=-1.0), r"temperature = -1.0 must not be negative"),
+        (dict(top_k=0), r"top_k = 0 must be at least 1"),
+        (dict(top_p=0.0), r"top_p = 0.0 must be in \(0, 1\]"),
+        (dict(top_p=1.5), r"top_p = 1.5 must be in \(0, 1\]"),
+        (dict(repetition_penalty=0.0), r"repetition_penalty = 0.0 must be a positive number"),
+        (dict(max_new_tokens=-1), r"max_new_tokens = -1 must be at least 0"),
+        (dict(num_samples=0), r"num_samples = 0 must be at least 1"),
+        (dict(temperature=float("nan")), r"temperature = nan must be a finite number"),
+        (dict(repetition_penalty=float("nan")), r"repetition_penalty = nan must be a finite"),
+        (dict(seed=10**23), r"seed = 100000000000000000000000 is too large"),
+        (dict(max_new_tokens=10**20), r"max_new_tokens = 100000000000000000000 is too large"),
+        (dict(num_samples=10**9), r"num_samples = 1000000000 must be at most 1,024 \(every"),
     ],
 )
 def test_bad_sampling_arguments(kw, message):
@@ -285,7 +290,7 @@ def test_load_api(char_run):
     ("extra", "message"),
     [
         (["--prompt", "hello ☃"], "☃"),
-        (["--temperature", "-1"], "temperature must be 0"),
+        (["--temperature", "-1"], "--temperature = -1.0 must not be negative"),
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--checkpoint", "step-99"], "step-99"),
     ],

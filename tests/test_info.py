@@ -175,7 +175,7 @@ def test_cli_info_config_file_and_run(tmp_path, capsys):
         (["nowhere"], "is not a run folder"),
         (["--config", "missing.toml"], "config file missing.toml does not exist"),
         (["--preset", "gpt2-124m", "--context", "4096"], "longer than the model's block_size"),
-        (["--preset", "gpt2-124m", "--batch", "0"], "batch and context must be positive"),
+        (["--preset", "gpt2-124m", "--batch", "0"], "--batch = 0 must be at least 1"),
     ],
 )
 def test_cli_info_errors(tmp_path, monkeypatch, capsys, args, message):

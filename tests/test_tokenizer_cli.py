@@ -108,7 +108,9 @@ def test_bad_flag_combinations(capsys, text_file, tmp_path):
     assert "--vocab-size, --special and --min-frequency apply to --tokenizer bpe" in err
     err = _error(capsys, [*base, "--tokenizer", "char", "--min-frequency", "2"])
     assert "--min-frequency apply to --tokenizer bpe" in err
-    assert "--min-frequency must be at least 1" in _error(capsys, [*base, "--min-frequency", "0"])
+    assert "--min-frequency = 0 must be at least 1" in _error(
+        capsys, [*base, "--min-frequency", "0"]
+    )
     err = _error(capsys, [*base, "--lowercase", "de"])
     assert "unknown --lowercase language 'de'; choose one of: default, tr" in err
 

@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tinygpt.errors import TinyGPTError
-from tinygpt.files import fsync_dir, fsync_file, temp_sibling
+from tinygpt.files import fsync_dir, fsync_file, sha256_file, temp_sibling
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -129,43 +129,104 @@ def write_checkpoint(
     """Write the checkpoint folder `final` atomically (module docstring) and return it.
 
     `state` must be JSON-serialisable; `tensors` (RNG states, grad scaler) go to `rng.pt`.
-    An existing folder of the same name is replaced only once the new one is complete.
+    state.json, written last, records the size and sha256 of every other file, so that a
+    damaged checkpoint is noticed on load (`verify`). An existing folder of the same name is
+    replaced only once the new one is complete. Any failure to write — the disk full, a
+    quota, an I/O error, raised by the OS, torch or safetensors — becomes one TinyGPTError
+    saying what was being written and how much space is left, and leaves no temporary files.
     """
     final = Path(final)
     tmp = temp_sibling(final)
+    writing = final
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        save_weights(model, tmp / WEIGHTS)
+        writing = tmp / WEIGHTS
+        save_weights(model, writing)
         if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+            writing = tmp / OPTIMIZER
+            torch.save(optimizer.state_dict(), writing)
         if tensors:
-            torch.save(tensors, tmp / RNG)
+            writing = tmp / RNG
+            torch.save(tensors, writing)
         body = {"format_version": FORMAT_VERSION, "step": (state or {}).get("step", 0)}
         body.update(state or {})
-        (tmp / STATE).write_text(json.dumps(body, indent=1), encoding="utf-8")
+        body["files"] = {f.name: file_record(f) for f in sorted(tmp.iterdir())}
+        writing = tmp / STATE
+        writing.write_text(json.dumps(body, indent=1), encoding="utf-8")
         for file in tmp.iterdir():
             fsync_file(file)
         fsync_dir(tmp)
+        writing = final
         if final.exists():  # re-saving the same step: move the old one aside, then delete
             discard(final)
         os.replace(tmp, final)
         fsync_dir(final.parent)
-    except OSError as exc:
+    except (OSError, RuntimeError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise disk_error(exc, final, "the previous checkpoint is intact.") from None
+        name = final / writing.name if writing.parent == tmp else writing
+        raise write_error(exc, name, "the previous checkpoint is intact.") from None
     return final
 
 
-def disk_error(exc: OSError, where: Path, keep: str) -> TinyGPTError:
-    if exc.errno == errno.ENOSPC:
+def file_record(path: Path) -> dict[str, Any]:
+    """What state.json remembers of a checkpoint file: its size and sha256."""
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def write_error(exc: BaseException, where: Path, keep: str) -> TinyGPTError:
+    """One line for a failed write: what, why, the space left, and what is still safe."""
+    try:
+        free = shutil.disk_usage(next(p for p in [where, *where.parents] if p.exists())).free
+        space = f"{free / 2**20:,.1f} MiB free on that disk"
+    except (OSError, StopIteration):
+        space = "free space unknown"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return TinyGPTError(
-            f"the disk is full while saving {where}; {keep} Free some space (or point --out"
-            " at another disk) and resume with --resume"
+            f"the disk is full while saving {where} ({space}); {keep} Free some space (or"
+            " point --out at another disk) and resume with --resume"
         )
-    return TinyGPTError(f"cannot write {where}: {exc.strerror or exc}; {keep}")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    reason = (reason.strip().splitlines() or [type(exc).__name__])[0][:200]
+    return TinyGPTError(f"cannot write {where}: {reason} ({space}); {keep}")
+
+
+def verify(folder: Path, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Read state.json and check the recorded size and sha256 of the files `names` (all
+    recorded files when None); return the state. Checkpoints written before files were
+    recorded are taken as they are. Raises `DamagedCheckpoint` naming the file."""
+    folder = Path(folder)
+    try:
+        state = json.loads((folder / STATE).read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise ValueError("no step")
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise DamagedCheckpoint(folder, STATE, "is not a valid state file") from None
+    recorded = state.get("files")
+    if not isinstance(recorded, dict):
+        return state  # written before checkpoints recorded their files
+    for name, record in recorded.items():
+        if names is not None and name not in names:
+            continue
+        path = folder / name
+        if not path.is_file():
+            raise DamagedCheckpoint(folder, name, "is missing")
+        if path.stat().st_size != record.get("size"):
+            raise DamagedCheckpoint(folder, name, "has another size than when it was saved")
+        if sha256_file(path) != record.get("sha256"):
+            raise DamagedCheckpoint(folder, name, "does not match its recorded sha256")
+    return state
+
+
+class DamagedCheckpoint(TinyGPTError):
+    """A checkpoint file that is not what was saved. `tinygpt.run` adds which checkpoint to
+    use instead."""
+
+    def __init__(self, folder: Path, name: str, problem: str) -> None:
+        super().__init__(f"checkpoint {folder.name} is damaged: {name} {problem}")
+        self.folder, self.name, self.problem = Path(folder), name, problem
 
 
 def discard(folder: Path) -> None:
@@ -181,10 +242,19 @@ def read_state(folder: Path) -> dict[str, Any]:
 
 
 def read_tensors(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / RNG
-    return torch.load(path, weights_only=True) if path.is_file() else {}
+    return _load_pt(Path(folder) / RNG) or {}
 
 
 def load_optimizer_state(folder: Path) -> dict[str, Any] | None:
-    path = Path(folder) / OPTIMIZER
-    return torch.load(path, weights_only=True, map_location="cpu") if path.is_file() else None
+    return _load_pt(Path(folder) / OPTIMIZER)
+
+
+def _load_pt(path: Path) -> Any:
+    """A torch file of a checkpoint (weights_only: tensors, numbers and containers only)."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # torch raises many kinds for a damaged archive
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise DamagedCheckpoint(path.parent, path.name, f"cannot be read ({first})") from None

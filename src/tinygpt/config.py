@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.numbers import Range, check_fields, number
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,6 +43,21 @@ BUDGETS = ("max_steps", "max_tokens", "max_time", "max_epochs")
 # evaluation, and the Python API: temperature below 1 sharpens, top-k drops the long tail.
 SAMPLE_TEMPERATURE = 0.8
 SAMPLE_TOP_K = 200
+SEED = Range(lo=0, hi=2**63 - 1, integer=True)
+# What sampling accepts, wherever it is asked for (flags, the Python API, the server).
+SAMPLING = {
+    "max_new_tokens": Range(
+        lo=0, hi=2**20, integer=True, why="the prompt and new tokens share one buffer"
+    ),
+    "temperature": Range(lo=0, hi=100, why="0 is greedy; above a few the text is noise"),
+    "top_k": Range(lo=1, hi=2**24, integer=True),
+    "top_p": Range(lo=0, hi=1, lo_open=True),
+    "repetition_penalty": Range(lo=0, hi=100, lo_open=True, why="1 is off"),
+    "seed": SEED,
+    "num_samples": Range(
+        lo=1, hi=1024, integer=True, why="every sample is a row of one batch, with its KV cache"
+    ),
+}
 
 
 def _choice(section: str, name: str, value: str, allowed: Sequence[str]) -> None:
@@ -66,32 +82,37 @@ def _model_choice(field: str, value: str, options: tuple[str, ...]) -> None:
         )
 
 
+# Limits that keep a typo from asking for all the memory there is (a model this wide or
+# deep does not fit any single machine; train() also compares the model's size with RAM).
+_WIDTH = "wider models do not fit in memory"
+_MODEL = "a larger model does not fit in memory"
+
+
 @dataclass
 class GPTConfig:
-    vocab_size: int = 50304
-    block_size: int = 256  # longest context the model sees
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    n_kv_head: int | None = None  # None: same as n_head; fewer: grouped-query attention
-    dropout: float = 0.0
+    vocab_size: int = number(50304, lo=1, hi=2**24, why="ids are stored as 32-bit integers")
+    block_size: int = number(256, lo=1, hi=2**20, why="attention memory grows with its square")
+    n_layer: int = number(4, lo=1, hi=1024, why=_MODEL)
+    n_head: int = number(4, lo=1, hi=1024, why=_MODEL)
+    n_embd: int = number(128, lo=1, hi=65536, why=_WIDTH)
+    # None: same as n_head; fewer: grouped-query attention
+    n_kv_head: int | None = number(None, lo=1, hi=1024, integer=True)
+    dropout: float = number(0.0, lo=0, hi=1, hi_open=True)
     bias: bool = True  # biases in linear layers and LayerNorm
     norm: str = "layernorm"
-    norm_eps: float = 1e-5
+    norm_eps: float = number(1e-5, lo=0, hi=1, lo_open=True)
     mlp: str = "gelu_tanh"
-    mlp_hidden: int | None = None  # None: 4*C for GELU, Llama's rounded 8/3*C for SwiGLU
+    # None: 4*C for GELU, Llama's rounded 8/3*C for SwiGLU
+    mlp_hidden: int | None = number(None, lo=1, hi=2**20, integer=True, why=_WIDTH)
     pos: str = "learned"
-    rope_theta: float = 10000.0
+    rope_theta: float = number(10000.0, lo=0, hi=1e12, lo_open=True, why="RoPE's base")
     qk_norm: bool = False  # RMSNorm on each head's queries and keys (before RoPE)
     attn: str = "sdpa"
     tie_weights: bool = True  # LM head shares the token embedding matrix
-    init_std: float = 0.02
+    init_std: float = number(0.02, lo=0, hi=10, lo_open=True, why="the weights' spread")
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise TinyGPTError(f"model.{name} must be a positive integer, got {value!r}")
+        check_fields(self, "model")
         _model_choice("norm", self.norm, NORMS)
         _model_choice("mlp", self.mlp, MLPS)
         _model_choice("pos", self.pos, POSITIONS)
@@ -101,35 +122,16 @@ class GPTConfig:
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
                 f"change one of them, e.g. n_head = {_nearest_divisor(self.n_embd, self.n_head)}"
             )
-        if self.n_kv_head is not None:
-            if isinstance(self.n_kv_head, bool) or not isinstance(self.n_kv_head, int):
-                raise TinyGPTError(f"model.n_kv_head must be an integer, got {self.n_kv_head!r}")
-            if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
-                raise TinyGPTError(
-                    f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head "
-                    f"({self.n_kv_head}); use a divisor of n_head, or leave n_kv_head unset"
-                )
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise TinyGPTError(
+                f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head "
+                f"({self.n_kv_head}); use a divisor of n_head, or leave n_kv_head unset"
+            )
         if self.pos == "rope" and self.head_dim % 2:
             raise TinyGPTError(
                 f"rotary positions need an even head dimension, but n_embd / n_head = "
                 f"{self.head_dim}; change n_embd or n_head, or use model.pos = 'learned'"
             )
-        if self.mlp_hidden is not None and (
-            isinstance(self.mlp_hidden, bool)
-            or not isinstance(self.mlp_hidden, int)
-            or self.mlp_hidden < 1
-        ):
-            raise TinyGPTError(
-                f"model.mlp_hidden must be a positive integer or unset, got {self.mlp_hidden!r}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise TinyGPTError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if not self.norm_eps > 0:
-            raise TinyGPTError(f"model.norm_eps must be positive, got {self.norm_eps}")
-        if not self.rope_theta > 0:
-            raise TinyGPTError(f"model.rope_theta must be positive, got {self.rope_theta}")
-        if not self.init_std > 0:
-            raise TinyGPTError(f"model.init_std must be positive, got {self.init_std}")
 
     @property
     def head_dim(self) -> int:
@@ -167,28 +169,21 @@ class DataConfig:
     source: str = "shakespeare"
     dir: str = ""
     tokenizer: str = "char"  # char | bpe | gpt2 | path to a tokenizer.json
-    vocab_size: int = 0  # bpe only; 0 = the preset's model.vocab_size
+    # bpe only; 0 = the preset's model.vocab_size
+    vocab_size: int = number(0, lo=0, hi=2**24, why="ids are stored as 32-bit integers")
     backend: str = "native"  # native | hf (bpe trainer)
-    min_frequency: int = 1  # bpe only: a pair merges only when seen this often
+    min_frequency: int = number(1, lo=1)  # bpe only: a pair merges only when seen this often
     lowercase: str = ""  # "" (keep case) | default | tr (Turkish İ→i, I→ı); char and bpe only
     normalize_whitespace: bool = False  # collapse runs of spaces and tabs; char and bpe only
-    val_fraction: float = 0.1
+    val_fraction: float = number(0.1, lo=0, hi=1, lo_open=True, hi_open=True, hint="0.1")
     text_field: str = "text"
     errors: str = "strict"  # strict | replace: what to do with bytes that are not UTF-8
 
     def __post_init__(self) -> None:
+        check_fields(self, "data")
         _choice("data", "errors", self.errors, ["strict", "replace"])
-        if not 0.0 < self.val_fraction < 1.0:
-            raise TinyGPTError(
-                f"data.val_fraction = {self.val_fraction} must be between 0 and 1 (exclusive);"
-                " 0.1 keeps the last 10% for validation"
-            )
         _choice("data", "backend", self.backend, ["native", "hf"])
         _choice("data", "lowercase", self.lowercase, ["", "default", "tr"])
-        if self.vocab_size < 0:
-            raise TinyGPTError(f"data.vocab_size = {self.vocab_size} must be >= 0")
-        if self.min_frequency < 1:
-            raise TinyGPTError(f"data.min_frequency = {self.min_frequency} must be at least 1")
 
 
 @dataclass
@@ -198,96 +193,59 @@ class TrainConfig:
     whichever is set."""
 
     # batch and budget
-    batch_size: int = 32  # sequences per micro-batch (per process)
-    tokens_per_step: int = 0  # 0 = one micro-batch per step; else accumulate to reach it
-    max_steps: int = 0
-    max_tokens: int = 0
-    max_time: float = 0.0  # seconds of the optimisation loop
-    max_epochs: float = 0.0  # passes over the training data (0 = no epoch budget)
+    batch_size: int = number(32, lo=1, hi=2**16)  # sequences per micro-batch (per process)
+    tokens_per_step: int = number(0, lo=0)  # 0 = one micro-batch per step; else accumulate
+    max_steps: int = number(0, lo=0)
+    max_tokens: int = number(0, lo=0)
+    # seconds of the optimisation loop; at most 10 years, so that a budget always ends
+    max_time: float = number(0.0, lo=0, hi=3.2e8, why="10 years: a budget has to end")
+    max_epochs: float = number(
+        0.0, lo=0, hi=1e9, why="a budget has to end"
+    )  # passes over the training data (0 = none)
     # optimiser
     optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
-    lr: float = 1e-3  # AdamW's learning rate (all parameters, or the non-Muon ones)
-    muon_lr: float = 0.02  # Muon's learning rate; follows the same warm-up and schedule
-    muon_momentum: float = 0.95
-    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
+    # AdamW's learning rate (all parameters, or the non-Muon ones)
+    lr: float = number(1e-3, lo=0, lo_open=True, hint="1e-3")
+    # Muon's learning rate; follows the same warm-up and schedule
+    muon_lr: float = number(0.02, lo=0, lo_open=True, hint="0.02")
+    muon_momentum: float = number(0.95, lo=0, hi=1, hi_open=True)
+    min_lr_ratio: float = number(0.1, lo=0, hi=1)  # final lr = lr * min_lr_ratio
     schedule: str = "cosine"  # cosine | wsd (constant then linear warm-down) | constant
-    warmup_steps: int = 100
-    warmdown_frac: float = 0.2  # wsd: fraction of the budget spent decaying
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # 0 = off
+    warmup_steps: int = number(100, lo=0)
+    warmdown_frac: float = number(0.2, lo=0, hi=1)  # wsd: fraction of the budget spent decaying
+    weight_decay: float = number(0.1, lo=0)
+    beta1: float = number(0.9, lo=0, hi=1, hi_open=True)
+    beta2: float = number(0.99, lo=0, hi=1, hi_open=True)
+    grad_clip: float = number(1.0, lo=0)  # 0 = off
     # numerics and device
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | mps
-    threads: int = 0  # 0 = torch's default
-    seed: int = 1337
+    threads: int = number(0, lo=0, hi=4096)  # 0 = torch's default
+    seed: int = number(1337, lo=SEED.lo, hi=SEED.hi)
     # watching
-    log_interval: int = 10
-    eval_interval: int = 250
-    eval_windows: int = 32  # windows of the val split behind val_loss_est
-    eval_batch_size: int = 64
-    sample_interval: int = 0  # 0 = only at the end
-    sample_tokens: int = 200
+    log_interval: int = number(10, lo=1)
+    eval_interval: int = number(250, lo=1)
+    eval_windows: int = number(32, lo=1, hi=2**20)  # windows of the val split behind val_loss_est
+    eval_batch_size: int = number(64, lo=1, hi=2**16)
+    sample_interval: int = number(0, lo=0)  # 0 = only at the end
+    sample_tokens: int = number(200, lo=0, hi=2**20)
     sample_prompt: str = "\n"
-    checkpoint_interval: int = 0  # 0 = at evaluations and at the end
-    keep_last: int = 2
-    early_stop_patience: int = 0  # evaluations without improvement; 0 = off
-    skip_nonfinite: bool = False
+    checkpoint_interval: int = number(0, lo=0)  # 0 = at evaluations and at the end
+    keep_last: int = number(2, lo=1)
+    early_stop_patience: int = number(0, lo=0)  # evaluations without improvement; 0 = off
+    skip_nonfinite: bool = False  # skip steps with a non-finite loss or gradient norm
+    skip_nonfinite_limit: int = number(10, lo=1)  # ... but stop after this many in a row
     tensorboard: bool = True  # used when the package is installed
     wandb: bool = False
     wandb_project: str = "tinygpt"
 
     def __post_init__(self) -> None:
+        check_fields(self, "train")
         _choice("train", "schedule", self.schedule, ["cosine", "wsd", "constant"])
         _choice("train", "precision", self.precision, ["auto", "fp32", "bf16", "fp16"])
         _choice("train", "optimizer", self.optimizer, ["adamw", "muon"])
         _choice("train", "device", self.device, ["auto", "cpu", "cuda", "mps"])
-        positive = {
-            "batch_size": self.batch_size,
-            "log_interval": self.log_interval,
-            "eval_interval": self.eval_interval,
-            "eval_windows": self.eval_windows,
-            "eval_batch_size": self.eval_batch_size,
-            "keep_last": self.keep_last,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise TinyGPTError(f"train.{name} = {value} must be at least 1")
-        nonneg = {
-            "tokens_per_step": self.tokens_per_step,
-            "max_steps": self.max_steps,
-            "max_tokens": self.max_tokens,
-            "max_time": self.max_time,
-            "max_epochs": self.max_epochs,
-            "warmup_steps": self.warmup_steps,
-            "weight_decay": self.weight_decay,
-            "grad_clip": self.grad_clip,
-            "threads": self.threads,
-            "sample_interval": self.sample_interval,
-            "checkpoint_interval": self.checkpoint_interval,
-            "early_stop_patience": self.early_stop_patience,
-            "sample_tokens": self.sample_tokens,
-        }
-        for name, value in nonneg.items():
-            if value < 0:
-                raise TinyGPTError(f"train.{name} = {value} must not be negative")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise TinyGPTError(f"train.lr = {self.lr} must be a positive number, e.g. 1e-3")
-        if not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
-            raise TinyGPTError(
-                f"train.muon_lr = {self.muon_lr} must be a positive number, e.g. 0.02"
-            )
-        if not 0.0 <= self.muon_momentum < 1.0:
-            raise TinyGPTError(f"train.muon_momentum = {self.muon_momentum} must be in [0, 1)")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise TinyGPTError(f"train.min_lr_ratio = {self.min_lr_ratio} must be in [0, 1]")
-        if not 0.0 <= self.warmdown_frac <= 1.0:
-            raise TinyGPTError(f"train.warmdown_frac = {self.warmdown_frac} must be in [0, 1]")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise TinyGPTError(f"train.{name} = {getattr(self, name)} must be in [0, 1)")
 
     @property
     def has_budget(self) -> bool:
@@ -426,10 +384,11 @@ def _build(merged: dict[str, Any]) -> RunConfig:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise TinyGPTError(f"config file {path} does not exist")
+    from tinygpt.files import read_text
+
+    text = read_text(path, "config file")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TinyGPTError(f"{path} is not valid TOML: {exc}") from None
 

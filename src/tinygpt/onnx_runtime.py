@@ -367,6 +367,7 @@ def generate_tokens(
         top_k=top_k,
         top_p=top_p,
         repetition_penalty=repetition_penalty,
+        seed=seed,
     )
     rows = [[int(t) for t in p] for p in prompts]
     if not rows or any(not r for r in rows):

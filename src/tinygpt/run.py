@@ -43,7 +43,7 @@ from typing import Any
 
 from tinygpt.config import RunConfig
 from tinygpt.errors import TinyGPTError
-from tinygpt.files import atomic_copy, atomic_write_json, atomic_write_text
+from tinygpt.files import atomic_copy, atomic_write_json, atomic_write_text, kind_of
 
 CONFIG = "config.toml"
 TOKENIZER = "tokenizer.json"
@@ -157,10 +157,11 @@ class RunDir:
 
     def require(self) -> RunDir:
         """Self, or a clear error when the folder is not a run."""
-        if not self.path.is_dir():
+        kind = kind_of(self.path)
+        if kind != "a folder":
+            what = "it does not exist" if kind == "missing" else f"it is {kind}"
             raise TinyGPTError(
-                f"{self.path} is not a run folder: it does not exist; give a folder"
-                " `tinygpt train` wrote"
+                f"{self.path} is not a run folder: {what}; give a folder `tinygpt train` wrote"
             )
         if not self.is_run():
             raise TinyGPTError(
@@ -168,6 +169,33 @@ class RunDir:
                 " `tinygpt train --out` wrote"
             )
         return self
+
+    def check_out(self, *, force: bool = False) -> None:
+        """Refuse to train into a folder that holds something other than a run (the user's
+        files would be overwritten or deleted) unless `force`; a file where the folder
+        should be is refused always."""
+        kind = kind_of(self.path)
+        if kind == "missing":
+            return
+        if kind != "a folder":
+            raise TinyGPTError(f"--out {self.path} is {kind}; give a folder for the run")
+        if force or not any(self.path.iterdir()) or self._has_run_files():
+            return
+        raise TinyGPTError(
+            f"--out {self.path} holds files and is not a tinygpt run; choose an empty or new"
+            " folder, or pass --force to train into it anyway"
+        )
+
+    def _has_run_files(self) -> bool:
+        """A run, or what an attempt killed early left of one (its first files)."""
+        return any((self.path / n).exists() for n in (CONFIG, METRICS, INFO, LOG, CHECKPOINTS))
+
+    def remove_leftovers(self) -> list[Path]:
+        """Remove what killed writes left behind: hidden temporary and superseded files and
+        checkpoint folders (`.NAME.tmp-PID`, `.NAME.old-PID`) of processes that are gone."""
+        from tinygpt.files import remove_leftovers
+
+        return [*remove_leftovers(self.path), *remove_leftovers(self.checkpoints_dir)]
 
     # ----------------------------------------------------------------- config and tokenizer
 
@@ -307,8 +335,41 @@ class RunDir:
         file = self.checkpoints_dir / name
         if not file.is_file():
             return None
-        target = self.checkpoints_dir / file.read_text(encoding="utf-8").strip()
+        try:
+            text = file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        if not _STEP_DIR.match(text):  # only a checkpoint folder of this run, nothing else
+            return None
+        target = self.checkpoints_dir / text
         return target if is_complete(target) else None
+
+    def verified(self, folder: Path, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """The state of checkpoint `folder` once its files (`names`, or all) match what was
+        saved; a damaged one is refused with the newest earlier checkpoint that verifies."""
+        from tinygpt.checkpoint import DamagedCheckpoint, verify
+
+        try:
+            return verify(folder, names)
+        except DamagedCheckpoint as exc:
+            step = int(_STEP_DIR.match(folder.name).group(1)) if _STEP_DIR.match(folder.name) else 0
+            good = None
+            for earlier in reversed(self.checkpoints()):
+                if int(_STEP_DIR.match(earlier.name).group(1)) >= step:
+                    continue
+                try:
+                    verify(earlier)
+                except DamagedCheckpoint:
+                    continue
+                good = earlier
+                break
+            advice = (
+                f"the previous good checkpoint is {good.name}: use --checkpoint {good.name},"
+                f" or move {folder} out of the run to resume from it"
+                if good
+                else "no earlier checkpoint of this run is intact"
+            )
+            raise TinyGPTError(f"{exc}; {advice}") from None
 
     def resolve_checkpoint(self, which: str = "best") -> Path:
         """`best`, `latest` or `step-N` (N with or without zero padding) → checkpoint folder."""
@@ -347,7 +408,7 @@ class RunDir:
         `keep_last` > 0 deletes older step folders beyond the newest `keep_last`, never the
         ones `best` or `latest` point at.
         """
-        from tinygpt.checkpoint import disk_error, write_checkpoint
+        from tinygpt.checkpoint import write_checkpoint, write_error
 
         final = write_checkpoint(
             self.checkpoints_dir / step_name(step),
@@ -361,7 +422,7 @@ class RunDir:
             if is_best:
                 atomic_write_text(self.checkpoints_dir / "best", final.name + "\n")
         except OSError as exc:
-            raise disk_error(exc, final, "the checkpoint itself is complete.") from None
+            raise write_error(exc, final, "the checkpoint itself is complete.") from None
         if keep_last:
             self._rotate(keep_last)
         return final
@@ -442,11 +503,20 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
     """Rebuild the model of a run folder from its config, tokenizer and a checkpoint."""
     from tinygpt.checkpoint import WEIGHTS, load_weights
     from tinygpt.model import GPT
+    from tinygpt.runtime import check_model_fits
 
     run = RunDir(run_dir)
     ckpt = run.resolve_checkpoint(checkpoint)
+    run.verified(ckpt, (WEIGHTS,))
     config = run.read_config()
     tokenizer = run.load_tokenizer()
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise TinyGPTError(
+            f"{run.tokenizer_path} has {tokenizer.vocab_size:,} ids but the run's model has a"
+            f" vocabulary of {config.model.vocab_size:,}: the tokenizer is not the one the run"
+            " was trained with; put that one back"
+        )
+    check_model_fits(config.model, device, training=False)
     model = GPT(config.model)
     load_weights(model, ckpt / WEIGHTS)
     model.to(device).eval()

@@ -88,6 +88,34 @@ def autocast_for(precision: str, device: str) -> Callable[[], contextlib.Abstrac
     return lambda: torch.autocast(device_type=device_type, dtype=dtype)
 
 
+def memory_bytes(device: str) -> int | None:
+    """The memory a model on `device` can use: the GPU's, or this machine's RAM (None when
+    unknown)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_model_fits(model: GPTConfig, device: str, *, training: bool) -> None:
+    """Refuse a model whose fp32 weights (and, for training, gradients and AdamW's two
+    moments: 16 bytes a parameter) exceed the device's memory, before allocating any of it."""
+    from tinygpt.info import param_breakdown
+
+    params = param_breakdown(model)["total"]
+    need = params * (16 if training else 4)
+    have = memory_bytes(device)
+    if have is not None and need > have:
+        what = "training it needs about" if training else "its weights need"
+        raise TinyGPTError(
+            f"the model has {params:,} parameters: {what} {need / 2**30:,.1f} GiB in fp32, more"
+            f" than the {have / 2**30:,.1f} GiB of memory {device} has; choose a smaller"
+            " model.n_embd, model.n_layer or model.vocab_size"
+        )
+
+
 @dataclass
 class Dist:
     """Where this process stands in a (possibly single-process) job."""

@@ -18,8 +18,9 @@ import codecs
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
+from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K, SAMPLING
 from tinygpt.errors import TinyGPTError
+from tinygpt.numbers import check
 
 
 def check_sampling(
@@ -30,21 +31,21 @@ def check_sampling(
     top_p: float | None,
     repetition_penalty: float,
     num_samples: int = 1,
+    seed: int | None = None,
 ) -> None:
-    if max_new_tokens < 0:
-        raise TinyGPTError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
-    if temperature < 0:
-        raise TinyGPTError(f"temperature must be 0 (greedy) or more, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise TinyGPTError(f"top_k must be at least 1 (or unset for no limit), got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise TinyGPTError(f"top_p must be in (0, 1], got {top_p}")
-    if repetition_penalty <= 0:
-        raise TinyGPTError(
-            f"repetition_penalty must be positive (1.0 = off), got {repetition_penalty}"
-        )
-    if num_samples < 1:
-        raise TinyGPTError(f"num_samples must be at least 1, got {num_samples}")
+    """Refuse sampling settings outside `tinygpt.config.SAMPLING` (None means unset)."""
+    given = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        num_samples=num_samples,
+        seed=seed,
+    )
+    for name, value in given.items():
+        if value is not None:
+            check(name, value, SAMPLING[name])
 
 
 def usable_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[str]:
@@ -200,6 +201,7 @@ class BaseTextGenerator:
             top_p=top_p,
             repetition_penalty=repetition_penalty,
             num_samples=num_samples,
+            seed=seed,
         )
         ids = [self.encode_prompt(p) for p in prompts for _ in range(num_samples)]
         stops = [stop] if isinstance(stop, str) else list(stop or [])

@@ -41,8 +41,10 @@ import logging
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,13 +59,12 @@ from tinygpt.checkpoint import (
     WEIGHTS,
     load_optimizer_state,
     load_weights,
-    read_state,
     read_tensors,
 )
 from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K, RunConfig, TrainConfig
 from tinygpt.errors import TinyGPTError
 from tinygpt.run import RunDir
-from tinygpt.runtime import Dist, Runtime, restore_rng, rng_state, seed_all
+from tinygpt.runtime import Dist, Runtime, check_model_fits, restore_rng, rng_state, seed_all
 
 log = logging.getLogger("tinygpt.train")
 PROGRESS_EVERY_S = 10.0  # without a terminal, a progress line this often
@@ -176,10 +177,12 @@ class StepResult:
     skipped: bool = False
 
 
-class NonFiniteLoss(Exception):
-    def __init__(self, value: float) -> None:
-        super().__init__(value)
-        self.value = value
+class NonFinite(Exception):
+    """A step's loss or gradient norm was nan or infinite (`what` says which)."""
+
+    def __init__(self, what: str, value: float) -> None:
+        super().__init__(what, value)
+        self.what, self.value = what, value
 
 
 def train_step(
@@ -229,7 +232,7 @@ def train_step(
         optimizer.zero_grad(set_to_none=True)
         if skip_nonfinite:
             return StepResult(loss_value, float("nan"), tokens, skipped=True)
-        raise NonFiniteLoss(loss_value)
+        raise NonFinite("loss", loss_value)
     if scaler:
         scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -239,13 +242,22 @@ def train_step(
         norm = torch.linalg.vector_norm(
             torch.stack([p.grad.detach().norm() for p in params if p.grad is not None])
         )
+    norm_value = float(norm)
+    # A finite loss can still come with an infinite or nan gradient; stop before the update
+    # writes it into the weights. (With fp16's gradient scaler an overflow is expected now
+    # and then: the scaler skips that step and lowers its scale itself.)
+    if not math.isfinite(norm_value) and scaler is None:
+        optimizer.zero_grad(set_to_none=True)
+        if skip_nonfinite:
+            return StepResult(loss_value, norm_value, tokens, skipped=True)
+        raise NonFinite("gradient norm", norm_value)
     if scaler:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss_value, float(norm), tokens)
+    return StepResult(loss_value, norm_value, tokens)
 
 
 # --------------------------------------------------------------------------- loop state
@@ -261,6 +273,7 @@ class TrainState:
     best_est: float | None = None  # best val_loss_est so far
     stale: int = 0  # estimates since the best one
     resumed_from: str | None = None  # the checkpoint this process started from
+    skipped: int = 0  # steps skipped in a row for a non-finite loss or gradient
 
 
 @dataclass
@@ -275,6 +288,7 @@ class TrainResult:
     sample: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     is_main: bool = True  # rank 0, the process that prints and writes
+    signal: int | None = None  # the signal that interrupted training (SIGINT, SIGTERM)
 
 
 @dataclass
@@ -299,9 +313,16 @@ def save(
     is_best: bool,
     hooks: Hooks,
 ) -> Path | None:
-    """A checkpoint of everything an exact resume needs (rank 0 writes it)."""
+    """A checkpoint of everything an exact resume needs (rank 0 writes it). Weights that are
+    not all finite are never saved."""
     if not rt.dist.is_main:
         return None
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        good = run.checkpoints()
+        raise TinyGPTError(
+            f"the weights hold nan or inf at step {state.step}, so no checkpoint was saved;"
+            f" last good checkpoint: {good[-1] if good else 'none'}; lower --train.lr"
+        )
     json_part, tensors = rng_state()
     batch_json, batch_tensors = batches.state()
     tensors.update(batch_tensors)
@@ -330,27 +351,40 @@ def save(
 
 
 def restore(
-    checkpoint: Path, model: torch.nn.Module, optimizer: Any, batches: Any, rt: Runtime
+    run: RunDir,
+    checkpoint: Path,
+    model: torch.nn.Module,
+    optimizer: Any,
+    batches: Any,
+    rt: Runtime,
 ) -> TrainState:
-    """Load a checkpoint written by `save` into the pieces; return the loop's state."""
-    saved = read_state(checkpoint)
+    """Load a checkpoint written by `save` into the pieces, once every file of it is
+    verified; return the loop's state."""
+    saved = run.verified(checkpoint)
     tensors = read_tensors(checkpoint)
     load_weights(model, checkpoint / WEIGHTS)
     opt_state = load_optimizer_state(checkpoint)
-    if opt_state:
-        optimizer.load_state_dict(opt_state)
-    restore_rng(saved, tensors)
-    batches.restore(saved.get("batches") or {}, tensors)
-    if rt.scaler and "grad_scaler" in tensors:
-        rt.scaler.load_state_dict(tensors["grad_scaler"])
-    return TrainState(
-        step=saved["step"],
-        tokens=saved["tokens"],
-        elapsed=saved.get("elapsed_s", 0.0),
-        best_est=saved.get("best_val_loss_est"),
-        stale=saved.get("stale_evals", 0),
-        resumed_from=checkpoint.name,
-    )
+    try:
+        if opt_state:
+            optimizer.load_state_dict(opt_state)
+        restore_rng(saved, tensors)
+        batches.restore(saved.get("batches") or {}, tensors)
+        if rt.scaler and "grad_scaler" in tensors:
+            rt.scaler.load_state_dict(tensors["grad_scaler"])
+        return TrainState(
+            step=int(saved["step"]),
+            tokens=int(saved["tokens"]),
+            elapsed=float(saved.get("elapsed_s", 0.0)),
+            best_est=saved.get("best_val_loss_est"),
+            stale=int(saved.get("stale_evals", 0)),
+            resumed_from=checkpoint.name,
+        )
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise TinyGPTError(
+            f"checkpoint {checkpoint.name} cannot be resumed: its state does not fit this"
+            f" run ({type(exc).__name__}: {str(exc)[:120]}); resume from an earlier checkpoint"
+            " by moving this folder out of the run"
+        ) from None
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -384,82 +418,208 @@ def fit(
     main = rt.dist.is_main
     result = TrainResult(run.path, state.step, state.tokens, state.elapsed, is_main=main)
     last_saved = state.step if state.resumed_from else -1
-    watch, ok = Watch(), False
+    watch, ok, stop = Watch(), False, Stop(raising=not rt.dist.enabled)
     try:
-        net = _wrap(model, tc, rt)
-        if main:
-            watch = Watch.open(run, tc, config, state, progress)
-        stopped = "budget"
-        loop_start = time.perf_counter() - state.elapsed
-        try:
-            while (done := _progress(state, tc, batches)) < 1.0:
-                lr = lr_at(state.step, done, tc)
-                res = _step(net, batches, optimizer, tc, rt, lr, accum, state, run)
-                state.step += 1
-                state.tokens += res.tokens
-                state.elapsed = time.perf_counter() - loop_start
-                val_est = None
-                if state.step % tc.eval_interval == 0:
-                    val_est = evaluator.estimate(model)
-                    improved = state.best_est is None or val_est < state.best_est
-                    state.best_est = val_est if improved else state.best_est
-                    state.stale = 0 if improved else state.stale + 1
-                watch.step(state, res, lr, val_est, _progress(state, tc, batches))
-                if (
-                    main
-                    and hooks.sample
-                    and tc.sample_interval
-                    and not state.step % tc.sample_interval
-                ):
-                    run.write_sample(f"step-{state.step:06d}", hooks.sample(model))
-                if val_est is not None or (
-                    tc.checkpoint_interval and state.step % tc.checkpoint_interval == 0
-                ):
-                    is_best = val_est is not None and state.stale == 0
-                    save(
-                        run, model, optimizer, batches, state, rt, tc, is_best=is_best, hooks=hooks
-                    )
-                    last_saved = state.step
-                if tc.early_stop_patience and state.stale >= tc.early_stop_patience:
-                    stopped = "early_stop"
-                    log.info(
-                        "early stop at step %d: no improvement in %d estimates",
-                        state.step,
-                        state.stale,
-                    )
-                    break
-        except KeyboardInterrupt:
-            stopped = "interrupted"
-            log.info("interrupted at step %d; saving a checkpoint", state.step)
-        watch.end_progress()
-        result.step, result.tokens, result.train_time_s = state.step, state.tokens, state.elapsed
-        result.stopped, result.best_val_loss_est = stopped, state.best_est
-        if stopped == "interrupted":
-            if state.step != last_saved and state.step > 0:
-                save(run, model, optimizer, batches, state, rt, tc, is_best=False, hooks=hooks)
-        else:
-            _finish(
-                result,
-                model,
-                optimizer,
-                batches,
-                state,
-                rt,
-                tc,
-                run,
-                evaluator,
-                hooks,
-                watch,
-                last_saved,
-                started,
+        with stop:
+            net = _wrap(model, tc, rt)
+            if main:
+                watch = Watch.open(run, tc, config, state, progress)
+            stopped = "budget"
+            loop_start = time.perf_counter() - state.elapsed
+            try:
+                while (done := _progress(state, tc, batches)) < 1.0:
+                    lr = lr_at(state.step, done, tc)
+                    res = _step(net, batches, optimizer, tc, rt, lr, accum, state, run)
+                    _count_skips(res, state, tc)
+                    state.step += 1
+                    state.tokens += res.tokens
+                    state.elapsed = time.perf_counter() - loop_start
+                    val_est = None
+                    if state.step % tc.eval_interval == 0:
+                        with stop.interruptible():
+                            val_est = evaluator.estimate(model)
+                        _record_estimate(state, val_est)
+                    watch.step(state, res, lr, val_est, _progress(state, tc, batches))
+                    sample_due = tc.sample_interval and not state.step % tc.sample_interval
+                    if main and hooks.sample and sample_due:
+                        run.write_sample(f"step-{state.step:06d}", hooks.sample(model))
+                    if val_est is not None or (
+                        tc.checkpoint_interval and state.step % tc.checkpoint_interval == 0
+                    ):
+                        best = val_est is not None and state.stale == 0
+                        with stop.saving():
+                            save(
+                                run,
+                                model,
+                                optimizer,
+                                batches,
+                                state,
+                                rt,
+                                tc,
+                                is_best=best,
+                                hooks=hooks,
+                            )
+                        last_saved = state.step
+                    if tc.early_stop_patience and state.stale >= tc.early_stop_patience:
+                        stopped = "early_stop"
+                        log.info(
+                            "early stop at step %d: %d estimates without improvement",
+                            state.step,
+                            state.stale,
+                        )
+                        break
+                    if stop.requested(rt.dist):
+                        stopped = "interrupted"
+                        break
+            except KeyboardInterrupt:  # outside the handler's reach, or during an estimate
+                stopped = "interrupted"
+            watch.end_progress()
+            result.step, result.tokens, result.train_time_s = (
+                state.step,
+                state.tokens,
+                state.elapsed,
             )
-        if main:
-            _plots(run)
-        ok = True
-        return result
+            result.best_val_loss_est, result.stopped = state.best_est, stopped
+            if stopped != "interrupted":
+                stopped = _finish(
+                    result,
+                    model,
+                    optimizer,
+                    batches,
+                    state,
+                    rt,
+                    tc,
+                    run,
+                    evaluator,
+                    hooks,
+                    watch,
+                    last_saved,
+                    started,
+                    stop,
+                )
+            if stopped == "interrupted":
+                result.signal = stop.signum or signal.SIGINT
+                log.info("interrupted at step %d; saving a checkpoint", state.step)
+                if state.step != last_saved and state.step > 0:
+                    with stop.saving():
+                        save(
+                            run,
+                            model,
+                            optimizer,
+                            batches,
+                            state,
+                            rt,
+                            tc,
+                            is_best=False,
+                            hooks=hooks,
+                        )
+            result.stopped = stopped
+            if main:
+                _plots(run)
+            ok = True
+            return result
     finally:
         watch.close(ok=ok)
         rt.close(ok=ok)
+
+
+def _record_estimate(state: TrainState, val_est: float) -> None:
+    """Keep the best estimate and count estimates since it (for early stopping and `best`)."""
+    improved = state.best_est is None or val_est < state.best_est
+    state.best_est = val_est if improved else state.best_est
+    state.stale = 0 if improved else state.stale + 1
+
+
+class Stop:
+    """SIGINT (Ctrl-C) and SIGTERM (schedulers, `docker stop`) while the loop runs.
+
+    A signal does not cut a step short — an optimiser update stopped half-way would leave
+    weights that match no step — it asks the loop to stop after the step; the loop then saves
+    a checkpoint and returns, and the command exits 130 (SIGINT) or 143 (SIGTERM). While an
+    evaluation runs (nothing is written) it stops at once (`raising`; not under torchrun,
+    where every process must stop at the same step); while a checkpoint is being saved a
+    second signal only says that the save is finishing. Handlers are installed in the main
+    thread only, and the earlier ones put back afterwards.
+    """
+
+    def __init__(self, *, raising: bool = True) -> None:
+        self.signum: int | None = None
+        self.can_raise = raising
+        self._raising = False
+        self._saving = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> Stop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first = self.signum is None
+        self.signum = self.signum or signum
+        name = signal.Signals(signum).name
+        if self._saving:
+            _say(f"{name}: a checkpoint is being saved; stopping as soon as it is on disk")
+        elif self._raising:
+            raise KeyboardInterrupt
+        elif first:
+            _say(f"{name}: stopping after this step and saving a checkpoint")
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Any:
+        """A stretch of work that a signal may stop at once (it writes nothing)."""
+        if self.signum is not None and self.can_raise:
+            raise KeyboardInterrupt
+        self._raising = self.can_raise
+        try:
+            yield
+        finally:
+            self._raising = False
+
+    @contextlib.contextmanager
+    def saving(self) -> Any:
+        """A checkpoint being written: signals wait for it."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
+
+    def requested(self, dist: Dist) -> bool:
+        """Whether to stop now; under torchrun, every process agrees (any one asked)."""
+        flag = self.signum is not None
+        if dist.enabled:
+            import torch.distributed as tdist
+
+            t = torch.tensor([1 if flag else 0])
+            tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+            flag = bool(t.item())
+            self.signum = self.signum or (signal.SIGTERM if flag else None)
+        return flag
+
+
+def _say(message: str) -> None:
+    print(f"tinygpt: {message}", file=sys.stderr, flush=True)
+
+
+def _count_skips(res: StepResult, state: TrainState, tc: TrainConfig) -> None:
+    """With skip_nonfinite, a skipped step is tolerated, but not `skip_nonfinite_limit` in a
+    row: by then the run has diverged and skipping only hides it."""
+    state.skipped = state.skipped + 1 if res.skipped else 0
+    if res.skipped:
+        log.warning("step %d skipped: non-finite loss or gradient", state.step + 1)
+    if state.skipped >= tc.skip_nonfinite_limit:
+        raise TinyGPTError(
+            f"{state.skipped} steps in a row had a non-finite loss or gradient (up to step"
+            f" {state.step + 1}); the run has diverged: lower --train.lr, or resume from an"
+            " earlier checkpoint"
+        )
 
 
 def _wrap(model: torch.nn.Module, tc: TrainConfig, rt: Runtime) -> torch.nn.Module:
@@ -501,13 +661,14 @@ def _step(
             dist=rt.dist,
             skip_nonfinite=tc.skip_nonfinite,
         )
-    except NonFiniteLoss as exc:
+    except NonFinite as exc:
         good = run.checkpoints()
         raise TinyGPTError(
-            f"the loss became {exc.value} at step {state.step + 1}; last good checkpoint:"
-            f" {good[-1] if good else 'none'}. Likely causes: a learning rate too high"
-            " (lower --train.lr), fp16 overflow (use --train.precision bf16 or fp32),"
-            " or no gradient clipping; --train.skip_nonfinite true skips such steps"
+            f"the {exc.what} became {exc.value} at step {state.step + 1}, so the step was not"
+            f" applied; last good checkpoint: {good[-1] if good else 'none'}. Likely causes: a"
+            " learning rate too high (lower --train.lr), fp16 overflow (use"
+            " --train.precision bf16 or fp32), or no gradient clipping;"
+            " --train.skip_nonfinite true skips such steps"
         ) from None
     except torch.OutOfMemoryError:
         raise TinyGPTError(_oom_message(tc, getattr(batches, "block_size", 0), accum)) from None
@@ -527,18 +688,25 @@ def _finish(
     watch: Watch,
     last_saved: int,
     started: float | None,
-) -> None:
+    stop: Stop,
+) -> str:
     """After the loop: the full evaluation (timed apart), a last checkpoint, the sample and
-    summary.json."""
+    summary.json. Returns how training ended: the loop's reason, or "interrupted" when a
+    signal stopped the evaluation (the caller then saves)."""
     t_eval = time.perf_counter()
-    full = evaluator.final(model)
+    try:
+        with stop.interruptible():
+            full = evaluator.final(model)
+    except KeyboardInterrupt:
+        return "interrupted"
     result.val_loss = full.loss
     eval_time = time.perf_counter() - t_eval
     if state.step != last_saved:
         is_best = state.best_est is None or full.loss <= state.best_est
-        save(run, model, optimizer, batches, state, rt, tc, is_best=is_best, hooks=hooks)
+        with stop.saving():
+            save(run, model, optimizer, batches, state, rt, tc, is_best=is_best, hooks=hooks)
     if not rt.dist.is_main:
-        return
+        return result.stopped
     if hooks.sample:
         result.sample = hooks.sample(model)
         run.write_sample(f"step-{state.step:06d}", result.sample)
@@ -568,6 +736,7 @@ def _finish(
         full.tokens,
         state.elapsed,
     )
+    return result.stopped
 
 
 def _oom_message(tc: TrainConfig, block: int, accum: int) -> str:
@@ -938,15 +1107,17 @@ def train(
     command: list[str] | None = None,
     progress: bool = True,
     on_checkpoint: Callable[[int, Path], None] | None = None,
+    force: bool = False,
 ) -> TrainResult:
     """Pre-train `config` into the run folder `out_dir` and return how it went.
 
     The data: `data_dir` (a folder made by `tinygpt prepare`), else what `find_dataset`
     finds. `resume`: None, "yes" or "auto" (`resume_point`). `on_checkpoint(step, path)` is
-    called after each checkpoint is safely on disk. `config` itself is not changed.
+    called after each checkpoint is safely on disk. `force` trains into a folder that holds
+    other files. `config` itself is not changed.
     """
     from tinygpt.batches import RandomWindows
-    from tinygpt.data import open_dataset
+    from tinygpt.data import check_fits, open_dataset
     from tinygpt.evaluate import SplitEvaluator
     from tinygpt.model import GPT
     from tinygpt.tokenizer import file_hash
@@ -959,6 +1130,9 @@ def train(
             "no training budget: give --max-steps, --max-tokens, --max-time or --max-epochs"
         )
     run = RunDir(out_dir)
+    run.check_out(force=force)
+    if int(os.environ.get("RANK", "0")) == 0:
+        run.remove_leftovers()
     start = resume_point(run, resume)
     dataset = open_dataset(find_dataset(config, run, data_dir, start is not None))
     resumed_tokenizer = run.tokenizer_path if start is not None else None
@@ -969,18 +1143,20 @@ def train(
         )
     tokenizer = dataset.load_tokenizer()
     config.model = dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size)
+    check_fits(dataset, config.model.vocab_size)
     rt = Runtime.start(tc)
     try:
         block = config.model.block_size
         global_batch = tc.batch_size * rt.dist.world_size
         check_data(len(dataset.train), len(dataset.val), block, global_batch)
         accum = accumulation(tc, global_batch * block)
+        check_model_fits(config.model, rt.device, training=True)
         seed_all(tc.seed)
         model = GPT(config.model).to(rt.device)
         rt.set_precision(tc.precision, config.model)
         optimizer = build_optimizer(model, tc, rt.device)
         batches = RandomWindows(dataset.train, block, global_batch, tc.seed, rt.dist, rt.device)
-        state = restore(start, model, optimizer, batches, rt) if start is not None else None
+        state = restore(run, start, model, optimizer, batches, rt) if start else None
         if rt.dist.is_main:
             _begin_run(run, config, dataset, model, rt, accum, command, state)
         evaluator = SplitEvaluator(

@@ -57,16 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    # Commands that take dotted config overrides (`--model.n_layer 6`) set
-    # `allow_overrides`; for the others an unknown argument is a usage error.
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "allow_overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.overrides = extra
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
+        # Commands that take dotted config overrides (`--model.n_layer 6`) set
+        # `allow_overrides`; for the others an unknown argument is a usage error. A number
+        # outside its range (tinygpt.numbers) raises TinyGPTError while parsing.
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "allow_overrides", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = extra
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except TinyGPTError as exc:
         print(f"tinygpt: error: {exc}", file=sys.stderr)
@@ -78,6 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tinygpt: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("tinygpt: terminated", file=sys.stderr)
+        return 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception by `entry` so that a command stopped by a scheduler
+    or `docker stop` unwinds (closing files, removing temporary ones) and exits 143."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def entry() -> NoReturn:
@@ -93,7 +106,9 @@ def entry() -> NoReturn:
     import contextlib
     import logging
     import os
+    import signal
 
+    signal.signal(signal.SIGTERM, _terminate)  # training installs a gentler one of its own
     try:
         code = main()
     except SystemExit as exc:  # --help, --version and usage errors (already printed)

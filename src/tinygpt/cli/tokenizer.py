@@ -12,11 +12,13 @@ import time
 
 from tinygpt.cli import HelpFormatter
 from tinygpt.cli.prepare import (
+    VOCAB,
     add_min_frequency_argument,
     add_normalizer_arguments,
     add_source_arguments,
 )
 from tinygpt.errors import TinyGPTError
+from tinygpt.numbers import arg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--tokenizer", choices=("char", "bpe"), default="bpe", help="the kind")
     train.add_argument(
         "--vocab-size",
-        type=int,
+        type=arg(VOCAB, "--vocab-size"),
         default=None,
         metavar="N",
         help="bpe: total ids, bytes and specials included (default 4096); char: set by the text",
@@ -175,8 +177,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     tok = _load(args.file)
     ids: list[int] = []
-    for arg in args.ids:
-        for part in arg.replace(",", " ").split():
+    for given in args.ids:
+        for part in given.replace(",", " ").split():
             try:
                 ids.append(int(part))
             except ValueError:

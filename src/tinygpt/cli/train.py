@@ -10,6 +10,14 @@ from pathlib import Path
 from tinygpt.errors import TinyGPTError
 
 
+def setting(flag: str, name: str):
+    """The argparse type of a flag that sets `train.<name>`: the setting's own Range."""
+    from tinygpt.config import TrainConfig
+    from tinygpt.numbers import arg, field_range
+
+    return arg(field_range(TrainConfig, name), flag)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
     from tinygpt.config import add_config_arguments, settings_help
@@ -38,11 +46,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="bytes that are not UTF-8: stop, or replace with U+FFFD (data.errors)",
     )
     p.add_argument("--out", metavar="RUN", help="run folder (default: runs/<preset>-<time>)")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    p.add_argument("--max-tokens", type=int, help="stop after this many training tokens")
-    p.add_argument("--max-time", type=float, metavar="S", help="stop after S seconds of training")
     p.add_argument(
-        "--max-epochs", type=float, metavar="E", help="stop after E passes over the training data"
+        "--max-steps",
+        type=setting("--max-steps", "max_steps"),
+        help="stop after this many optimiser steps",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=setting("--max-tokens", "max_tokens"),
+        help="stop after this many training tokens",
+    )
+    p.add_argument(
+        "--max-time",
+        type=setting("--max-time", "max_time"),
+        metavar="S",
+        help="stop after S seconds of training",
+    )
+    p.add_argument(
+        "--max-epochs",
+        type=setting("--max-epochs", "max_epochs"),
+        metavar="E",
+        help="stop after E passes over the training data",
     )
     p.add_argument(
         "--resume",
@@ -52,10 +76,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="continue the run in --out (auto: only if it has a checkpoint)",
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--threads", type=setting("--threads", "threads"), help="CPU threads for torch")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("--seed", type=int, help="seed for data order, dropout and samples")
+    p.add_argument(
+        "--seed", type=setting("--seed", "seed"), help="seed for data order, dropout and samples"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--force", action="store_true", help="train into an --out folder that holds other files"
+    )
     p.set_defaults(func=run, allow_overrides=True)
 
 
@@ -97,15 +126,20 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         command=["tinygpt", *sys.argv[1:]],
         progress=not args.no_progress,
+        force=args.force,
     )
     if not result.is_main:  # under torchrun, rank 0 reports
         return 0
     if result.stopped == "interrupted":
+        import signal
+
+        name = signal.Signals(result.signal or signal.SIGINT).name
         print(
-            f"interrupted at step {result.step}; continue with: tinygpt train --out {out} --resume",
+            f"interrupted at step {result.step} ({name}), checkpoint saved; continue with:"
+            f" tinygpt train --out {out} --resume",
             file=sys.stderr,
         )
-        return 130
+        return 128 + (result.signal or signal.SIGINT)
     print(f"run: {out}")
     print(
         f"steps {result.step}, tokens {result.tokens:,}, training {result.train_time_s:.1f} s,"

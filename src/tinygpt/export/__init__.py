@@ -6,6 +6,7 @@
   `tinygpt import`);
 - `tinygpt.export.card`: the model card of an exported run;
 - `tinygpt.export.hub`: pushing to the Hugging Face Hub (`tinygpt push`);
+- `tinygpt.export.gguf`: one GGUF file for llama.cpp (`tinygpt export --format gguf`);
 - `tinygpt.export.onnx`: a run or a model -> an ONNX folder with a KV cache, optionally
   int8 (`tinygpt export --format onnx`); `tinygpt.onnx_runtime` runs such folders.
 
@@ -26,6 +27,8 @@ _WHERE = {
     "export_run": "hf_run",
     "import_hf": "hf_run",
     "push_to_hub": "hub",
+    "write_gguf": "gguf",
+    "export_run_gguf": "gguf",
     "export_run_onnx": "onnx",
     "save_onnx_folder": "onnx",
 }

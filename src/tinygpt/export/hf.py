@@ -101,6 +101,20 @@ def _layout(config: GPTConfig) -> str:
 
 def twin_family(config: GPTConfig) -> str:
     """'gpt2', 'llama' or 'qwen3'; raises TinyGPTError naming the settings with no twin."""
+    family, name, broken = twin_problems(config)
+    if broken:
+        raise TinyGPTError(
+            f"this configuration has no transformers twin; for a {name} twin change: "
+            + "; ".join(broken)
+            + ", and train again"
+        )
+    return family
+
+
+def twin_problems(config: GPTConfig) -> tuple[str, str, list[str]]:
+    """(family, its name in words, the settings that keep `config` from it): the family a
+    config's tensors follow and what to change for an exact twin (empty when it has one).
+    Other exporters (`tinygpt.export.gguf`) word their own refusal from the same list."""
     family = _layout(config)
 
     def need(field: str, wanted: Any, why: str = "") -> None:
@@ -128,13 +142,7 @@ def twin_family(config: GPTConfig) -> str:
         name = (
             "Qwen3 (rotary positions, QK-norm)" if family == "qwen3" else "Llama (rotary positions)"
         )
-    if broken:
-        raise TinyGPTError(
-            f"this configuration has no transformers twin; for a {name} twin change: "
-            + "; ".join(broken)
-            + ", and train again"
-        )
-    return family
+    return family, name, broken
 
 
 def hf_config_for(config: GPTConfig, eot_id: int | None = None, pad_id: int | None = None) -> Any:

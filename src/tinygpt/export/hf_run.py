@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import read_text
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -132,8 +133,8 @@ def read_hf_tokenizer(hf_dir: str | Path) -> Any:
     data = None
     if path.is_file():
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = json.loads(read_text(path, "tokenizer file"))
+        except json.JSONDecodeError as exc:
             raise TinyGPTError(f"{path} is not valid JSON ({exc})") from None
     reason = _sentencepiece_reason(hf_dir, data)
     if reason:
@@ -231,7 +232,7 @@ def read_hf_chat_template(hf_dir: str | Path) -> str | None:
     `chat_template` of tokenizer_config.json), or None."""
     hf_dir = Path(hf_dir)
     if (hf_dir / "chat_template.jinja").is_file():
-        return (hf_dir / "chat_template.jinja").read_text(encoding="utf-8")
+        return read_text(hf_dir / "chat_template.jinja", "chat template")
     try:
         config = json.loads((hf_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

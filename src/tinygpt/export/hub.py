@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import read_text
 from tinygpt.run import RunDir
 
 PROBE_TIMEOUT_S = 10.0
@@ -53,10 +54,9 @@ def _hub() -> Any:
 
 def token_from_dotenv(path: str | Path) -> str | None:
     """The value of `HF_TOKEN` in a `.env` file, or None (no file, no such line)."""
-    try:
-        return dotenv_token(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
+    if not Path(path).is_file():
         return None
+    return dotenv_token(read_text(path, "the .env file"))
 
 
 def dotenv_token(text: str) -> str | None:
