@@ -12,9 +12,12 @@ def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """Tiny models run faster on one thread, and the suite shares two cores with itself."""
+    """Tiny models run faster on one thread, and the suite shares two cores with itself;
+    a test that trains with `train.threads` set gets the one thread back afterwards."""
     import torch
 
+    torch.set_num_threads(1)
+    yield
     torch.set_num_threads(1)

@@ -18,15 +18,6 @@ from tinygpt.generate import (
 from tinygpt.model import GPT, GPTConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls: extra threads only add contention on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class ByteTokenizer:
     """Every token is one byte; 256 is end-of-text. Multi-byte characters span tokens."""
 

@@ -23,15 +23,6 @@ transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls: extra threads only add contention on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _perturb(model: torch.nn.Module) -> None:
     """Random values everywhere, norm gains and biases included, so a swapped or
     transposed tensor cannot go unnoticed."""

@@ -21,15 +21,6 @@ from tinygpt.model import GPT, GPTConfig
 GPT2_124M = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls: extra threads only add contention on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CONFIGS = [
     dict(),
     dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, n_kv_head=2, tie_weights=False),

@@ -11,15 +11,6 @@ from tinygpt.errors import TinyGPTError
 from tinygpt.model import GPT, GPTConfig, apply_rope, causal_mask, rope_tables
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls: extra threads only add contention on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(**kw) -> GPTConfig:
     base = dict(vocab_size=61, block_size=32, n_layer=2, n_head=4, n_embd=32)
     return GPTConfig(**{**base, **kw})

@@ -147,6 +147,18 @@ def test_weight_decay_only_on_matrices():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+def test_the_optimiser_sees_only_trainable_parameters():
+    """Trainable-parameter selection stays outside the loop: freeze, then build."""
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16))
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith("blocks.1.")
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    for optimizer in ("adamw", "muon"):
+        opt = build_optimizer(model, TrainConfig(optimizer=optimizer), "cpu")
+        seen = [id(p) for g in opt.param_groups for p in g["params"]]
+        assert set(seen) == trainable and len(seen) == len(trainable)
+
+
 def test_precision_choice(monkeypatch):
     small, wide = GPTConfig(n_embd=128, n_head=4), GPTConfig(n_embd=384, n_head=6)
     monkeypatch.setattr("tinygpt.runtime.cpu_has_fast_bf16", lambda: True)

@@ -165,7 +165,12 @@ def open_dataset(path: str | os.PathLike[str]) -> Dataset:
                 f"{file} holds {file.stat().st_size} bytes but meta.json says {expected} "
                 f"{dtype} tokens; the folder is damaged, prepare it again"
             )
-        arrays[split] = np.memmap(file, dtype=dtype, mode="r", shape=(expected,))
+        # an empty split cannot be memory-mapped; training refuses it with its own message
+        arrays[split] = (
+            np.memmap(file, dtype=dtype, mode="r", shape=(expected,))
+            if expected
+            else np.zeros(0, dtype=dtype)
+        )
     if not (path / TOKENIZER).is_file():
         raise TinyGPTError(f"{path} lacks {TOKENIZER}; prepare the dataset again")
     return Dataset(path=path, meta=meta, train=arrays["train"], val=arrays["val"])

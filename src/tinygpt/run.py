@@ -276,11 +276,19 @@ class RunDir:
                 f"{path} does not exist; is {self.path} a run folder that has trained?"
             )
         cols: dict[str, list[float]] = {k: [] for k in METRICS_FIELDS}
-        with open(path, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                for key, values in cols.items():
-                    cell = row.get(key, "")
-                    values.append(float(cell) if cell not in ("", None) else math.nan)
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                for row in reader:
+                    for key, values in cols.items():
+                        cell = row.get(key) or ""
+                        values.append(float(cell) if cell else math.nan)
+        except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as exc:
+            line = getattr(reader, "line_num", "?") if "reader" in locals() else "?"
+            raise TinyGPTError(
+                f"{path} is damaged at line {line} ({type(exc).__name__}: {str(exc)[:80]});"
+                " it is written by training: delete the bad lines, or train the run again"
+            ) from None
         return cols
 
     def has_metrics(self) -> bool:

@@ -260,6 +260,8 @@ def run_attention(args: argparse.Namespace) -> int:
     from tinygpt.runtime import resolve_device
 
     _need_matplotlib()
+    if args.out and Path(args.out).suffix.lower() != ".png":
+        raise TinyGPTError(f"--out {args.out} should end in .png")
     path = plot_attention(
         _check_run(args.run),
         args.prompt,

@@ -125,8 +125,10 @@ def _resolve_config(args: argparse.Namespace):
         if path.is_file():  # a config.toml given without --config
             return RunConfig.from_toml(path).model, str(path)
         return RunDir(path).read_config().model, str(path)
-    if args.config and not Path(args.config).is_file():
-        raise TinyGPTError(f"config file {args.config} does not exist")
+    if args.config:
+        from tinygpt.files import require_file
+
+        require_file(args.config, "config file")
     config = load_config(preset=args.preset, config_file=args.config).model
     return config, args.preset or args.config
 
