@@ -14,6 +14,7 @@ ORDER = [
     "train_compare",
     "generate",
     "engine",
+    "onnx",
     "gguf",
     "serve",
     "tokenizer",

@@ -332,7 +332,7 @@ def test_leftovers_of_killed_writes_are_removed_at_the_next_start(dataset, train
 
 SIGNAL_SCRIPT = """
 import sys
-from tinygpt.cli import entry
+from tinygpt.launch import entry
 sys.argv = ["tinygpt", *sys.argv[1:]]
 entry()
 """
@@ -377,12 +377,12 @@ def test_a_signal_during_training_saves_and_exits_with_its_code(dataset, tmp_pat
 
 
 def test_a_signal_during_the_final_evaluation_saves(dataset, tmp_path):
-    """A slow final evaluation (one window a batch, a sleep in each): SIGINT stops it at
+    """A final evaluation that takes a minute (it sleeps first): SIGINT stops it at
     once, and the step it had reached is saved."""
     run = tmp_path / "run"
     script = SIGNAL_SCRIPT.replace(
-        "from tinygpt.cli import entry",
-        "import time\nfrom tinygpt import evaluate\nfrom tinygpt.cli import entry\n"
+        "from tinygpt.launch import entry",
+        "import time\nfrom tinygpt import evaluate\nfrom tinygpt.launch import entry\n"
         "real, flag = evaluate.SplitEvaluator.final, sys.argv[-1]\n"
         "def slow(self, model):\n    open(flag, 'w').close()\n    time.sleep(60)\n"
         "    return real(self, model)\n"
@@ -562,3 +562,12 @@ def test_a_nan_gradient_is_never_applied_nor_saved(dataset, tmp_path):
     for ckpt in RunDir(run).checkpoints():
         model = load_run(run, ckpt.name).model
         assert all(bool(torch.isfinite(p).all()) for p in model.parameters()), ckpt.name
+
+
+def test_a_one_worker_preparation_leaves_ctrl_c_working(tmp_path):
+    """With one worker the encoding runs in this process, which must stay interruptible
+    (pool workers, by contrast, ignore Ctrl-C and leave it to the main process)."""
+    (tmp_path / "t.txt").write_text(_text(50), encoding="utf-8")
+    before = signal.getsignal(signal.SIGINT)
+    prepare(str(tmp_path / "t.txt"), tmp_path / "d", workers=1, progress=False)
+    assert signal.getsignal(signal.SIGINT) is before

@@ -1,11 +1,14 @@
 """tinygpt: small GPT-style language models, from first principles, in PyTorch.
 
-`tinygpt.load(RUN)` loads a trained run folder for generation (see
-`tinygpt.generate.TextGenerator`); it is imported lazily so that `import tinygpt` stays light.
+`tinygpt.load(PATH)` opens a trained run folder (PyTorch; `tinygpt.generate.TextGenerator`)
+or an ONNX export folder (onnxruntime and NumPy, without importing torch;
+`tinygpt.onnx_runtime.OnnxGenerator`) for generation. Both answer `generate` and `stream`
+alike. Everything heavy is imported on use, so that `import tinygpt` stays light.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from tinygpt.errors import TinyGPTError
@@ -15,9 +18,40 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "TinyGPTError", "load"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "load":
-        from tinygpt.generate import load
+def load(
+    path: str | Path, checkpoint: str = "best", device: str = "cpu", threads: int | None = None
+) -> Any:
+    """A text generator for a run folder or an ONNX export folder.
 
-        return load
-    raise AttributeError(f"module 'tinygpt' has no attribute {name!r}")
+    `checkpoint` (best, latest, step-N) picks a run's checkpoint; an ONNX folder holds one
+    model. `device`: auto, cpu, cuda or mps for a run; auto, cpu or cuda (onnxruntime's CUDA
+    provider) for an ONNX folder. `threads` sets onnxruntime's threads (ONNX folders only;
+    a run uses torch's setting).
+    """
+    from tinygpt.onnx_runtime import MARKER, OnnxDir, load_onnx
+    from tinygpt.run import CONFIG, RunDir
+
+    onnx_dir = OnnxDir(path)
+    if onnx_dir.is_export() or (onnx_dir.model_path.is_file() and not RunDir(path).is_run()):
+        if checkpoint != "best":
+            raise TinyGPTError(
+                f"{path} is an ONNX export, which holds one model; --checkpoint picks a "
+                "checkpoint of a run folder only (leave it out)"
+            )
+        providers = {"auto": None, "cpu": None, "cuda": ["CUDAExecutionProvider"]}
+        if device not in providers:
+            raise TinyGPTError(
+                f"an ONNX export runs on auto, cpu or cuda, not {device!r}; pass --device cpu"
+            )
+        chosen = providers[device]
+        if chosen is not None:
+            chosen = [*chosen, "CPUExecutionProvider"]
+        return load_onnx(path, threads=threads, providers=chosen)
+    if Path(path).is_dir() and not RunDir(path).is_run():
+        raise TinyGPTError(
+            f"{path} is neither a run folder (no {CONFIG}) nor an ONNX export (no {MARKER}); "
+            "give a folder that `tinygpt train` or `tinygpt export --format onnx` wrote"
+        )
+    from tinygpt.generate import load as load_run_generator
+
+    return load_run_generator(path, checkpoint=checkpoint, device=device)

@@ -459,15 +459,17 @@ def _items(
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(tokenizer_path: str, dtype: str) -> None:
+def _init_worker(tokenizer_path: str, dtype: str, pool: bool = False) -> None:
     import signal
 
     from tinygpt.tokenizer import load_tokenizer
 
-    # Ctrl-C reaches every process of the terminal's group: the main process stops the pool
-    # and removes its temporary folder; workers printing tracebacks of their own would only
-    # bury its one line.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if pool:
+        # Ctrl-C reaches every process of the terminal's group: the main process stops the
+        # pool and removes its temporary folder; workers printing tracebacks of their own
+        # would only bury its one line. (Not in the main process itself, which runs the
+        # encoding when there is one worker: it must stay interruptible.)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER["tokenizer"] = load_tokenizer(tokenizer_path)
     _WORKER["dtype"] = np.dtype(dtype)
 
@@ -539,7 +541,7 @@ def _encode_all(
         window = 2 * workers + 2
         pending: collections.deque = collections.deque()
         with multiprocessing.get_context().Pool(
-            workers, initializer=_init_worker, initargs=(str(tokenizer_path), dtype.str)
+            workers, initializer=_init_worker, initargs=(str(tokenizer_path), dtype.str, True)
         ) as pool:
             for batch in _batched(items):
                 job = pool.apply_async(_encode_task, ([(t, e) for _, t, e in batch],))

@@ -146,6 +146,10 @@ class RunDir:
         return self.path / EXPORT / "hf"
 
     @property
+    def onnx_export_dir(self) -> Path:
+        return self.path / EXPORT / "onnx"
+
+    @property
     def log_path(self) -> Path:
         return self.path / LOG
 

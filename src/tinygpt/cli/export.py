@@ -1,17 +1,18 @@
 """`tinygpt export`, `tinygpt import` and `tinygpt push`: argument parsing for sharing models.
 
 The work is done by `tinygpt.export.hf_run` (run folder <-> transformers folder),
-`tinygpt.export.gguf` (run folder -> a GGUF file for llama.cpp) and `tinygpt.export.hub`
-(token lookup and upload); torch, transformers and gguf are imported only when a command
-runs.
+`tinygpt.export.gguf` (run folder -> a GGUF file for llama.cpp), `tinygpt.export.onnx` (run
+folder -> an ONNX folder) and `tinygpt.export.hub` (token lookup and upload); torch,
+transformers, gguf and onnx are imported only when a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 
-FORMATS = ["hf", "gguf"]
+FORMATS = ["hf", "gguf", "onnx"]
 GGUF_TYPES = ["f32", "f16", "q8_0"]  # tinygpt.export.gguf.TYPES, without importing it
+ONNX_QUANTIZE = ["int8"]  # tinygpt.export.onnx.QUANTIZE, without importing it
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     export = subparsers.add_parser(
         "export",
-        help="write a run as a Hugging Face transformers folder or a GGUF file for llama.cpp",
+        help="write a run as a Hugging Face transformers folder, a GGUF file for llama.cpp or "
+        "an ONNX folder",
         description="Write one checkpoint of a run.\n\n"
         "--format hf: a folder that transformers loads with no network and no "
         "trust_remote_code: config.json, model.safetensors, generation_config.json, "
@@ -30,13 +32,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "tokenizer and a chat run's template inside: architecture gpt2, llama or qwen3 as "
         "above; weights as --type. Character and byte-level BPE tokenizers (gpt2 or gpt4 "
         "pattern, no lowercasing) map exactly.\n\n"
+        "--format onnx: a folder that needs neither the run nor torch: model.onnx (opset 18, "
+        "weights inside; a graph over 2 GB keeps them in model.onnx.data) with a KV cache "
+        "(inputs input_ids, attention_mask, position_ids, past_key_values.{i}.key/.value; "
+        "outputs logits, present.{i}.key/.value; dynamic batch, sequence and past), "
+        "config.json, generation_config.json, the tokenizer files and tinygpt_onnx.json "
+        "(format version). `tinygpt sample DIR` and tinygpt.load(DIR) run it with "
+        "onnxruntime and NumPy. --quantize int8: onnxruntime's dynamic int8 quantization of "
+        "every weight matrix and embedding.\n\n"
         "The output is written next to --out and renamed into place when complete.",
         formatter_class=HelpFormatter,
     )
     export.add_argument("run", metavar="RUN", help="a run folder written by `tinygpt train`")
     export.add_argument("--format", default="hf", choices=FORMATS, help="output format")
     export.add_argument(
-        "--out", required=True, metavar="PATH", help="folder (hf) or file (gguf) to write"
+        "--out", required=True, metavar="PATH", help="folder (hf, onnx) or file (gguf) to write"
     )
     export.add_argument(
         "--type",
@@ -44,6 +54,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=GGUF_TYPES,
         help="gguf weights: f32, f16, or q8_0 (8-bit blocks); norms and biases stay f32"
         " (default: f32)",
+    )
+    export.add_argument(
+        "--quantize",
+        default=None,
+        metavar="TYPE",
+        help="onnx weights: int8 (onnxruntime's dynamic quantization; default: keep fp32)",
+    )
+    export.add_argument(
+        "--no-reduce-range",
+        dest="reduce_range",
+        action="store_false",
+        help="onnx int8 with full-range (8-bit) weights, for CPUs with AVX-512 VNNI; by "
+        "default weights keep 7 bits, which is safe on CPUs without VNNI",
     )
     export.add_argument("--checkpoint", default="best", help="best, latest or step-N")
     export.add_argument(
@@ -96,6 +119,34 @@ def _card_arguments(parser: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from tinygpt.errors import TinyGPTError
 
+    if args.quantize is not None and (args.format != "onnx" or args.quantize not in ONNX_QUANTIZE):
+        how = {
+            "hf": "a transformers folder has no quantization",
+            "gguf": "for gguf give --type q8_0",
+            "onnx": f"choose {', '.join(ONNX_QUANTIZE)}",
+        }[args.format]
+        raise TinyGPTError(
+            f"--quantize {args.quantize} is not available for --format {args.format}; {how}"
+        )
+    if not args.reduce_range and args.quantize is None:
+        raise TinyGPTError(
+            "--no-reduce-range applies to --quantize int8 only; add it or drop the flag"
+        )
+    if args.format == "onnx":
+        if args.type is not None:
+            raise TinyGPTError("--type applies to --format gguf; for onnx give --quantize int8")
+        from tinygpt.export.onnx import export_run_onnx
+
+        out = export_run_onnx(
+            args.run,
+            args.out,
+            checkpoint=args.checkpoint,
+            quantize=args.quantize,
+            reduce_range=args.reduce_range,
+            force=args.force,
+        )
+        print(f"exported {args.run} to {out}")
+        return 0
     if args.format == "gguf":
         from tinygpt.export.gguf import export_run_gguf
 

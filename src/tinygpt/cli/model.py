@@ -50,13 +50,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     sample = subparsers.add_parser(
         "sample",
-        help="generate text from a trained run",
+        help="generate text from a trained run or an ONNX export",
         description="Continue a prompt with a trained model. Prints prompt and continuation; "
-        "several samples are separated by a line of dashes.",
+        "several samples are separated by a line of dashes. RUN may also be a folder that "
+        "`tinygpt export --format onnx` wrote: it then runs with onnxruntime and NumPy, "
+        "without torch.",
         formatter_class=HelpFormatter,
     )
-    sample.add_argument("run", metavar="RUN", help="a run folder written by `tinygpt train`")
-    sample.add_argument("--checkpoint", default="best", help="best, latest or step-N")
+    sample.add_argument(
+        "run", metavar="RUN", help="a run folder written by `tinygpt train`, or an ONNX export"
+    )
+    sample.add_argument("--checkpoint", default="best", help="best, latest or step-N (runs)")
     sample.add_argument("--prompt", default="", help="text to continue ('' starts a document)")
     add_sampling_arguments(sample)
     sample.add_argument(
@@ -163,7 +167,8 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from tinygpt.generate import check_sampling, load
+    from tinygpt import load
+    from tinygpt.textgen import check_sampling
 
     sampling = dict(
         max_new_tokens=args.max_new_tokens,

@@ -6,7 +6,9 @@
   `tinygpt import`);
 - `tinygpt.export.card`: the model card of an exported run;
 - `tinygpt.export.hub`: pushing to the Hugging Face Hub (`tinygpt push`);
-- `tinygpt.export.gguf`: one GGUF file for llama.cpp (`tinygpt export --format gguf`).
+- `tinygpt.export.gguf`: one GGUF file for llama.cpp (`tinygpt export --format gguf`);
+- `tinygpt.export.onnx`: a run or a model -> an ONNX folder with a KV cache, optionally
+  int8 (`tinygpt export --format onnx`); `tinygpt.onnx_runtime` runs such folders.
 
 This package knows nothing about training; it reads run folders through
 `tinygpt.checkpoint` and `tinygpt.report`.
@@ -27,6 +29,8 @@ _WHERE = {
     "push_to_hub": "hub",
     "write_gguf": "gguf",
     "export_run_gguf": "gguf",
+    "export_run_onnx": "onnx",
+    "save_onnx_folder": "onnx",
 }
 __all__ = list(_WHERE)
 

@@ -587,6 +587,19 @@ def check_destination(out_dir: Path, force: bool) -> None:
             )
 
 
+def write_tokenizer_files(
+    folder: Path, tokenizer: Any, files: dict[str, Any], chat_template: str | None
+) -> None:
+    """tokenizer.json, the files of `tokenizer_files` and chat_template.jinja (with a chat
+    template) into `folder`: the tokenizer part of a transformers folder (and of an ONNX
+    export folder, `tinygpt.export.onnx`)."""
+    tokenizer.save(folder / "tokenizer.json")
+    for name, content in files.items():
+        _write_json(folder / name, content)
+    if chat_template is not None:
+        (folder / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
+
+
 def save_hf_folder(
     model: GPT,
     out_dir: str | Path,
@@ -630,11 +643,7 @@ def save_hf_folder(
             hf_model.save_pretrained(tmp)
         if gen is not None:
             tf.GenerationConfig(**gen).save_pretrained(tmp)  # replaces the one derived above
-            tokenizer.save(tmp / "tokenizer.json")
-            for name, content in files.items():
-                _write_json(tmp / name, content)
-            if chat_template is not None:
-                (tmp / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
+            write_tokenizer_files(tmp, tokenizer, files, chat_template)
         if card is not None:
             (tmp / "README.md").write_text(card, encoding="utf-8")
         _replace_folder(tmp, out_dir)

@@ -37,6 +37,15 @@ def _inside(path: Path, folder: Path) -> bool:
     return True
 
 
+def check_out_of_run(run_dir: Path, out_dir: Path, example: Path) -> None:
+    """Refuse an export folder that would hold the run folder itself."""
+    if _inside(run_dir, out_dir) or out_dir.resolve() == run_dir.resolve():
+        raise TinyGPTError(
+            f"--out {out_dir} would hold the run folder {run_dir} itself; give a folder"
+            f" outside it, or one inside it such as {example}"
+        )
+
+
 def export_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -64,11 +73,7 @@ def export_run(
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     run_folder = RunDir(run_dir)
     ckpt = run_folder.resolve_checkpoint(checkpoint)  # not a run / no checkpoint: clear error
-    if _inside(run_dir, out_dir) or out_dir.resolve() == run_dir.resolve():
-        raise TinyGPTError(
-            f"--out {out_dir} would hold the run folder {run_dir} itself; give a folder"
-            f" outside it, or one inside it such as {run_dir / 'export' / 'hf'}"
-        )
+    check_out_of_run(run_dir, out_dir, run_folder.hf_export_dir)
     family = twin_family(run_folder.read_config().model)  # before loading any weights
     check_destination(out_dir, force)
     if chat_template is None:
