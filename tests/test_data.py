@@ -357,3 +357,27 @@ def test_open_dataset_errors(tmp_path):
     (out / "meta.json").write_text("{not json", "utf-8")
     with pytest.raises(TinyGPTError, match="damaged"):
         open_dataset(out)
+
+
+def test_pool_workers_leave_sigterm_to_the_pool(tmp_path):
+    """The console entry turns SIGTERM into an exception; a pool worker forked from it must
+    not, or closing the pool (which sends SIGTERM) prints the workers' tracebacks after a
+    good preparation."""
+    import signal
+
+    tok = train_tokenizer("char", [TEXT])
+    tok.save(tmp_path / "tokenizer.json")
+
+    def raising(signum, frame):
+        raise RuntimeError("inherited handler")
+
+    before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+    signal.signal(signal.SIGTERM, raising)
+    try:
+        data._init_worker(str(tmp_path / "tokenizer.json"), "uint16", pool=True)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        data._WORKER.clear()
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGINT, before[1])

@@ -232,3 +232,44 @@ def test_push_offline_in_a_fresh_process(run, tmp_path):
         f"the export is on disk at {tmp_path / 'hf'}",
     )  # fmt: skip
     assert TOKEN not in done.stdout + done.stderr
+
+
+# ---------------------------------------------------------------------- train --push-to-hub
+
+
+def _train_argv(tmp_path: Path, *extra: str) -> list[str]:
+    text = tmp_path / "text.txt"
+    text.write_text("to be, or not to be, that is the question.\n" * 40, encoding="utf-8")
+    return [
+        "train", "--input", str(text), "--out", str(tmp_path / "run"), "--preset", "one-layer",
+        "--model.n_embd", "16", "--model.n_head", "2", "--model.block_size", "16",
+        "--max-steps", "2", "--no-progress", "--train.tensorboard", "false", *extra,
+    ]  # fmt: skip
+
+
+def test_train_push_to_hub_uploads_the_finished_run(tmp_path, uploads, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    code, out, err = _cli(capsys, *_train_argv(tmp_path, "--push-to-hub", "me/tiny"))
+    assert code == 0, err
+    assert "steps 2" in out and "pushed: https://huggingface.co/me/tiny/commit/abc" in out
+    (call,) = uploads
+    assert call["folder"] == tmp_path / "run" / "export" / "hf"
+    assert call["repo_id"] == "me/tiny" and call["token"] == TOKEN
+    assert "model.safetensors" in call["files"]
+
+
+def test_train_push_to_hub_offline_keeps_the_run_and_the_export(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    code, out, err = _cli(capsys, *_train_argv(tmp_path, "--push-to-hub", "me/tiny"))
+    folder = tmp_path / "run" / "export" / "hf"
+    _one_line_error(code, err, "HF_HUB_OFFLINE is set", f"the export is on disk at {folder}")
+    assert "steps 2" in out  # the training itself finished and was reported
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert list((tmp_path / "run" / "checkpoints").glob("step-*"))
+
+
+def test_train_push_to_hub_bad_name_is_refused_before_training(tmp_path, uploads, capsys):
+    code, _, err = _cli(capsys, *_train_argv(tmp_path, "--push-to-hub", "no-slash"))
+    _one_line_error(code, err, "--push-to-hub 'no-slash' is not of the form USER/NAME")
+    assert not (tmp_path / "run").exists() and uploads == []

@@ -159,6 +159,18 @@ def test_the_optimiser_sees_only_trainable_parameters():
         assert set(seen) == trainable and len(seen) == len(trainable)
 
 
+def test_adamw_epsilon_is_a_setting():
+    """train.eps reaches every AdamW group (plain, fused on CUDA, and Muon's AdamW part)."""
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    assert TrainConfig().eps == 1e-8
+    for optimizer in ("adamw", "muon"):
+        opt = build_optimizer(model, TrainConfig(optimizer=optimizer, eps=1e-6), "cpu")
+        assert {g["eps"] for g in opt.param_groups} == {1e-6}
+    for bad in (0.0, -1e-8, 2.0):
+        with pytest.raises(TinyGPTError, match="train.eps"):
+            TrainConfig(eps=bad)
+
+
 def test_precision_choice(monkeypatch):
     small, wide = GPTConfig(n_embd=128, n_head=4), GPTConfig(n_embd=384, n_head=6)
     monkeypatch.setattr("tinygpt.runtime.cpu_has_fast_bf16", lambda: True)

@@ -218,6 +218,9 @@ class TrainConfig:
     weight_decay: float = number(0.1, lo=0)
     beta1: float = number(0.9, lo=0, hi=1, hi_open=True)
     beta2: float = number(0.99, lo=0, hi=1, hi_open=True)
+    # AdamW's epsilon, added to the root of the second moment: it bounds a step where the
+    # gradients have been near zero (1e-8: torch's default and GPT-2-style recipes')
+    eps: float = number(1e-8, lo=0, hi=1, lo_open=True, hint="1e-8")
     grad_clip: float = number(1.0, lo=0)  # 0 = off
     # numerics and device
     precision: str = "auto"  # auto | fp32 | bf16 | fp16

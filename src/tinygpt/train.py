@@ -102,11 +102,11 @@ def build_optimizer(model: torch.nn.Module, tc: TrainConfig, device: str) -> Any
         }
         groups = [muon, *_decay_groups(rest, tc.weight_decay, algorithm="adamw")]
         groups = [g for g in groups if g["params"]]
-        return optim.Muon(groups, lr=tc.lr, momentum=tc.muon_momentum, betas=betas)
+        return optim.Muon(groups, lr=tc.lr, momentum=tc.muon_momentum, betas=betas, eps=tc.eps)
     groups = _decay_groups([p for _, p in named], tc.weight_decay)
     if device.startswith("cuda"):
-        return torch.optim.AdamW(groups, lr=tc.lr, betas=betas, fused=True)
-    return optim.AdamW(groups, lr=tc.lr, betas=betas)
+        return torch.optim.AdamW(groups, lr=tc.lr, betas=betas, eps=tc.eps, fused=True)
+    return optim.AdamW(groups, lr=tc.lr, betas=betas, eps=tc.eps)
 
 
 def _decay_groups(params: list[torch.Tensor], weight_decay: float, **extra: Any) -> list[dict]:

@@ -85,6 +85,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force", action="store_true", help="train into an --out folder that holds other files"
     )
+    p.add_argument(
+        "--push-to-hub",
+        metavar="USER/NAME",
+        help="after a finished training, export the run to RUN/export/hf and upload it to this"
+        " Hugging Face Hub repository (token: HF_TOKEN, a .env file or `hf auth login`; see"
+        " `tinygpt push`); a failed upload leaves the export on disk",
+    )
     p.set_defaults(func=run, allow_overrides=True)
 
 
@@ -113,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume and not args.out:
         raise TinyGPTError("--resume needs --out RUN, the run folder to continue")
+    if args.push_to_hub:
+        from tinygpt.export.hub import check_push_ready
+
+        check_push_ready(args.push_to_hub, "--push-to-hub")
     config = resolve(args)
     out = (
         Path(args.out)
@@ -150,4 +161,9 @@ def run(args: argparse.Namespace) -> int:
     if result.sample:
         print("--- sample ---")
         print(result.sample)
+    if args.push_to_hub:
+        from tinygpt.export.hub import push_to_hub
+
+        sys.stdout.flush()
+        print(f"pushed: {push_to_hub(out, args.push_to_hub)}")
     return 0

@@ -129,6 +129,19 @@ def upload_folder(
     return str(getattr(info, "commit_url", "") or f"{hub.constants.ENDPOINT}/{repo_id}")
 
 
+def check_repo_id(repo_id: str, flag: str = "--repo-id") -> None:
+    """Refuse a repository name that is not USER/NAME (before any work is done)."""
+    if not _REPO_ID.match(repo_id or ""):
+        raise TinyGPTError(f"{flag} {repo_id!r} is not of the form USER/NAME")
+
+
+def check_push_ready(repo_id: str, flag: str = "--repo-id") -> None:
+    """What can be checked before hours of training: the name's form and the package.
+    The token and the network are looked at when the push happens."""
+    check_repo_id(repo_id, flag)
+    _hub()
+
+
 def check_reachable(later: str) -> None:
     """One request to the Hub's endpoint with a short timeout; `later` says how to retry."""
     hub = _hub()
@@ -151,8 +164,7 @@ def push_folder(
 ) -> str:
     """Upload a transformers folder to `repo_id`; returns the URL `upload_folder` gives."""
     folder = Path(folder)
-    if not _REPO_ID.match(repo_id or ""):
-        raise TinyGPTError(f"--repo-id {repo_id!r} is not of the form USER/NAME")
+    check_repo_id(repo_id)
     if not (folder / "config.json").is_file():
         raise TinyGPTError(
             f"{folder} is not a transformers model folder (no config.json); give a run folder"
@@ -198,8 +210,7 @@ def push_to_hub(
     Hub as `repo_id` (USER/NAME); returns the URL of the upload. Raises TinyGPTError with
     one line (saying where the export is) when there is no token or no network."""
     path = Path(run_or_dir)
-    if not _REPO_ID.match(repo_id or ""):
-        raise TinyGPTError(f"--repo-id {repo_id!r} is not of the form USER/NAME")
+    check_repo_id(repo_id)
     if RunDir(path).is_run():
         from tinygpt.export.hf_run import export_run
 
