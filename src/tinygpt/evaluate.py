@@ -942,8 +942,8 @@ def evaluate_run_generation(
         )
         out.update(bleu=scores["bleu"], chrf=scores["chrf"], prompts=scores["prompts"])
         say(
-            f"BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f} over {scores['prompts']}"
-            f" prompts; generations in {run_dir.eval_file('generations.jsonl')}"
+            f"BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f} (sacrebleu, 0-100) over"
+            f" {scores['prompts']} prompts; generations in {run_dir.eval_file('generations.jsonl')}"
         )
     if samples:
         paths = write_samples(
