@@ -17,11 +17,13 @@ Part 2, the budget. A preset's default budget (`train.max_*`) in wall time: a ti
 is itself; steps, tokens or epochs (epochs counted on the preset's own default dataset,
 prepared first) are converted with the step time of part 1. Where that is at most
 `--limit` seconds (15 minutes), `tinygpt train --preset P` really runs, as a user starts it
-(one process: preparation cached beforehand, training, the final full evaluation), and the
-measured figures are shown; beyond it, the conversion is shown, marked **extrapolated**.
+(one process: start-up, training, the final full evaluation; the dataset is prepared and
+cached before, and that first preparation is timed on its own), and the measured figures
+are shown; beyond it, the conversion is shown, marked **extrapolated**.
 
-Timings on a shared 2-core machine are noisy; the load average before and after is printed
-with the figures.
+Timings on a shared 2-core machine are noisy, and two torch threads contending with other
+jobs can be many times slower than one: the default is `--threads 1`. The load average
+before and after is printed with the figures.
 """
 
 from __future__ import annotations
@@ -118,15 +120,17 @@ def time_step(preset: str, repeats: int) -> dict:
     }
 
 
-def train_tokens(preset: str) -> int:
-    """Training tokens of the preset's default dataset (prepared and cached if needed)."""
+def prepared(preset: str) -> tuple[int, float]:
+    """Training tokens of the preset's default dataset, and the seconds it took to prepare
+    it (about 0 when it was cached already)."""
     from tinygpt.data import open_dataset
     from tinygpt.run import RunDir
     from tinygpt.train import find_dataset
 
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         path = find_dataset(load_config(preset), RunDir(Path(tmp) / "run"), None, False)
-    return len(open_dataset(path).train)
+    return len(open_dataset(path).train), time.perf_counter() - start
 
 
 def budget(preset: str, step: dict) -> dict:
@@ -140,7 +144,7 @@ def budget(preset: str, step: dict) -> dict:
     if tc.max_tokens:
         options.append((tc.max_tokens / step["tokens_per_s"], f"{tc.max_tokens:,} tokens"))
     if tc.max_epochs:
-        tokens = train_tokens(preset)
+        tokens, _ = prepared(preset)
         seconds = tc.max_epochs * tokens / step["tokens_per_s"]
         options.append((seconds, f"{tc.max_epochs:g} epochs of {tokens:,} tokens"))
     seconds, what = min(options)
@@ -170,64 +174,42 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--presets", default="", help="comma-separated (default: all with a model)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--limit", type=float, default=900.0, help="longest real run, seconds")
-    ap.add_argument("--no-runs", action="store_true", help="only part 1 and conversions")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    presets = args.presets.split(",") if args.presets else list_presets()
-    presets = [p for p in presets if load_config(p).model.n_layer and p != "finetune"]
-    info = machine()
-    print(machine_line(info))
-    load_before = load_avg()
-    print(f"load average before: {load_before}; threads {args.threads}")
-    rows = []
-    for preset in presets:
-        step = time_step(preset, args.repeats)
-        plan = budget(preset, step)
-        row = {**step, **plan}
-        if not args.no_runs and plan["budget_s"] <= args.limit:
-            row["run"] = real_run(preset, args.threads)
-        rows.append(row)
-        print(json.dumps(row, default=str))
-    load_after = load_avg()
-    print(f"load average after: {load_after}")
-
+def render(rows: list[dict], header: dict) -> str:
+    """The markdown section for `rows`; `header`: machine line, settings and load averages."""
     lines = [
         "## Every preset on this machine",
         "",
-        f"`python benchmarks/bench_presets.py --threads {args.threads}` · {machine_line(info)}",
-        f"· load average {load_before} before, {load_after} after",
+        f"`python benchmarks/bench_presets.py --threads {header['threads']}` ·"
+        f" {header['machine']} · load average {header['load_before']} before,"
+        f" {header['load_after']} after",
         "",
         "One optimiser step as training takes it (all micro-batches of `tokens_per_step`,"
         " forward, backward, clipping, update) on random ids of the preset's nominal"
-        f" vocabulary, median of {args.repeats} after a warm-up; the precision `auto` picks"
-        " on this CPU. The default budget: where it fits in"
-        f" {args.limit / 60:g} minutes, `tinygpt train --preset P` was run as a user runs it"
-        " (steps reached, training time, final full evaluation, the whole process, the"
-        " full-split validation loss); otherwise the budget converted with the step time,"
-        " marked *extrapolated*.",
+        f" vocabulary, median of {header['repeats']} after a warm-up, in the precision"
+        " `auto` picks on this CPU. The default budget: where it fits in"
+        f" {header['limit'] / 60:g} minutes, `tinygpt train --preset P` was run as a user runs"
+        " it (steps reached, training time, final full evaluation, the whole process, the"
+        " full-split validation loss; the data prepared beforehand, timed apart);"
+        " otherwise the budget converted with the step time, marked *extrapolated*.",
         "",
         "| preset | model | params | tokens/step | step | tokens/s | default budget"
         " | its time on this CPU |",
         "|---|---|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
-        step = f"{r['step_s']:.3g} s" + (" *(extrapolated)*" if r["extrapolated_step"] else "")
+        seconds = f"{r['step_s']:.3g} s" if r["step_s"] < 100 else fmt_time(r["step_s"])
+        step = seconds + (" *(extrapolated)*" if r["extrapolated_step"] else "")
         accum = (
             f" ({r['accum']} × {r['tokens_per_step'] // r['accum']:,})" if r["accum"] > 1 else ""
         )
         if "run" in r:
             run = r["run"]
             val = f", val loss {run['val_loss']:.3f}" if run.get("val_loss") is not None else ""
-            final = run.get("timings", {}).get("final_eval_s", 0.0)
             when = (
-                f"measured: {run['steps']:,} steps, training {run['train_time_s']:.0f} s,"
-                f" final eval {final:.0f} s, whole process {run['wall_s']:.0f} s{val}"
+                f"measured: {run['step']:,} steps, training {run['train_time_s']:.0f} s,"
+                f" final eval {run.get('final_eval_s', 0.0):.0f} s, whole process"
+                f" {run['wall_s']:.0f} s{val} (its data prepared before: {r['prepare_s']:.0f} s,"
+                " 0 when cached)"
             )
         else:
             when = f"*extrapolated*: {fmt_time(r['budget_s'])}"
@@ -236,19 +218,81 @@ def main() -> None:
             f"{r['precision']} | {r['params'] / 1e6:.2f} M | {r['tokens_per_step']:,}{accum} "
             f"| {step} | {r['tokens_per_s']:,.0f} | {r['budget']} | {when} |"
         )
-    lines += [
-        "",
-        "Rows marked *(extrapolated)* timed "
-        + ", ".join(
-            f"{r['preset']}: one micro-batch of {r['timed_rows']} rows"
-            for r in rows
-            if r["extrapolated_step"]
+    partial = [r for r in rows if r["extrapolated_step"]]
+    lines.append("")
+    if partial:
+        timed = ", ".join(
+            f"{r['preset']}: {r['timed_rows']} row(s) of one micro-batch, scaled to"
+            f" {r['accum']} micro-batches of {r['tokens_per_step'] // r['accum']:,} tokens"
+            for r in partial
         )
-        + " and scaled to the whole step."
-        if any(r["extrapolated_step"] for r in rows)
-        else "Every step was timed whole.",
-    ]
-    write_section("presets", "\n".join(lines))
+        lines.append(
+            f"Steps marked *(extrapolated)* were timed in part ({timed}): a whole step does"
+            " not fit the memory or the time of this benchmark."
+        )
+    else:
+        lines.append("Every step was timed whole.")
+    return "\n".join(lines)
+
+
+def read_log(path: Path) -> tuple[list[dict], dict]:
+    """Rows and header from what an earlier run printed (to write its section again)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = {"machine": lines[0], "repeats": 5, "limit": 900.0}
+    rows = []
+    for line in lines[1:]:
+        if line.startswith("load average before: "):
+            load, _, threads = line.removeprefix("load average before: ").partition("; threads ")
+            header.update(load_before=load, threads=int(threads))
+        elif line.startswith("load average after: "):
+            header["load_after"] = line.removeprefix("load average after: ")
+        elif line.startswith("{"):
+            rows.append(json.loads(line))
+        elif line.startswith("settings: "):
+            header.update(json.loads(line.removeprefix("settings: ")))
+    return rows, header
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--presets", default="", help="comma-separated (default: all with a model)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--limit", type=float, default=900.0, help="longest real run, seconds")
+    ap.add_argument("--no-runs", action="store_true", help="only part 1 and conversions")
+    ap.add_argument(
+        "--from-log",
+        type=Path,
+        metavar="FILE",
+        help="measure nothing: write the section from what an earlier run printed",
+    )
+    args = ap.parse_args()
+    if args.from_log:
+        rows, header = read_log(args.from_log)
+        write_section("presets", render(rows, header))
+        return
+    torch.set_num_threads(args.threads)
+    presets = args.presets.split(",") if args.presets else list_presets()
+    presets = [p for p in presets if load_config(p).model.n_layer and p != "finetune"]
+    header = {"machine": machine_line(machine()), "threads": args.threads}
+    header.update(repeats=args.repeats, limit=args.limit)
+    print(header["machine"])
+    print("settings: " + json.dumps({"repeats": args.repeats, "limit": args.limit}))
+    header["load_before"] = load_avg()
+    print(f"load average before: {header['load_before']}; threads {args.threads}")
+    rows = []
+    for preset in presets:
+        step = time_step(preset, args.repeats)
+        plan = budget(preset, step)
+        row = {**step, **plan}
+        if not args.no_runs and plan["budget_s"] <= args.limit:
+            _, row["prepare_s"] = prepared(preset)  # not part of the timed run
+            row["run"] = real_run(preset, args.threads)
+        rows.append(row)
+        print(json.dumps(row, default=str), flush=True)
+    header["load_after"] = load_avg()
+    print(f"load average after: {header['load_after']}")
+    write_section("presets", render(rows, header))
 
 
 if __name__ == "__main__":

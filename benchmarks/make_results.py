@@ -12,6 +12,7 @@ ORDER = [
     "train",
     "train_quality",
     "train_compare",
+    "presets",
     "generate",
     "engine",
     "onnx",

@@ -35,6 +35,7 @@ import re
 import shlex
 import sqlite3
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -299,9 +300,10 @@ def stand_ins(tmp_path, monkeypatch):
 
 
 class Runner:
-    def __init__(self, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, work: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
         self.work = work
         self.monkeypatch = monkeypatch
+        self.capsys = capsys
         self.steps: dict[str, int] = {}  # run folder -> steps it was given
 
     def run(self, command: str) -> None:
@@ -328,12 +330,21 @@ class Runner:
             return
         if words[:3] in (["python", "-m", "tinygpt"], ["python3", "-m", "tinygpt"]):
             words = ["tinygpt", *words[3:]]
+        before = self.capsys.readouterr()
+        sys.stdout.write(before.out)
+        sys.stderr.write(before.err)
         with _env(env):
             if words[:1] == ["tinygpt"]:
                 code = main(self._budget(words[1:]))
             else:
                 code = subprocess.run(["bash", "-c", first], cwd=self.work).returncode
         assert code == expected, f"`{first}` exited {code}, expected {expected}"
+        if expected:  # an announced failure is one clear line
+            after = self.capsys.readouterr()
+            sys.stdout.write(after.out)
+            sys.stderr.write(after.err)
+            errors = [x for x in after.err.splitlines() if x.startswith("tinygpt: error: ")]
+            assert len(errors) == 1, after.err
 
     def _budget(self, argv: list[str]) -> list[str]:
         if argv[:1] not in (["train"], ["finetune"]):
@@ -373,8 +384,8 @@ def test_every_recipe_has_blocks():
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
-def test_recipe_runs_as_written(name, stand_ins, monkeypatch):
-    runner = Runner(stand_ins, monkeypatch)
+def test_recipe_runs_as_written(name, stand_ins, monkeypatch, capsys):
+    runner = Runner(stand_ins, monkeypatch, capsys)
     for block in RECIPES[name]:
         for command in commands(block):
             runner.run(command)
@@ -383,6 +394,5 @@ def test_recipe_runs_as_written(name, stand_ins, monkeypatch):
 def test_the_runners_helpers():
     """The worked examples in this file's docstrings."""
     import doctest
-    import sys
 
     assert doctest.testmod(sys.modules[__name__]).failed == 0
