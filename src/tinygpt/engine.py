@@ -187,6 +187,25 @@ class Completion:
 # ---------------------------------------------------------------------------- a request
 
 
+def _wake_all(wakes: list) -> None:
+    """Wake the event loops noted by `Request._emit` during one step: one thread-safe call
+    per loop, setting every waiting request's asyncio.Event in it."""
+    by_loop: dict[Any, list] = {}
+    for loop, wakeup, req in wakes:
+        by_loop.setdefault(loop, []).append((wakeup, req))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_all, [w for w, _ in items])
+        except RuntimeError:  # the event loop is closed: nobody listens any more
+            for _, req in items:
+                req._cancelled = True
+
+
+def _set_all(events: list[asyncio.Event]) -> None:
+    for event in events:
+        event.set()
+
+
 class Request:
     """The handle of a submitted request: iterate it for events (`for` or `async for`),
     or wait for the whole `result()` / `await aresult()`; `cancel()` ends it.
@@ -243,7 +262,10 @@ class Request:
             self._wake_engine()
 
     # --- delivery (called by the engine thread) --------------------------------------
-    def _emit(self, event: Event) -> None:
+    def _emit(self, event: Event, wakes: list | None = None) -> None:
+        """Deliver `event`. An event loop awaiting this request is woken at once, or, when
+        `wakes` is given, noted there for the engine to wake once for a whole step
+        (`_wake_all`): one call into each event loop per step instead of one per request."""
         with self._cond:
             if event.token is not None:
                 self.token_ids.append(event.token.id)
@@ -261,6 +283,9 @@ class Request:
             # Waking the event loop costs its thread a turn on the GIL: only when awaited.
             wanted = self._streaming or event.finish_reason is not None
         if loop is not None and wakeup is not None and wanted:
+            if wakes is not None:
+                wakes.append((loop, wakeup, self))
+                return
             try:
                 loop.call_soon_threadsafe(wakeup.set)
             except RuntimeError:  # the event loop is closed: nobody listens any more
@@ -665,7 +690,7 @@ class Engine:
         tokens = self._sample(rows, logits)  # (n,)
         self._last[first : first + len(rows)] = tokens
         logprobs = self._logprobs(rows, logits, tokens)
-        done = []
+        done, wakes = [], []
         for j, (row, token) in enumerate(zip(rows, tokens.tolist())):
             row.length += 1
             info = self._token(token, logprobs[j] if logprobs else None)
@@ -681,10 +706,11 @@ class Engine:
                 ):
                     piece, reason = piece + row.text.finish(), "length"
             if reason is None:
-                row.req._emit(Event(piece, info))
+                row.req._emit(Event(piece, info), wakes)
             else:
-                self._end(row.req, Event(piece, info, reason))
+                self._end(row.req, Event(piece, info, reason), wakes)
                 done.append(first + j)
+        _wake_all(wakes)
         with self._cond:
             self._tokens += len(rows)
         for i in reversed(done):
@@ -766,8 +792,8 @@ class Engine:
     def _end_waiting(self, req: Request, reason: str) -> None:
         self._end(req, Event("", finish_reason=reason))
 
-    def _end(self, req: Request, event: Event) -> None:
+    def _end(self, req: Request, event: Event, wakes: list | None = None) -> None:
         usage = Usage(req.prompt_tokens, req.completion_tokens + (event.token is not None))
-        req._emit(Event(event.text, event.token, event.finish_reason, usage, event.error))
+        req._emit(Event(event.text, event.token, event.finish_reason, usage, event.error), wakes)
         with self._cond:
             self._finished[event.finish_reason or "error"] += 1
