@@ -178,13 +178,57 @@ def test_models_health_and_unknown_paths(http):
     health = http.get("/health").json()
     assert health["status"] == "ok" and health["max_batch"] == 8
     for path, method, status in [
-        ("/", "GET", 404),
+        ("/nope", "GET", 404),
+        ("/static/nope.js", "GET", 404),
+        ("/", "POST", 405),
         ("/v1/nope", "GET", 404),
         ("/v1/completions", "GET", 405),
     ]:
         r = http.request(method, path)
         assert r.status_code == status
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_the_chat_page_and_info(http, model, engine):
+    page = http.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "connect-src 'self'" in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert '<script src="/static/chat.js"' in page.text and "/static/chat.css" in page.text
+    files = {"chat.js": "javascript", "chat.css": "text/css"}
+    for name, kind in files.items():
+        r = http.get(f"/static/{name}")
+        assert r.status_code == 200 and kind in r.headers["content-type"]
+        files[name] = r.text
+    # offline and text-only: nothing from another origin, text never written as HTML
+    for text in (page.text, *files.values()):
+        assert "http://" not in text and "https://" not in text and "@import" not in text
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in files["chat.js"]
+    info = http.get("/info").json()
+    assert info == {
+        "model": NAME,
+        "parameters": model.num_params(),
+        "context": CONTEXT,
+        "chat": True,
+        "template": "default",
+        "runtime": "pytorch",
+        "max_batch": 8,
+        "max_tokens_default": CAP,
+        "max_tokens_cap": CAP,
+        "logprobs": True,
+        "api_key_required": False,
+    }
+    # the page can be left out; /info stays open when an API key guards /v1
+    app = create_app(engine, name=NAME, template=None, api_key="k", page=False)
+    with start(app) as running, httpx.Client(base_url=running.url) as other:
+        assert other.get("/").status_code == 404
+        assert other.get("/static/chat.js").status_code == 404
+        info = other.get("/info").json()
+        assert info["api_key_required"] is True and info["chat"] is False
+        assert info["template"] is None
+        assert other.get("/v1/models").status_code == 401
 
 
 def test_completions_with_the_openai_client(client, tok):
@@ -834,7 +878,8 @@ def test_serve_command_bad_input(tmp_path, chat_run, capsys):
     (tmp_path / "onnx").mkdir()
     (tmp_path / "onnx" / "model.onnx").write_bytes(b"")
     assert main(["serve", str(tmp_path / "onnx"), "--port", "0"]) == 2
-    assert "ONNX folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds model.onnx but no tinygpt_onnx.json" in err and len(err.strip().splitlines()) == 1
 
 
 def test_background_server_thread_stops(engine):

@@ -1,14 +1,18 @@
 """The HTTP application: OpenAI's completions and chat endpoints over a generation backend.
 
 Owns: the routes (`GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/completions`,
-`POST /v1/chat/completions`, `GET /health`), the API key check, turning checked requests
+`POST /v1/chat/completions`, `GET /health`, `GET /info`, and the chat page: `GET /` and its
+files under `/static/`), the API key check, turning checked requests
 (`tinygpt.serve.protocol`) into backend submissions (one per choice), waiting for answers
 without blocking the event loop, streaming them as server-sent events, noticing clients that
 go away, the per-request time limit, and every error answer. Knows nothing about models,
 torch or how tokens are generated: that is the backend's business (`tinygpt.serve.backend`).
 
-`GET /` is left free (a chat page may be mounted there with `app.mount("/", StaticFiles(...,
-html=True))` after the API routes); unknown paths answer 404 in OpenAI's error shape.
+The chat page (`tinygpt/serve/static/`: plain HTML, CSS and JavaScript, no build step, nothing
+fetched from elsewhere) talks to the same API as any client: it reads `GET /info` (the
+model's name, size, context, whether it has a chat template) and streams answers from
+`/v1/chat/completions` or `/v1/completions`. `page=False` leaves it out. Unknown paths answer
+404 in OpenAI's error shape.
 
 How a request runs. The body is read and checked on the event loop; the prompt is encoded
 (a chat conversation through the run's template); each of the n choices is submitted to
@@ -28,11 +32,13 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -59,6 +65,19 @@ from tinygpt.serve.protocol import (
 # (the backend checks the limit between two steps) before answering 504 itself.
 GRACE_S = 10.0
 
+# The chat page's files, shipped inside the package.
+STATIC = Path(__file__).resolve().parent / "static"
+# The page runs only its own files: no inline script, nothing from another origin. Should text
+# ever reach the page as HTML, the browser would still refuse to run its handlers.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
 
 def create_app(
     source: Any,
@@ -68,6 +87,7 @@ def create_app(
     api_key: str | None = None,
     limits: Limits | None = None,
     timeout: float | None = 600.0,
+    page: bool = True,
     **open_options: Any,
 ) -> FastAPI:
     """The FastAPI application serving one model.
@@ -81,6 +101,7 @@ def create_app(
     - api_key: when set, every `/v1` request needs `Authorization: Bearer <api_key>`.
     - limits: max_tokens default and cap, the most choices per request (`Limits`).
     - timeout: seconds a request may take from its arrival, queueing included (None: none).
+    - page: serve the chat page at `GET /` (its files under `/static/`).
     """
     if isinstance(source, ServedModel):
         served = source
@@ -119,7 +140,15 @@ def create_app(
     v1.add_api_route("/chat/completions", server.chat, methods=["POST"])
     app.include_router(v1)
     app.add_api_route("/health", server.health, methods=["GET"])
+    app.add_api_route("/info", server.info, methods=["GET"])
+    if page:
+        app.add_api_route("/", _page, methods=["GET"], include_in_schema=False)
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+async def _page() -> Response:
+    return FileResponse(STATIC / "index.html", media_type="text/html", headers=PAGE_HEADERS)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -240,6 +269,27 @@ class _Server:
             "queued": getattr(stats, "queued", None),
         }
 
+    async def info(self) -> dict[str, Any]:
+        """What the chat page shows and needs: the model, its size and context, whether it
+        chats, the limits of a request. Open like /health (the page asks before it has a key)."""
+        template = self.served.template
+        return {
+            "model": self.served.name,
+            "parameters": self.served.parameters,
+            "context": self.backend.context,
+            "chat": template is not None,
+            "template": None if template is None else template.name,
+            "runtime": self.served.runtime,
+            "max_batch": self.backend.max_batch,
+            "max_tokens_default": self.limits.max_tokens_default,
+            "max_tokens_cap": self.limits.max_tokens_cap,
+            "logprobs": self._logprobs_supported(),
+            "api_key_required": self.api_key is not None,
+        }
+
+    def _logprobs_supported(self) -> bool:
+        return bool(getattr(self.backend, "supports_logprobs", True))
+
     # --- the generation routes ---------------------------------------------------------
     async def completions(self, request: Request) -> Response:
         body = parse_body(await _read(request), request.headers.get("content-type"))
@@ -301,6 +351,13 @@ class _Server:
 
     def _submit(self, settings: Settings, prompts: list[list[int]]) -> list[Any]:
         """Submit n choices per prompt (choice j of a prompt with seed + j); all or none."""
+        if settings.logprobs and not self._logprobs_supported():
+            raise bad(
+                f"this server generates with {self.served.runtime}, which does not report "
+                "log-probabilities; leave out logprobs",
+                "logprobs",
+                code="logprobs_not_supported",
+            )
         handles: list[Any] = []
         try:
             for ids in prompts:
