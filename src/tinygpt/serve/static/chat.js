@@ -291,7 +291,7 @@
       }
     })();
     watch.catch(() => {});
-    const outcome = { finish: null, usage: null, stopped: false };
+    const outcome = { finish: null, usage: null, stopped: false, leftOut: 0 };
     try {
       let response;
       try {
@@ -307,6 +307,7 @@
         throw new ServerGone(GONE);
       }
       if (!response.ok) throw await errorFrom(response);
+      outcome.leftOut = Number(response.headers.get("X-Tinygpt-Messages-Left-Out") || 0);
       const reader = response.body.getReader();
       const decoder = new TextDecoder();
       let buffer = "";
@@ -380,32 +381,24 @@
     const answer = addMessage("assistant", state.info.model, "");
     answer.box.classList.add("streaming");
     const started = performance.now();
-    let dropped = 0;
     try {
-      for (;;) {
-        try {
-          const outcome = await stream(
-            "/v1/chat/completions",
-            { model: state.info.model, messages: conversation(), ...sampling() },
-            (piece) => answer.append(piece),
-          );
-          const said = answer.text();
-          if (said) state.messages.push({ role: "assistant", content: said });
-          else state.messages.pop(); // nothing was answered: the question is not kept
-          let line = describeEnd(outcome, started, said.length);
-          if (dropped) line += " · the " + dropped + " oldest messages were left out to fit the context";
-          answer.note(line, false);
-          return outcome;
-        } catch (err) {
-          // A conversation too long for the context: leave out the oldest exchange, retry.
-          if (err instanceof APIError && err.code === "context_length_exceeded" && state.messages.length > 2) {
-            state.messages.splice(0, 2);
-            dropped += 2;
-            continue;
-          }
-          throw err;
-        }
+      // fit_context (tinygpt's own field): the server leaves out the oldest exchanges that
+      // would leave the answer too little room, as `tinygpt chat` does, and says how many.
+      const outcome = await stream(
+        "/v1/chat/completions",
+        { model: state.info.model, messages: conversation(), fit_context: true, ...sampling() },
+        (piece) => answer.append(piece),
+      );
+      if (outcome.leftOut > 0) state.messages.splice(0, outcome.leftOut);
+      const said = answer.text();
+      if (said) state.messages.push({ role: "assistant", content: said });
+      else state.messages.pop(); // nothing was answered: the question is not kept
+      let line = describeEnd(outcome, started, said.length);
+      if (outcome.leftOut > 0) {
+        line += " · the " + outcome.leftOut + " oldest messages were left out to fit the context";
       }
+      answer.note(line, false);
+      return outcome;
     } catch (err) {
       // Not answered: the question leaves the conversation (the page offers it to send again).
       const last = state.messages[state.messages.length - 1];
