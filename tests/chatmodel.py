@@ -27,6 +27,9 @@ def chat_tokenizer() -> Any:
 
 def train_chat_run(run: Path, tok: Any, context: int = 64) -> Path:
     """Write a run folder at `run` whose model answers QA (greedy) and ends its turn."""
+    # One thread, also when a module fixture calls this before the conftest's per-test
+    # setting has run (tiny matmuls on two busy cores are slower with two threads).
+    torch.set_num_threads(1)
     seqs = [
         TEMPLATE.encode(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])[
             0

@@ -117,9 +117,8 @@ def artifacts(request) -> Path:
     root = Path(__file__).resolve().parents[1]
     folder = Path(os.environ.get("TINYGPT_TEST_ARTIFACTS", root / "build" / "test-artifacts"))
     folder.mkdir(parents=True, exist_ok=True)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"chat page screenshots: {folder}")
+    # printed at the end of the run (tests/conftest.py)
+    request.config.tinygpt_artifacts = [folder]
     return folder
 
 
