@@ -10,7 +10,9 @@ those), so every rule here is tested without a server.
 The rules, with OpenAI's API reference as the model:
 - An error is `{"error": {"message", "type", "param", "code"}}` with an HTTP status
   (`APIError`). `param` names the field at fault.
-- Fields OpenAI does not define are ignored (clients send their own extras); fields it
+- Fields OpenAI does not define are ignored (clients send their own extras), except
+  tinygpt's own `fit_context` (chat; a boolean: leave out the oldest exchanges that do not
+  fit, as `tinygpt chat` does; the chat page sends it); fields it
   defines that we do not implement (`tools`, `response_format`, `logit_bias`, penalties, ...)
   are refused with a 400 that names the field, unless they hold the value that means "off"
   (`null`, `0`, `false`, `[]`, `{"type": "text"}`, ...), which some clients always send.
