@@ -85,15 +85,21 @@ def test_predict_answers_as_the_model_was_trained(chat_app):
 
 def test_stopping_an_answer_cancels_its_request(chat_app):
     engine = chat_app.backend
-    before = engine.stats().finished.get("cancelled", 0)
-    stream = chat_app.respond("hi", [], "", temperature=1.0, top_p=1, max_tokens=40)
-    next(stream)
-    stream.close()  # what Gradio does when Stop is pressed
-    end = time.monotonic() + 5
-    while engine.stats().finished.get("cancelled", 0) == before:
-        assert time.monotonic() < end, "the request was not cancelled"
-        time.sleep(0.01)
-    assert engine.stats().active == 0
+    # a slower model: the answer cannot end by itself before the stream is closed
+    hook = engine.model.register_forward_pre_hook(lambda module, args: time.sleep(0.05))
+    try:
+        before = engine.stats()
+        stream = chat_app.respond("hi", [], "", temperature=0, top_p=1, max_tokens=40)
+        assert next(stream) == "h"
+        stream.close()  # what Gradio does when Stop is pressed
+        end = time.monotonic() + 5
+        while engine.stats().finished.get("cancelled", 0) == before.finished.get("cancelled", 0):
+            assert time.monotonic() < end, "the request was not cancelled"
+            time.sleep(0.01)
+        after = engine.stats()
+        assert after.active == 0 and after.tokens - before.tokens < len("hello there")
+    finally:
+        hook.remove()
 
 
 def test_bad_input_is_a_gradio_error(chat_app, app_module):

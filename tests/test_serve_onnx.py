@@ -69,19 +69,18 @@ def client(onnx_server):
     return openai.OpenAI(base_url=onnx_server.url + "/v1", api_key="unused", max_retries=0)
 
 
-class SlowGenerator:
-    """An OnnxGenerator whose every token takes at least `delay` seconds longer."""
+class SlowLM:
+    """An onnxruntime graph (`OnnxLM`) whose every forward pass takes `delay` s longer."""
 
-    def __init__(self, generator, delay: float) -> None:
-        self._generator, self.delay = generator, delay
+    def __init__(self, lm, delay: float) -> None:
+        self._lm, self.delay = lm, delay
 
     def __getattr__(self, name):
-        return getattr(self._generator, name)
+        return getattr(self._lm, name)
 
-    def token_steps(self, ids, **kw):
-        for step in self._generator.token_steps(ids, **kw):
-            time.sleep(self.delay)
-            yield step
+    def __call__(self, *args):
+        time.sleep(self.delay)
+        return self._lm(*args)
 
 
 def ask(messages_or_prompt, url: str, **kw) -> dict:
@@ -191,8 +190,11 @@ def test_logprobs_are_refused_and_info_says_so(onnx_server, folders):
 
 
 def test_one_request_at_a_time_a_full_queue_and_a_client_that_leaves(folders):
-    backend = OnnxBackend(SlowGenerator(load_onnx(folders[1], threads=1), 0.05), max_queue=1)
+    generator = load_onnx(folders[1], threads=1)
+    generator.lm = SlowLM(generator.lm, 0.05)
+    backend = OnnxBackend(generator, max_queue=1)
     served = ServedModel(backend, "slow", template=TEMPLATE, owned=True)
+    served.stop_ids = ()  # every answer runs to max_tokens: 40 tokens take 2 s
     with start(create_app(served)) as running, httpx.Client(base_url=running.url) as http:
         long = {"model": "slow", "prompt": "hi", "max_tokens": 40, "stream": True}
         with http.stream("POST", "/v1/completions", json=long) as first:
@@ -220,7 +222,7 @@ def test_one_request_at_a_time_a_full_queue_and_a_client_that_leaves(folders):
         # the first client left: its generation stops and the waiting request runs
         waiting.join(10)
         assert results[0].status_code == 200
-        assert len(results[0].json()["choices"][0]["text"]) <= 3
+        assert results[0].json()["usage"]["completion_tokens"] == 3
         stats = backend.stats()
         assert stats.finished["cancelled"] == 1 and stats.active == 0
         assert stats.tokens < 40 + 3
@@ -241,6 +243,20 @@ def test_the_backend_by_hand(folders, tok):
     events = list(req)
     assert [e.text for e in events] == list("see ") and events[-1].finish_reason == "length"
     assert events[-1].usage.completion_tokens == 4
+    # no stop ids: past the end of text, exactly max_tokens, as the engine generates them
+    from tinygpt.engine import Engine
+    from tinygpt.run import load_run
+
+    plain = tok.encode("hi")
+    req = backend.submit(plain, max_tokens=12, temperature=0, stop_token_ids=())
+    backend.step()
+    mine = req.result(timeout=1)
+    assert mine.finish_reason == "length" and mine.usage.completion_tokens == 12
+    assert set(generator.stop_token_ids) & set(mine.token_ids)  # it ended its turn, went on
+    loaded = load_run(folders[0])
+    with Engine(loaded.model, loaded.tokenizer, max_batch=1) as engine:
+        twin = engine.submit(plain, max_tokens=12, temperature=0, stop_token_ids=())
+        assert twin.result(timeout=10).token_ids == mine.token_ids
     # the context ends an answer: prompt and completion never pass it
     long = tok.encode("a" * (CONTEXT - 3))
     req = backend.submit(long, max_tokens=30, temperature=0, stop_token_ids=())

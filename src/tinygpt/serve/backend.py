@@ -17,7 +17,7 @@ report log-probabilities says so with `supports_logprobs = False` (the server th
 400 to a request that asks for them).
 
 `OnnxBackend` serves an ONNX export folder with onnxruntime, without torch: a worker thread
-takes one request at a time from a bounded queue and runs `OnnxGenerator.token_steps` for it
+takes one request at a time from a bounded queue and runs the generator's token loop for it
 (batch 1: concurrent requests wait their turn instead of sharing a forward pass, so the
 aggregate speed is that of one client). Its handles are the engine's (`tinygpt.request`), so
 streaming, stop strings, seeds, time limits, cancellation and usage behave as with a run
@@ -375,6 +375,8 @@ class OnnxBackend:
                 self._running = None
 
     def _generate(self, req: Request) -> None:
+        from tinygpt.onnx_runtime import generate_tokens
+
         p = req.params
         text = RowText(self.tokenizer, p.stop)
         stop_ids = p.stop_token_ids
@@ -382,14 +384,17 @@ class OnnxBackend:
             stop_ids = () if self.eot_id is None else (self.eot_id,)
         # Prompt and completion together never pass the context (as in the engine).
         budget = min(p.max_tokens, self.context - req.prompt_tokens)
-        steps = self.generator.token_steps(
+        # The token loop of the generator's graph, told of no end-of-text id: which ids end
+        # a request is the request's business (stop_token_ids=() generates max_tokens).
+        steps = generate_tokens(
+            self.generator.lm,
             [req.prompt_ids],
             max_new_tokens=budget,
             temperature=p.temperature,
             top_k=p.top_k,
             top_p=p.top_p,
-            repetition_penalty=1.0,
             seed=p.seed,
+            eot_id=None,
         )
         try:
             for count in range(1, budget + 1):
@@ -397,7 +402,7 @@ class OnnxBackend:
                 if reason is not None:
                     self._end(req, Event(text.finish(), finish_reason=reason))
                     return
-                token = next(steps)[0]
+                token = int(next(steps)[0])
                 with self._cond:
                     self._steps += 1
                     self._tokens += 1
