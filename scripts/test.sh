@@ -11,7 +11,7 @@ python -m pytest -q "$@"
 python -m pytest -q -m network
 # The chat page in a real headless Chromium: Debian's chromium and chromium-driver.
 if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
-  python -m pytest -q -m browser
+  python -m pytest -q -m browser tests/test_page.py
 else
   echo "SKIPPED the browser test (tests/test_page.py, marker browser): it needs"
   echo "/usr/bin/chromium and /usr/bin/chromedriver (apt-get install -y chromium chromium-driver)"
