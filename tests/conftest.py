@@ -21,3 +21,9 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(1)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say where tests left files for people to look at (the chat page's screenshots)."""
+    for folder in getattr(config, "tinygpt_artifacts", ()):
+        terminalreporter.write_line(f"test artifacts (screenshots): {folder}")

@@ -178,13 +178,57 @@ def test_models_health_and_unknown_paths(http):
     health = http.get("/health").json()
     assert health["status"] == "ok" and health["max_batch"] == 8
     for path, method, status in [
-        ("/", "GET", 404),
+        ("/nope", "GET", 404),
+        ("/static/nope.js", "GET", 404),
+        ("/", "POST", 405),
         ("/v1/nope", "GET", 404),
         ("/v1/completions", "GET", 405),
     ]:
         r = http.request(method, path)
         assert r.status_code == status
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_the_chat_page_and_info(http, model, engine):
+    page = http.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "connect-src 'self'" in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert '<script src="/static/chat.js"' in page.text and "/static/chat.css" in page.text
+    files = {"chat.js": "javascript", "chat.css": "text/css"}
+    for name, kind in files.items():
+        r = http.get(f"/static/{name}")
+        assert r.status_code == 200 and kind in r.headers["content-type"]
+        files[name] = r.text
+    # offline and text-only: nothing from another origin, text never written as HTML
+    for text in (page.text, *files.values()):
+        assert "http://" not in text and "https://" not in text and "@import" not in text
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in files["chat.js"]
+    info = http.get("/info").json()
+    assert info == {
+        "model": NAME,
+        "parameters": model.num_params(),
+        "context": CONTEXT,
+        "chat": True,
+        "template": "default",
+        "runtime": "pytorch",
+        "max_batch": 8,
+        "max_tokens_default": CAP,
+        "max_tokens_cap": CAP,
+        "logprobs": True,
+        "api_key_required": False,
+    }
+    # the page can be left out; /info stays open when an API key guards /v1
+    app = create_app(engine, name=NAME, template=None, api_key="k", page=False)
+    with start(app) as running, httpx.Client(base_url=running.url) as other:
+        assert other.get("/").status_code == 404
+        assert other.get("/static/chat.js").status_code == 404
+        info = other.get("/info").json()
+        assert info["api_key_required"] is True and info["chat"] is False
+        assert info["template"] is None
+        assert other.get("/v1/models").status_code == 401
 
 
 def test_completions_with_the_openai_client(client, tok):
@@ -540,6 +584,47 @@ ERRORS = [
 ]
 
 
+def test_fit_context_leaves_out_the_oldest_exchanges(chat_server, tok):
+    """tinygpt's own `fit_context` field (the chat page sends it): the oldest exchanges are
+    left out until the answer has min(max_tokens, context / 2) tokens, as in `tinygpt chat`,
+    and a header says how many."""
+    turns = []
+    for q, a in QA * 2:
+        turns += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    messages = [{"role": "system", "content": "Be brief."}, *turns[:-1]]  # ends with "who"
+    body = {"model": "chatty", "messages": messages, "temperature": 0, "max_tokens": 20}
+    with httpx.Client(base_url=chat_server.url, timeout=30) as http:
+        r = http.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+        assert "x-tinygpt-messages-left-out" not in r.headers
+        r = http.post("/v1/chat/completions", json={**body, "fit_context": True})
+        assert r.status_code == 200
+        left_out = int(r.headers["x-tinygpt-messages-left-out"])
+        kept = [messages[0], *messages[1 + left_out :]]
+        ids, _ = TEMPLATE.encode(tok, kept, add_generation_prompt=True)
+        assert left_out > 0 and left_out % 2 == 0
+        assert r.json()["usage"]["prompt_tokens"] == len(ids) <= CONTEXT - 20
+        assert len(TEMPLATE.encode(tok, [messages[0], *messages[left_out - 1 :]], True)[0]) > (
+            CONTEXT - 20
+        )  # one exchange more would not have fitted
+        with http.stream(
+            "POST", "/v1/chat/completions", json={**body, "fit_context": True, "stream": True}
+        ) as streamed:
+            assert streamed.headers["x-tinygpt-messages-left-out"] == str(left_out)
+            text = "".join(
+                e["choices"][0]["delta"].get("content") or ""
+                for e in chunks(streamed)[:-1]
+                if e["choices"]
+            )
+        assert text == r.json()["choices"][0]["message"]["content"]
+        # the last message alone too long: 400, saying so; fit_context must be a boolean
+        long = {**body, "messages": [{"role": "user", "content": "hi " * 40}]}
+        r = http.post("/v1/chat/completions", json={**long, "fit_context": True})
+        assert r.status_code == 400 and "the last message takes" in r.json()["error"]["message"]
+        r = http.post("/v1/chat/completions", json={**body, "fit_context": "yes"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "fit_context"
+
+
 def test_every_error_case_answers_in_openai_shape_and_the_server_goes_on(http):
     for path, body, headers, status, param, words in ERRORS:
         if isinstance(body, bytes):
@@ -834,7 +919,8 @@ def test_serve_command_bad_input(tmp_path, chat_run, capsys):
     (tmp_path / "onnx").mkdir()
     (tmp_path / "onnx" / "model.onnx").write_bytes(b"")
     assert main(["serve", str(tmp_path / "onnx"), "--port", "0"]) == 2
-    assert "ONNX folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds model.onnx but no tinygpt_onnx.json" in err and len(err.strip().splitlines()) == 1
 
 
 def test_background_server_thread_stops(engine):

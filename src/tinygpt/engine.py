@@ -40,317 +40,38 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from tinygpt.errors import TinyGPTError
-from tinygpt.generate import RowText, check_sampling
+from tinygpt.generate import RowText
 from tinygpt.model import GPT
 
-FINISH_REASONS = ("stop", "length", "timeout", "cancelled", "error")
-
-
-class QueueFull(TinyGPTError):
-    """Every row is busy and the queue is full; try again in `retry_after` seconds."""
-
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class PromptTooLong(TinyGPTError):
-    """The prompt leaves no room for a completion in the model's context."""
-
-    def __init__(self, prompt_tokens: int, context: int) -> None:
-        super().__init__(
-            f"the prompt is {prompt_tokens} tokens long, but the model's context is {context} "
-            f"tokens for prompt and completion together; shorten the prompt to at most "
-            f"{context - 1} tokens"
-        )
-        self.prompt_tokens, self.context = prompt_tokens, context
-
-
-class EngineError(RuntimeError):
-    """Generation failed inside the engine (not the request's fault)."""
-
-
-# ---------------------------------------------------------------------------- the data
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How one request is generated.
-
-    - max_tokens: the most new tokens (>= 1); the context may stop it sooner ("length").
-    - temperature: 0 for greedy decoding; top_k / top_p (None = off) as in `tinygpt.generate`.
-    - seed: seeds the request's own random generator (None: a random seed).
-    - stop: strings that end the completion, not included in it (found across tokens).
-    - stop_token_ids: ids that end it (end-of-text, end-of-turn); None = the tokenizer's
-      end-of-text; () = none (generate exactly max_tokens tokens).
-    - logprobs: report the log-probability of each chosen token; top_logprobs: and of the
-      that many most likely tokens at each step. They are those of the model's distribution
-      (log-softmax of the logits, before temperature and filtering).
-    - timeout: seconds from submission after which the request ends with "timeout";
-      None = the engine's default.
-    """
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] | None = None
-    logprobs: bool = False
-    top_logprobs: int = 0
-    timeout: float | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        object.__setattr__(self, "stop", tuple(self.stop))
-        if self.stop_token_ids is not None:
-            object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int):
-            raise TinyGPTError(f"max_tokens must be an integer, got {self.max_tokens!r}")
-        if self.max_tokens < 1:
-            raise TinyGPTError(f"max_tokens must be at least 1, got {self.max_tokens}")
-        check_sampling(
-            max_new_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            repetition_penalty=1.0,
-            seed=self.seed,
-        )
-        if not 0 <= self.top_logprobs <= 20:
-            raise TinyGPTError(f"top_logprobs must be in [0, 20], got {self.top_logprobs}")
-        if self.timeout is not None and not self.timeout > 0:
-            raise TinyGPTError(f"timeout must be positive seconds, got {self.timeout}")
-
-
-@dataclass(frozen=True)
-class Token:
-    """One generated token: its id, text (U+FFFD for an incomplete UTF-8 character; the name
-    of a special token), bytes, log-probability (None unless asked for) and, with
-    top_logprobs, the most likely tokens of its step (most likely first)."""
-
-    id: int
-    text: str
-    bytes: bytes
-    logprob: float | None = None
-    top: tuple[Token, ...] = ()
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int  # every token generated, including one that ended the request
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass(frozen=True)
-class Event:
-    """What one step brought a request: the text it released ("" when a stop string might be
-    starting or a character is incomplete) and the token it generated (none in a final event
-    of a timeout, a cancellation or an error). The last event, and only it, has a
-    finish_reason (one of FINISH_REASONS) and the usage; an error event carries `error`."""
-
-    text: str
-    token: Token | None = None
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    token_ids: tuple[int, ...]
-    finish_reason: str
-    usage: Usage
-    logprobs: tuple[Token, ...] = ()  # per generated token, when logprobs were asked for
-
-
-# ---------------------------------------------------------------------------- a request
-
-
-class Request:
-    """The handle of a submitted request: iterate it for events (`for` or `async for`),
-    or wait for the whole `result()` / `await aresult()`; `cancel()` ends it.
-
-    Events are delivered once: iterate a request in one place. Leaving an iteration before
-    the last event (break, a cancelled task, a closed generator) cancels the request, which
-    frees its row: a server whose client disconnects needs to do nothing more.
-    """
-
-    def __init__(
-        self,
-        rid: int,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        wake: Callable[[], None] | None = None,
-    ) -> None:
-        self.id = rid
-        self.prompt_ids = prompt_ids
-        self.params = params
-        self.submitted_at = time.monotonic()
-        self.first_token_at: float | None = None
-        self.finished_at: float | None = None
-        self.deadline = float("inf")
-        self.text = ""
-        self.token_ids: list[int] = []
-        self.logprobs: list[Token] = []
-        self.finish_reason: str | None = None
-        self.error: str | None = None
-        self._cancelled = False
-        self._wake_engine = wake
-        self._events: collections.deque[Event] = collections.deque()
-        self._cond = threading.Condition()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wakeup: asyncio.Event | None = None
-        self._streaming = False  # an async iterator wants every event, not only the last
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.prompt_ids)
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-    def cancel(self) -> None:
-        """Ask the engine to end this request ("cancelled") and free its row, between two
-        steps. Does nothing once the request has finished."""
-        self._cancelled = True
-        if self._wake_engine is not None and not self.done:
-            self._wake_engine()
-
-    # --- delivery (called by the engine thread) --------------------------------------
-    def _emit(self, event: Event) -> None:
-        with self._cond:
-            if event.token is not None:
-                self.token_ids.append(event.token.id)
-                if event.token.logprob is not None:
-                    self.logprobs.append(event.token)
-                if self.first_token_at is None:
-                    self.first_token_at = time.monotonic()
-            self.text += event.text
-            if event.finish_reason is not None:
-                self.finish_reason, self.error = event.finish_reason, event.error
-                self.finished_at = time.monotonic()
-            self._events.append(event)
-            self._cond.notify_all()
-            loop, wakeup = self._loop, self._wakeup
-            # Waking the event loop costs its thread a turn on the GIL: only when awaited.
-            wanted = self._streaming or event.finish_reason is not None
-        if loop is not None and wakeup is not None and wanted:
-            try:
-                loop.call_soon_threadsafe(wakeup.set)
-            except RuntimeError:  # the event loop is closed: nobody listens any more
-                self._cancelled = True
-
-    # --- consumption --------------------------------------------------------------------
-    def __iter__(self) -> Iterator[Event]:
-        finished = False
-        try:
-            while not finished:
-                with self._cond:
-                    self._cond.wait_for(lambda: self._events or self.done)
-                    if not self._events:
-                        return  # the last event was taken by another consumer
-                    event = self._events.popleft()
-                finished = event.finish_reason is not None
-                yield event
-        finally:
-            if not finished:
-                self.cancel()
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self._aiter()
-
-    def _attach(self) -> asyncio.Event:
-        """The asyncio.Event that the engine thread sets, through the running loop, at every
-        event of this request (a request is consumed from one event loop)."""
-        with self._cond:
-            if self._loop is None:
-                self._loop, self._wakeup = asyncio.get_running_loop(), asyncio.Event()
-            assert self._wakeup is not None
-            return self._wakeup
-
-    async def _aiter(self) -> AsyncIterator[Event]:
-        self._streaming = True
-        wakeup = self._attach()
-        finished = False
-        try:
-            while not finished:
-                wakeup.clear()  # cleared before looking: a later event sets it again
-                with self._cond:
-                    event = self._events.popleft() if self._events else None
-                    if event is None and self.done:
-                        return  # the last event was taken by another consumer
-                if event is None:
-                    await wakeup.wait()
-                    continue
-                finished = event.finish_reason is not None
-                yield event
-        finally:
-            if not finished:
-                self.cancel()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the request has finished (or timeout seconds); True if it has."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self.done, timeout)
-
-    def result(self, timeout: float | None = None) -> Completion:
-        """The whole completion, once finished; raises EngineError if generation failed."""
-        if not self.wait(timeout):
-            raise TimeoutError(f"request {self.id} has not finished after {timeout} s")
-        return self._completion()
-
-    async def aresult(self) -> Completion:
-        """The whole completion, awaited without blocking the event loop (the events stay
-        for an iterator). Cancelling the awaiting task cancels the request."""
-        wakeup = self._attach()
-        try:
-            while True:
-                wakeup.clear()
-                if self.done:
-                    return self._completion()
-                await wakeup.wait()
-        except asyncio.CancelledError:
-            self.cancel()
-            raise
-
-    def _completion(self) -> Completion:
-        if self.finish_reason == "error":
-            raise EngineError(f"generation failed: {self.error}")
-        assert self.finish_reason is not None
-        return Completion(
-            text=self.text,
-            token_ids=tuple(self.token_ids),
-            finish_reason=self.finish_reason,
-            usage=Usage(self.prompt_tokens, self.completion_tokens),
-            logprobs=tuple(self.logprobs),
-        )
-
+# The request's side (settings, events, the handle) is torch-free and shared with the ONNX
+# serving backend; it is importable from here as well.
+from tinygpt.request import (  # noqa: F401
+    FINISH_REASONS,
+    Completion,
+    EngineError,
+    EngineStats,
+    Event,
+    PromptTooLong,
+    QueueFull,
+    Request,
+    SamplingParams,
+    Token,
+    Usage,
+    describe_token,
+    wake_all,
+)
 
 # ---------------------------------------------------------------------------- sampling
 
@@ -410,16 +131,6 @@ class _Row:
     generator: torch.Generator | None
     stop_ids: frozenset[int]
     length: int = 0  # tokens in the row: prompt + generated
-
-
-@dataclass
-class EngineStats:
-    active: int  # running rows
-    queued: int  # waiting requests
-    steps: int  # decoding steps run so far (one forward pass each)
-    tokens: int  # tokens generated so far (first tokens after prefill included)
-    max_batch: int
-    finished: dict[str, int] = field(default_factory=dict)  # requests per finish_reason
 
 
 class Engine:
@@ -665,7 +376,7 @@ class Engine:
         tokens = self._sample(rows, logits)  # (n,)
         self._last[first : first + len(rows)] = tokens
         logprobs = self._logprobs(rows, logits, tokens)
-        done = []
+        done, wakes = [], []
         for j, (row, token) in enumerate(zip(rows, tokens.tolist())):
             row.length += 1
             info = self._token(token, logprobs[j] if logprobs else None)
@@ -681,10 +392,11 @@ class Engine:
                 ):
                     piece, reason = piece + row.text.finish(), "length"
             if reason is None:
-                row.req._emit(Event(piece, info))
+                row.req._emit(Event(piece, info), wakes)
             else:
-                self._end(row.req, Event(piece, info, reason))
+                self._end(row.req, Event(piece, info, reason), wakes)
                 done.append(first + j)
+        wake_all(wakes)
         with self._cond:
             self._tokens += len(rows)
         for i in reversed(done):
@@ -733,9 +445,7 @@ class Engine:
         return self._describe(token, value, tuple(self._describe(i, v) for i, v in top))
 
     def _describe(self, token: int, logprob: float | None = None, top: tuple = ()) -> Token:
-        raw = b"" if token in self._special else self.tokenizer.token_bytes(token)
-        text = self._special.get(token) or raw.decode("utf-8", errors="replace")
-        return Token(token, text, raw, logprob, top)
+        return describe_token(self.tokenizer, self._special, token, logprob, top)
 
     def _new_row(self, req: Request) -> _Row:
         p = req.params
@@ -766,8 +476,8 @@ class Engine:
     def _end_waiting(self, req: Request, reason: str) -> None:
         self._end(req, Event("", finish_reason=reason))
 
-    def _end(self, req: Request, event: Event) -> None:
+    def _end(self, req: Request, event: Event, wakes: list | None = None) -> None:
         usage = Usage(req.prompt_tokens, req.completion_tokens + (event.token is not None))
-        req._emit(Event(event.text, event.token, event.finish_reason, usage, event.error))
+        req._emit(Event(event.text, event.token, event.finish_reason, usage, event.error), wakes)
         with self._cond:
             self._finished[event.finish_reason or "error"] += 1

@@ -19,16 +19,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "serve",
-        help="serve a run over an OpenAI-compatible HTTP API",
-        description="Serve a trained run over HTTP with OpenAI's API: GET /v1/models, POST "
-        "/v1/completions, POST /v1/chat/completions (runs with a chat template), GET /health. "
-        "Concurrent requests are generated together (continuous batching). A request's "
-        "max_tokens defaults to 256 (or the cap, if lower). Needs the serve extra: "
-        "pip install 'tinygpt[serve]'.",
+        help="serve a run or an ONNX export over an OpenAI-compatible HTTP API and a chat page",
+        description="Serve a trained run (or its ONNX export) over HTTP with OpenAI's API: GET "
+        "/v1/models, POST /v1/completions, POST /v1/chat/completions (models with a chat "
+        "template), GET /health, GET /info, and a chat page at GET /. A run's concurrent "
+        "requests are generated together (continuous batching); an ONNX folder is generated "
+        "with onnxruntime, one request at a time (the others wait in the queue), without "
+        "logprobs. A request's max_tokens defaults to 256 (or the cap, if lower). Needs the "
+        "serve extra: pip install 'tinygpt[serve]'.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("run", metavar="RUN", help="a run folder written by `tinygpt train`")
-    p.add_argument("--checkpoint", default="best", help="best, latest or step-N")
+    p.add_argument(
+        "run",
+        metavar="RUN",
+        help="a run folder written by `tinygpt train`, or an ONNX folder written by "
+        "`tinygpt export --format onnx`",
+    )
+    p.add_argument("--checkpoint", default="best", help="best, latest or step-N (runs only)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument(
@@ -37,15 +44,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV}, else none)",
     )
     p.add_argument("--model-name", default=None, help="the model id (default: the run's name)")
-    p.add_argument("--max-batch", type=int, default=16, help="requests generated at once")
+    p.add_argument(
+        "--max-batch", type=int, default=16, help="requests generated at once (runs only)"
+    )
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 503")
     p.add_argument("--max-tokens-cap", type=int, default=1024, help="the largest max_tokens")
     p.add_argument("--max-n", type=int, default=8, help="the most choices per request")
     p.add_argument(
         "--timeout", type=float, default=600.0, help="seconds a request may take, queue included"
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (an ONNX folder: cpu)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (or onnxruntime)"
+    )
     p.add_argument(
         "--log-level",
         default="info",
@@ -83,10 +94,6 @@ def run_serve(args: argparse.Namespace) -> int:
     from tinygpt.serve.server import bind
 
     bind(args.host, args.port).close()  # a busy port fails before the model loads
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     served = open_model(
         args.run,
@@ -96,14 +103,18 @@ def run_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         timeout=args.timeout,
         name=args.model_name,
+        threads=args.threads,
     )
     limits = Limits(max_tokens_cap=args.max_tokens_cap, max_n=args.max_n)
     app = create_app(served, api_key=api_key, limits=limits, timeout=args.timeout)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     chat = served.template.name if served.template is not None else "none"
+    batch = served.backend.max_batch
+    how = f"max batch {batch}" if batch > 1 else "one request at a time"
     print(
-        f"serving {served.name!r} at http://{shown}:{args.port}/v1 (max batch {args.max_batch}, "
-        f"chat template: {chat}, API key: {'required' if api_key else 'none'}); Ctrl-C stops",
+        f"serving {served.name!r} at http://{shown}:{args.port}/v1 ({served.runtime}, {how}, "
+        f"chat template: {chat}, API key: {'required' if api_key else 'none'}); "
+        f"chat page at http://{shown}:{args.port}/; Ctrl-C stops",
         file=sys.stderr,
         flush=True,
     )

@@ -1,14 +1,18 @@
 """The HTTP application: OpenAI's completions and chat endpoints over a generation backend.
 
 Owns: the routes (`GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/completions`,
-`POST /v1/chat/completions`, `GET /health`), the API key check, turning checked requests
+`POST /v1/chat/completions`, `GET /health`, `GET /info`, and the chat page: `GET /` and its
+files under `/static/`), the API key check, turning checked requests
 (`tinygpt.serve.protocol`) into backend submissions (one per choice), waiting for answers
 without blocking the event loop, streaming them as server-sent events, noticing clients that
 go away, the per-request time limit, and every error answer. Knows nothing about models,
 torch or how tokens are generated: that is the backend's business (`tinygpt.serve.backend`).
 
-`GET /` is left free (a chat page may be mounted there with `app.mount("/", StaticFiles(...,
-html=True))` after the API routes); unknown paths answer 404 in OpenAI's error shape.
+The chat page (`tinygpt/serve/static/`: plain HTML, CSS and JavaScript, no build step, nothing
+fetched from elsewhere) talks to the same API as any client: it reads `GET /info` (the
+model's name, size, context, whether it has a chat template) and streams answers from
+`/v1/chat/completions` or `/v1/completions`. `page=False` leaves it out. Unknown paths answer
+404 in OpenAI's error shape.
 
 How a request runs. The body is read and checked on the event loop; the prompt is encoded
 (a chat conversation through the run's template); each of the n choices is submitted to
@@ -28,14 +32,17 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from tinygpt.chat import fit_history
 from tinygpt.errors import TinyGPTError
 from tinygpt.serve.backend import ServedModel, open_model
 from tinygpt.serve.protocol import (
@@ -59,6 +66,22 @@ from tinygpt.serve.protocol import (
 # (the backend checks the limit between two steps) before answering 504 itself.
 GRACE_S = 10.0
 
+# With "fit_context": true, how many of the oldest messages were left out of the prompt.
+LEFT_OUT_HEADER = "X-Tinygpt-Messages-Left-Out"
+
+# The chat page's files, shipped inside the package.
+STATIC = Path(__file__).resolve().parent / "static"
+# The page runs only its own files: no inline script, nothing from another origin. Should text
+# ever reach the page as HTML, the browser would still refuse to run its handlers.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
 
 def create_app(
     source: Any,
@@ -68,6 +91,7 @@ def create_app(
     api_key: str | None = None,
     limits: Limits | None = None,
     timeout: float | None = 600.0,
+    page: bool = True,
     **open_options: Any,
 ) -> FastAPI:
     """The FastAPI application serving one model.
@@ -81,6 +105,7 @@ def create_app(
     - api_key: when set, every `/v1` request needs `Authorization: Bearer <api_key>`.
     - limits: max_tokens default and cap, the most choices per request (`Limits`).
     - timeout: seconds a request may take from its arrival, queueing included (None: none).
+    - page: serve the chat page at `GET /` (its files under `/static/`).
     """
     if isinstance(source, ServedModel):
         served = source
@@ -119,7 +144,15 @@ def create_app(
     v1.add_api_route("/chat/completions", server.chat, methods=["POST"])
     app.include_router(v1)
     app.add_api_route("/health", server.health, methods=["GET"])
+    app.add_api_route("/info", server.info, methods=["GET"])
+    if page:
+        app.add_api_route("/", _page, methods=["GET"], include_in_schema=False)
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+async def _page() -> Response:
+    return FileResponse(STATIC / "index.html", media_type="text/html", headers=PAGE_HEADERS)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -240,6 +273,27 @@ class _Server:
             "queued": getattr(stats, "queued", None),
         }
 
+    async def info(self) -> dict[str, Any]:
+        """What the chat page shows and needs: the model, its size and context, whether it
+        chats, the limits of a request. Open like /health (the page asks before it has a key)."""
+        template = self.served.template
+        return {
+            "model": self.served.name,
+            "parameters": self.served.parameters,
+            "context": self.backend.context,
+            "chat": template is not None,
+            "template": None if template is None else template.name,
+            "runtime": self.served.runtime,
+            "max_batch": self.backend.max_batch,
+            "max_tokens_default": self.limits.max_tokens_default,
+            "max_tokens_cap": self.limits.max_tokens_cap,
+            "logprobs": self._logprobs_supported(),
+            "api_key_required": self.api_key is not None,
+        }
+
+    def _logprobs_supported(self) -> bool:
+        return bool(getattr(self.backend, "supports_logprobs", True))
+
     # --- the generation routes ---------------------------------------------------------
     async def completions(self, request: Request) -> Response:
         body = parse_body(await _read(request), request.headers.get("content-type"))
@@ -258,12 +312,22 @@ class _Server:
                 "messages",
                 code="no_chat_template",
             )
+        messages, left_out = req.messages, 0
         try:
-            ids, _ = template.encode(self.tokenizer, req.messages, add_generation_prompt=True)
+            if req.fit_context:
+                # The rule of `tinygpt chat`: the answer gets min(max_tokens, context / 2).
+                context = self.backend.context
+                budget = context - min(req.settings.max_tokens, context // 2)
+                messages, left_out = fit_history(template, self.tokenizer, messages, budget)
+            ids, _ = template.encode(self.tokenizer, messages, add_generation_prompt=True)
         except TinyGPTError as exc:
             raise bad(str(exc), "messages") from None
         self._check_length(ids, "messages")
-        return await self._generate(request, Shape(True, self.served.name), req.settings, [ids])
+        shape = Shape(True, self.served.name)
+        response = await self._generate(request, shape, req.settings, [ids])
+        if req.fit_context:
+            response.headers[LEFT_OUT_HEADER] = str(left_out)
+        return response
 
     def _encode_prompt(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a prompt. Text is encoded as text (a special-token string typed in a
@@ -301,6 +365,13 @@ class _Server:
 
     def _submit(self, settings: Settings, prompts: list[list[int]]) -> list[Any]:
         """Submit n choices per prompt (choice j of a prompt with seed + j); all or none."""
+        if settings.logprobs and not self._logprobs_supported():
+            raise bad(
+                f"this server generates with {self.served.runtime}, which does not report "
+                "log-probabilities; leave out logprobs",
+                "logprobs",
+                code="logprobs_not_supported",
+            )
         handles: list[Any] = []
         try:
             for ids in prompts:

@@ -1,9 +1,10 @@
 """What the server generates with: the `Backend` surface, and opening a model to serve.
 
 Owns: the few things the HTTP layer asks of a generator (`Backend`, `Handle`), the served
-model's description (`ServedModel`: backend, name, chat template, which ids end an answer),
-and `open_model(path, ...)`, which turns a run folder into a `ServedModel` backed by the
-continuous-batching engine (`tinygpt.engine.Engine`). Knows nothing about HTTP or JSON.
+model's description (`ServedModel`: backend, name, chat template, which ids end an answer,
+size), `open_model(path, ...)`, which turns a run folder into a `ServedModel` backed by the
+continuous-batching engine (`tinygpt.engine.Engine`) and an ONNX export folder into one
+backed by `OnnxBackend`. Knows nothing about HTTP or JSON.
 
 A backend is anything with the surface of `Engine` that the server uses: `submit(prompt_ids,
 **sampling) -> Handle`, `tokenizer`, `context`, `max_batch`, `stats()` and `close()`. A
@@ -11,25 +12,42 @@ handle is iterated with `async for` for events (`text`, `token`, `finish_reason`
 `error`), awaited whole with `aresult()`, and stopped with `cancel()`. Errors of a request
 are recognised by attribute, so the server imports neither torch nor the engine:
 an exception with `retry_after` means the queue is full (HTTP 503), one with
-`prompt_tokens` and `context` that the prompt does not fit (HTTP 400).
+`prompt_tokens` and `context` that the prompt does not fit (HTTP 400). A backend that cannot
+report log-probabilities says so with `supports_logprobs = False` (the server then answers
+400 to a request that asks for them).
 
-Serving another kind of model means writing another backend. An ONNX folder, generated
-with onnxruntime and without torch, fits as a small adapter: a worker thread that takes
-one request at a time from a bounded queue (batch 1: requests wait their turn instead of
-sharing a forward pass) and delivers the same events. `open_model` is where it would be
-chosen; until then it says that an ONNX folder cannot be served.
+`OnnxBackend` serves an ONNX export folder with onnxruntime, without torch: a worker thread
+takes one request at a time from a bounded queue and runs the generator's token loop for it
+(batch 1: concurrent requests wait their turn instead of sharing a forward pass, so the
+aggregate speed is that of one client). Its handles are the engine's (`tinygpt.request`), so
+streaming, stop strings, seeds, time limits, cancellation and usage behave as with a run
+folder; log-probabilities are not reported.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.request import (
+    EngineStats,
+    Event,
+    PromptTooLong,
+    QueueFull,
+    Request,
+    SamplingParams,
+    Usage,
+    describe_token,
+)
+from tinygpt.textgen import RowText
 
 
 class Handle(Protocol):
@@ -66,6 +84,9 @@ class ServedModel:
     - template: the chat template (`tinygpt.chat.ChatTemplate`) or None, in which case
       `/v1/chat/completions` answers 400.
     - owned: the server closes the backend when it shuts down (it opened it).
+    - parameters: the model's parameter count (None: unknown; read from the backend's
+      `model` when it has one).
+    - runtime: what generates, for people ("pytorch", "onnxruntime").
     """
 
     backend: Backend
@@ -73,8 +94,15 @@ class ServedModel:
     template: Any = None
     owned: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
+    parameters: int | None = None
+    runtime: str = ""
 
     def __post_init__(self) -> None:
+        model = getattr(self.backend, "model", None)
+        if self.parameters is None and hasattr(model, "num_params"):
+            self.parameters = int(model.num_params())
+        if not self.runtime:
+            self.runtime = getattr(self.backend, "runtime", "pytorch")
         tok = self.backend.tokenizer
         ids = [getattr(tok, "eot_id", None)]
         if self.template is not None:
@@ -93,27 +121,45 @@ def open_model(
     max_queue: int = 64,
     timeout: float | None = 600.0,
     name: str | None = None,
+    threads: int | None = None,
 ) -> ServedModel:
-    """Load a run folder into a continuous-batching engine (started) for serving.
+    """Open a model folder for serving, its backend started.
 
-    The model's name is the folder's name unless `name` is given; the chat template is the
-    one the run saved (`tinygpt.chat.load_template`), if any.
+    A run folder is loaded into a continuous-batching engine (`checkpoint`, `device`,
+    `max_batch`; `threads` sets torch's CPU threads); an ONNX export folder into an
+    `OnnxBackend` (one request at a time; `threads` sets onnxruntime's, `device` must be cpu
+    or auto, `checkpoint` and `max_batch` do not apply). The model's name is the folder's
+    name unless `name` is given; the chat template is the one the run saved
+    (`tinygpt.chat.load_template`) or the one the export carries, if any.
     """
-    from tinygpt.chat import load_template
+    from tinygpt.onnx_runtime import is_onnx_folder
     from tinygpt.run import RunDir
 
     folder = Path(path)
+    if threads is not None and threads < 1:
+        raise TinyGPTError(f"threads must be at least 1, got {threads}")
     run = RunDir(folder)
-    if folder.is_dir() and not run.is_run() and any(folder.glob("*.onnx")):
-        raise TinyGPTError(
-            f"{folder} is an ONNX folder; this version serves run folders only: serve the run "
-            "it was exported from"
-        )
+    if (
+        folder.is_dir()
+        and not run.is_run()
+        and (is_onnx_folder(folder) or any(folder.glob("*.onnx")))
+    ):
+        if device not in ("auto", "cpu"):
+            raise TinyGPTError(
+                f"{folder} is an ONNX folder, which is served on the CPU with onnxruntime; "
+                f"leave out --device {device} (or give cpu)"
+            )
+        return open_onnx(folder, max_queue=max_queue, timeout=timeout, name=name, threads=threads)
     run.require()
+    from tinygpt.chat import load_template
     from tinygpt.engine import Engine
     from tinygpt.run import load_run
     from tinygpt.runtime import resolve_device
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     loaded = load_run(folder, checkpoint=checkpoint, device=resolve_device(device))
     template = load_template(folder)
     if template is not None:
@@ -130,4 +176,264 @@ def open_model(
         max_queue=max_queue,
         timeout=timeout,
     )
-    return ServedModel(engine, name or folder.resolve().name, template=template, owned=True)
+    return ServedModel(
+        engine,
+        name or folder.resolve().name,
+        template=template,
+        owned=True,
+        parameters=loaded.model.num_params(),
+        runtime="pytorch",
+    )
+
+
+def open_onnx(
+    path: str | os.PathLike[str],
+    *,
+    max_queue: int = 64,
+    timeout: float | None = 600.0,
+    name: str | None = None,
+    threads: int | None = None,
+) -> ServedModel:
+    """Open an ONNX export folder (`tinygpt export --format onnx`) for serving with
+    onnxruntime, one request at a time (`OnnxBackend`); torch is not imported."""
+    from tinygpt.onnx_runtime import load_onnx
+
+    folder = Path(path)
+    generator = load_onnx(folder, threads=threads)
+    backend = OnnxBackend(generator, max_queue=max_queue, timeout=timeout)
+    parameters = generator.info.get("parameters")
+    return ServedModel(
+        backend,
+        name or folder.resolve().name,
+        template=generator.template,
+        owned=True,
+        parameters=parameters if isinstance(parameters, int) else None,
+        runtime="onnxruntime",
+    )
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+
+class OnnxBackend:
+    """An ONNX export served one request at a time: a bounded queue and one worker thread.
+
+    OnnxBackend(generator, max_queue=64, timeout=600.0): `generator` is an
+    `tinygpt.onnx_runtime.OnnxGenerator`; `max_queue` requests may wait while one generates
+    (one more raises `QueueFull`); `timeout` is a request's default time limit, seconds from
+    submission (None: none). `submit` takes the engine's arguments and returns the engine's
+    handle (`tinygpt.request.Request`); `start=False` leaves the worker unstarted and
+    `step()` serves one request by hand (tests).
+
+    A request generates as `tinygpt.engine.Engine` would generate it alone: prompt and
+    completion together stop at the context with finish_reason "length" (no sliding
+    window), end-of-text or end-of-turn ids and stop strings end it with "stop", and the
+    worker looks for cancellation and the time limit before each token. Sampling draws from
+    NumPy's generator seeded by `seed`: reproducible here, but not the engine's draws, so a
+    sampled answer differs from the run's (greedy answers agree).
+    """
+
+    max_batch = 1
+    runtime = "onnxruntime"
+    supports_logprobs = False
+
+    def __init__(
+        self,
+        generator: Any,
+        *,
+        max_queue: int = 64,
+        timeout: float | None = 600.0,
+        start: bool = True,
+    ) -> None:
+        if max_queue < 0:
+            raise TinyGPTError(f"max_queue must be 0 or more, got {max_queue}")
+        self.generator = generator
+        self.tokenizer = generator.tokenizer
+        self.context: int = generator.block_size
+        self.vocab_size: int = generator.lm.vocab_size
+        self.max_queue, self.timeout = max_queue, timeout
+        self.eot_id: int | None = getattr(self.tokenizer, "eot_id", None)
+        self._special = {i: s for s, i in getattr(self.tokenizer, "special_tokens", {}).items()}
+        self._queue: collections.deque[Request] = collections.deque()
+        self._running: Request | None = None
+        self._cond = threading.Condition()
+        self._ids = itertools.count()
+        self._closed = False
+        self._steps = self._tokens = 0
+        self._finished: collections.Counter[str] = collections.Counter()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name="tinygpt-onnx", daemon=True)
+            self._thread.start()
+
+    # --- the surface the server uses ----------------------------------------------------
+    def submit(
+        self, prompt: Sequence[int], params: SamplingParams | None = None, **settings: Any
+    ) -> Request:
+        """Queue a request (token ids, and SamplingParams or its fields); raises
+        PromptTooLong, QueueFull or TinyGPTError as `Engine.submit` does."""
+        if params is not None and settings:
+            raise TinyGPTError("give either params or sampling keyword arguments, not both")
+        params = params if params is not None else SamplingParams(**settings)
+        if params.logprobs or params.top_logprobs:
+            raise TinyGPTError("an ONNX folder is served without logprobs; leave them out")
+        ids = [int(i) for i in prompt]
+        if not ids:
+            raise TinyGPTError("the prompt holds no tokens; give at least one")
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise TinyGPTError(
+                f"token id {bad[0]} is outside the vocabulary of {self.vocab_size} tokens"
+            )
+        if len(ids) >= self.context:
+            raise PromptTooLong(len(ids), self.context)
+        req = Request(next(self._ids), ids, params, wake=self._wake)
+        timeout = params.timeout if params.timeout is not None else self.timeout
+        if timeout is not None:
+            req.deadline = req.submitted_at + timeout
+        with self._cond:
+            if self._closed:
+                raise TinyGPTError("the backend is closed; open the model again")
+            free = 0 if self._running is not None else 1
+            if len(self._queue) >= self.max_queue + free:
+                raise QueueFull(
+                    f"one request generates and {len(self._queue) - free} wait (at most "
+                    f"{self.max_queue}); try again shortly"
+                )
+            self._queue.append(req)
+            self._cond.notify_all()
+        return req
+
+    def stats(self) -> EngineStats:
+        with self._cond:
+            return EngineStats(
+                active=int(self._running is not None),
+                queued=len(self._queue),
+                steps=self._steps,
+                tokens=self._tokens,
+                max_batch=1,
+                finished=dict(self._finished),
+            )
+
+    def close(self) -> None:
+        """Stop the worker; the running request and those queued end with "cancelled"."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        with self._cond:
+            waiting, self._queue = list(self._queue), collections.deque()
+        for req in waiting:
+            self._end(req, Event("", finish_reason="cancelled"))
+
+    def __enter__(self) -> OnnxBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the worker ----------------------------------------------------------------------
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._queue:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            self.step()
+
+    def _sweep(self) -> None:
+        """End the waiting requests that were cancelled or ran out of time."""
+        now = time.monotonic()
+        with self._cond:
+            gone = [r for r in self._queue if r._cancelled or now >= r.deadline]
+            for req in gone:
+                self._queue.remove(req)
+        for req in gone:
+            self._end(req, Event("", finish_reason="cancelled" if req._cancelled else "timeout"))
+
+    def step(self) -> None:
+        """Serve the next waiting request from start to end (the worker's loop body)."""
+        self._sweep()
+        with self._cond:
+            if not self._queue:
+                return
+            req = self._running = self._queue.popleft()
+        try:
+            self._generate(req)
+        except Exception as exc:  # only this request fails; the worker goes on
+            if not req.done:
+                message = f"{type(exc).__name__}: {exc}"
+                self._end(req, Event("", finish_reason="error", error=message))
+        finally:
+            with self._cond:
+                self._running = None
+
+    def _generate(self, req: Request) -> None:
+        from tinygpt.onnx_runtime import generate_tokens
+
+        p = req.params
+        text = RowText(self.tokenizer, p.stop)
+        stop_ids = p.stop_token_ids
+        if stop_ids is None:
+            stop_ids = () if self.eot_id is None else (self.eot_id,)
+        # Prompt and completion together never pass the context (as in the engine).
+        budget = min(p.max_tokens, self.context - req.prompt_tokens)
+        # The token loop of the generator's graph, told of no end-of-text id: which ids end
+        # a request is the request's business (stop_token_ids=() generates max_tokens).
+        steps = generate_tokens(
+            self.generator.lm,
+            [req.prompt_ids],
+            max_new_tokens=budget,
+            temperature=p.temperature,
+            top_k=p.top_k,
+            top_p=p.top_p,
+            seed=p.seed,
+            eot_id=None,
+        )
+        try:
+            for count in range(1, budget + 1):
+                reason = self._interrupted(req)
+                if reason is not None:
+                    self._end(req, Event(text.finish(), finish_reason=reason))
+                    return
+                token = int(next(steps)[0])
+                with self._cond:
+                    self._steps += 1
+                    self._tokens += 1
+                info = describe_token(self.tokenizer, self._special, token)
+                if token in stop_ids:
+                    piece, reason = text.finish(), "stop"
+                else:
+                    piece = text.push(token)
+                    if text.done:
+                        reason = "stop"
+                    elif count == budget:
+                        piece, reason = piece + text.finish(), "length"
+                if reason is not None:
+                    self._end(req, Event(piece, info, reason))
+                    return
+                req._emit(Event(piece, info))
+        finally:
+            steps.close()
+
+    def _interrupted(self, req: Request) -> str | None:
+        """Why the running request must end now ("cancelled", "timeout"), or None; also
+        ends the waiting requests that were cancelled meanwhile."""
+        self._sweep()
+        if req._cancelled or self._closed:
+            return "cancelled"
+        if time.monotonic() >= req.deadline:
+            return "timeout"
+        return None
+
+    def _end(self, req: Request, event: Event) -> None:
+        usage = Usage(req.prompt_tokens, req.completion_tokens + (event.token is not None))
+        req._emit(Event(event.text, event.token, event.finish_reason, usage, event.error))
+        with self._cond:
+            self._finished[event.finish_reason or "error"] += 1

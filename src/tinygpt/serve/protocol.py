@@ -10,7 +10,9 @@ those), so every rule here is tested without a server.
 The rules, with OpenAI's API reference as the model:
 - An error is `{"error": {"message", "type", "param", "code"}}` with an HTTP status
   (`APIError`). `param` names the field at fault.
-- Fields OpenAI does not define are ignored (clients send their own extras); fields it
+- Fields OpenAI does not define are ignored (clients send their own extras), except
+  tinygpt's own `fit_context` (chat; a boolean: leave out the oldest exchanges that do not
+  fit, as `tinygpt chat` does; the chat page sends it); fields it
   defines that we do not implement (`tools`, `response_format`, `logit_bias`, penalties, ...)
   are refused with a 400 that names the field, unless they hold the value that means "off"
   (`null`, `0`, `false`, `[]`, `{"type": "text"}`, ...), which some clients always send.
@@ -384,6 +386,8 @@ class CompletionRequest:
 class ChatRequest:
     settings: Settings
     messages: list[dict[str, str]]  # roles system, user, assistant; string contents
+    # tinygpt's own field (not OpenAI's): leave out the oldest exchanges that do not fit
+    fit_context: bool = False
 
 
 def parse_completion(
@@ -474,7 +478,7 @@ def parse_chat(body: dict[str, Any], limits: Limits, models: Sequence[str]) -> C
         if not 0 <= top <= 20:
             raise bad(f"top_logprobs must be from 0 to 20, got {top}", "top_logprobs")
     settings.logprobs, settings.top_logprobs = logprobs, top or 0
-    return ChatRequest(settings, out)
+    return ChatRequest(settings, out, _get_bool(body, "fit_context", False))
 
 
 def _join_parts(i: int, parts: list[Any]) -> str:
