@@ -304,6 +304,7 @@ class Runner:
         self.work = work
         self.monkeypatch = monkeypatch
         self.capsys = capsys
+        self.transcript: list[str] = []  # every command and what it printed, for failures
         self.steps: dict[str, int] = {}  # run folder -> steps it was given
 
     def run(self, command: str) -> None:
@@ -330,21 +331,27 @@ class Runner:
             return
         if words[:3] in (["python", "-m", "tinygpt"], ["python3", "-m", "tinygpt"]):
             words = ["tinygpt", *words[3:]]
-        before = self.capsys.readouterr()
-        sys.stdout.write(before.out)
-        sys.stderr.write(before.err)
+        self._drain()
+        self.transcript.append(f"$ {first}")
         with _env(env):
             if words[:1] == ["tinygpt"]:
                 code = main(self._budget(words[1:]))
             else:
                 code = subprocess.run(["bash", "-c", first], cwd=self.work).returncode
-        assert code == expected, f"`{first}` exited {code}, expected {expected}"
+        err = self._drain()
+        assert code == expected, (
+            f"`{first}` exited {code}, expected {expected}; the recipe so far:\n"
+            + "\n".join(self.transcript)[-6000:]
+        )
         if expected:  # an announced failure is one clear line
-            after = self.capsys.readouterr()
-            sys.stdout.write(after.out)
-            sys.stderr.write(after.err)
-            errors = [x for x in after.err.splitlines() if x.startswith("tinygpt: error: ")]
-            assert len(errors) == 1, after.err
+            errors = [x for x in err.splitlines() if x.startswith("tinygpt: error: ")]
+            assert len(errors) == 1, err
+
+    def _drain(self) -> str:
+        """What was printed since the last call (kept in the transcript); its stderr."""
+        out, err = self.capsys.readouterr()
+        self.transcript += [text for text in (out, err) if text]
+        return err
 
     def _budget(self, argv: list[str]) -> list[str]:
         if argv[:1] not in (["train"], ["finetune"]):
