@@ -429,6 +429,12 @@ def _data(
         raise TinyGPTError(
             "give the data to fine-tune on: one of --data DIR, --input PATH or --corpus NAME"
         )
+    from tinygpt.instructions import is_instruction_set
+
+    if corpus is not None and is_instruction_set(corpus):  # questions, read as conversations
+        input, corpus = corpus, None
+        if fmt not in ("auto", "messages"):
+            raise TinyGPTError(f"{input} holds messages records; drop --format {fmt}")
     base_template = load_template(base.run.path)
     base_hash = file_hash(base.run.tokenizer_path)
     if data_dir is not None and is_examples(data_dir):
