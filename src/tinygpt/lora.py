@@ -245,28 +245,30 @@ class LoRALinear(nn.Module):
             self.lora_A[name] = nn.Parameter(a.to(device=device, dtype=dtype))
             self.lora_B[name] = nn.Parameter(torch.zeros(width, rank, device=device, dtype=dtype))
 
+    def stacked(self) -> tuple[Tensor, Tensor]:
+        """The adapters as one pair: A (R, in), the sections' A one above the other, and B
+        (out, R) block-diagonal — section s's outputs read only its own r columns, and a
+        section without an adapter reads none (R = r × the adapted sections). Two matmuls
+        then serve every section (on a CPU a tiny model pays per kernel, not per flop)."""
+        names = [name for name, _ in self.sections if name in self.lora_A]
+        a = torch.cat([self.lora_A[name] for name in names])  # (R, in)
+        blocks = [
+            self.lora_B[name] if name in self.lora_A else a.new_zeros(width, 0)
+            for name, width in self.sections
+        ]  # (width, r) or (width, 0) each
+        return a, torch.block_diag(*blocks)  # (R, in), (out, R)
+
     def forward(self, x: Tensor) -> Tensor:
         y = F.linear(x, self.weight, self.bias)  # (B, T, out)
-        h = self.drop(x)  # (B, T, in)
-        parts = y.split([width for _, width in self.sections], dim=-1)  # (B, T, width) each
-        out = []
-        for (name, _), part in zip(self.sections, parts):
-            if name in self.lora_A:
-                # (B, T, in) @ (in, r) -> (B, T, r); @ (r, width) -> (B, T, width)
-                part = part + self.scale * ((h @ self.lora_A[name].T) @ self.lora_B[name].T)
-            out.append(part)
-        return torch.cat(out, dim=-1) if len(out) > 1 else out[0]
+        a, b = self.stacked()
+        # (B, T, in) @ (in, R) -> (B, T, R); @ (R, out) -> (B, T, out)
+        return y + self.scale * ((self.drop(x) @ a.T) @ b.T)
 
     @torch.no_grad()
     def merged_weight(self) -> Tensor:
-        """W with each adapted section's (alpha / r) B A added: (out, in)."""
-        w = self.weight.detach().float().clone()
-        start = 0
-        for name, width in self.sections:
-            if name in self.lora_A:
-                a, b = self.lora_A[name].float(), self.lora_B[name].float()
-                w[start : start + width] += self.scale * (b @ a)  # (width, r) @ (r, in)
-            start += width
+        """W + (alpha / r) B A, every adapted section at once: (out, in)."""
+        a, b = self.stacked()
+        w = self.weight.detach().float() + self.scale * (b.float() @ a.float())  # (out, in)
         return w.to(self.weight.dtype)
 
 
@@ -289,10 +291,13 @@ class RowsEmbedding(_Rows):
 
 
 class RowsHead(_Rows):
-    """An LM head (no bias) whose rows from `weight.size(0)` on are trainable."""
+    """An LM head (no bias) whose rows from `weight.size(0)` on are trainable. The logits of
+    the frozen rows and of the trainable ones are computed apart, so that no gradient of
+    the frozen matrix is ever formed."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.full())  # (B, T, C) -> (B, T, V)
+        # (B, T, C) -> (B, T, V0) and (B, T, V - V0) -> (B, T, V)
+        return torch.cat([F.linear(x, self.weight), F.linear(x, self.rows)], dim=-1)
 
 
 # ------------------------------------------------------------------------ apply, merge

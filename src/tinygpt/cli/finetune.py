@@ -29,7 +29,7 @@ overridden by dotted settings (--train.lr 1e-4) and budgets.
 LoRA (--lora): the base stays frozen and low-rank adapters train beside the chosen
 projections (q, k, v of the fused attention projection one by one, o, and the MLP's gate, up
 and down), plus the rows of the special tokens the template added; the `finetune-lora`
-preset's settings apply (lr 2e-3). The run stores only the adapter and a pointer to its
+preset's settings apply (lr 5e-3). The run stores only the adapter and a pointer to its
 base (checked by hash on every load); every command reads it as base + adapter, and
 `tinygpt merge RUN --out RUN2` folds it into a plain run."""
 
