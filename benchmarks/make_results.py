@@ -12,6 +12,7 @@ ORDER = [
     "train",
     "train_quality",
     "train_compare",
+    "lora",
     "generate",
     "engine",
     "onnx",
