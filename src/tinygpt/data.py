@@ -470,9 +470,10 @@ def _init_worker(tokenizer_path: str, dtype: str, pool: bool = False) -> None:
         # would only bury its one line. (Not in the main process itself, which runs the
         # encoding when there is one worker: it must stay interruptible.)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        # The pool ends its workers with SIGTERM when it closes; a worker forked from the
-        # command line inherits its SIGTERM handler, which would raise in the worker and
-        # print a traceback for a preparation that succeeded.
+        # The pool ends its workers with SIGTERM (Pool.terminate, on leaving `with`). The
+        # handler inherited from the command line would raise inside a worker, possibly
+        # while it holds the task queue's lock: a traceback, or the other worker waiting
+        # on that lock for ever and the command with it. A worker just ends.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _WORKER["tokenizer"] = load_tokenizer(tokenizer_path)
     _WORKER["dtype"] = np.dtype(dtype)

@@ -18,7 +18,9 @@ The shapes (`--format`), each a JSON object per line:
     text      {"text"} (or any text `tinygpt prepare` reads): continued pre-training,
               handled by `tinygpt.data`, not here
 
-`alpaca` and `prompt` records may also carry a "system" string (a system message first).
+`alpaca` and `prompt` records may also carry a "system" string (a system message first),
+and any record a "split" ("train" or "val"): when every record has one, they fix the
+held-out split (the built-in instruction sets do, `tinygpt.instructions`).
 `auto` picks the shape from the keys of the first record; every later record must have it.
 
 A record that cannot be used — a line that is not JSON, not an object, without the shape's
@@ -38,7 +40,7 @@ on the fly, cached by its inputs and settings like `prepare`'s):
                            base's and this one's), counts per split, skipped lines
 
 Examples go to validation by a hash of (seed, index), as `prepare` splits documents, with at
-least one on each side. Context rule: an example longer than the model's context plus one
+least one on each side — unless every record says its split. Context rule: an example longer than the model's context plus one
 token (it would need more than `block_size` inputs) is **dropped**, never truncated — a cut
 answer would teach the model to stop mid-sentence or never to close its turn — and the
 number dropped is reported (`fit_to_context`).
@@ -54,7 +56,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +189,7 @@ def _source_files(source: str) -> tuple[str, list[Path]]:
     from tinygpt.corpora import open_source
 
     src = open_source(source)
-    return ("jsonl" if src.kind == "jsonl" else "text"), list(src.files)
+    return ("jsonl" if src.kind in ("jsonl", "instructions") else "text"), list(src.files)
 
 
 def iter_records(
@@ -271,6 +273,7 @@ class Conversations:
     where: list[str]
     skipped: list[tuple[str, str]]  # (where, why)
     records: int  # records and lines seen
+    splits: list[str | None] = field(default_factory=list)  # a record's own "split", if any
 
 
 def read_conversations(
@@ -283,7 +286,7 @@ def read_conversations(
         raise TinyGPTError(
             f"format {fmt!r} is not a conversation shape ({', '.join(CHAT_FORMATS)})"
         )
-    out = Conversations([], [], [], 0)
+    out = Conversations([], [], [], 0, [])
 
     def skip(where: str, why: str) -> None:
         out.skipped.append((where, why))
@@ -299,6 +302,8 @@ def read_conversations(
             continue
         out.messages.append(messages)
         out.where.append(where)
+        split = record.get("split") if isinstance(record, dict) else None
+        out.splits.append(split if split in SPLITS else None)
     if not out.messages:
         if not out.skipped:
             raise TinyGPTError(f"{source} holds no records; give a file of {SHAPES[fmt]} records")
@@ -539,7 +544,16 @@ def prepare_examples(
             f"{sum(unseen.values())} characters the tokenizer has never seen read as <unk>, "
             f"e.g. {', '.join(repr(c) for c, _ in unseen.most_common(3))}"
         )
-    is_val = _split_assignment(len(conv.messages), val_fraction, seed)
+    fixed = all(s is not None for s in conv.splits)
+    if fixed:
+        is_val = [s == "val" for s in conv.splits]
+        if all(is_val) or not any(is_val):
+            raise TinyGPTError(
+                f"every record of {source} says it belongs to the {conv.splits[0]} split;"
+                " fine-tuning needs examples on both sides (or drop the split fields)"
+            )
+    else:
+        is_val = _split_assignment(len(conv.messages), val_fraction, seed)
     encoded: dict[str, list[tuple[list[int], list[int]]]] = {s: [] for s in SPLITS}
     for messages, val in zip(conv.messages, is_val):
         encoded[SPLITS[int(val)]].append(tmpl.encode(tok, messages))
@@ -578,7 +592,9 @@ def prepare_examples(
             "vocab_size": tok.vocab_size,
             "eot_id": tok.eot_id,
             "dtype": dtype.name,
-            "split": {"method": "examples", "val_fraction": val_fraction, "seed": seed},
+            "split": {"method": "records"}
+            if fixed
+            else {"method": "examples", "val_fraction": val_fraction, "seed": seed},
             "splits": counts,
             "records": conv.records,
             "skipped": len(conv.skipped),

@@ -310,12 +310,14 @@ def finetune_config(
     budgets: Mapping[str, Any] | None = None,
     settings: Mapping[str, Any] | None = None,
     resume_run: str | Path | None = None,
+    preset: str = "finetune",
 ) -> Any:
     """The configuration of a fine-tune: the base's model settings (`model.dropout` and a
     shorter `model.block_size` may be overridden, nothing else), the `finetune` preset's
     training settings with the dotted `overrides`, `settings` and `budgets` on top
-    (`tinygpt.config.resolve_config`). Resuming (`resume_run`) starts from the run's own
-    config.toml and changes no model setting."""
+    (`tinygpt.config.resolve_config`); a LoRA fine-tune starts from `finetune-lora`.
+    Resuming (`resume_run`) starts from the run's own config.toml and changes no model
+    setting."""
     from tinygpt.config import RunConfig, parse_overrides, resolve_config
 
     parsed = parse_overrides(overrides)
@@ -331,9 +333,13 @@ def finetune_config(
             "a resumed fine-tune keeps its model settings; drop the --model.* overrides"
         )
     rest = {f"{sec}.{k}": v for sec, values in parsed.items() for k, v in values.items()}
-    preset = None if resume_run is not None else "finetune"
     config = resolve_config(
-        preset, None, rest, settings=settings, budgets=budgets, resume_run=resume_run
+        None if resume_run is not None else preset,
+        None,
+        rest,
+        settings=settings,
+        budgets=budgets,
+        resume_run=resume_run,
     )
     if resume_run is None:
         model = dataclasses.asdict(base_config.model)
@@ -355,6 +361,9 @@ class FinetuneResult:
     val_loss_before: float | None
     evaluated: str  # what the validation loss is measured on
     template: str | None
+    trainable: int = 0  # parameters that trained
+    total: int = 0  # parameters of the model as trained (a LoRA run's adapters included)
+    lora: str | None = None  # the LoRA settings in words; None for a full fine-tune
 
 
 class ChatSampler:
@@ -420,6 +429,12 @@ def _data(
         raise TinyGPTError(
             "give the data to fine-tune on: one of --data DIR, --input PATH or --corpus NAME"
         )
+    from tinygpt.instructions import is_instruction_set
+
+    if corpus is not None and is_instruction_set(corpus):  # questions, read as conversations
+        input, corpus = corpus, None
+        if fmt not in ("auto", "messages"):
+            raise TinyGPTError(f"{input} holds messages records; drop --format {fmt}")
     base_template = load_template(base.run.path)
     base_hash = file_hash(base.run.tokenizer_path)
     if data_dir is not None and is_examples(data_dir):
@@ -525,6 +540,7 @@ def finetune(
     progress: bool = True,
     report: Report | None = None,
     force: bool = False,
+    lora: Any = None,
 ) -> FinetuneResult:
     """Fine-tune `base` (a run folder or a local Hugging Face folder; its `checkpoint`) on
     `data_dir` (an examples folder or a prepared text folder), `input` (a JSONL/JSON file of
@@ -533,9 +549,14 @@ def finetune(
     command line's budgets, `settings` dedicated flags (`{"train.seed": 3}`); `report`
     receives notes (skipped records, dropped examples, the vocabulary's growth).
 
+    `lora` (a `tinygpt.lora.LoraSettings`) trains low-rank adapters beside the frozen base
+    instead of every weight (`tinygpt.lora`); the run then stores only the adapter and a
+    pointer to its base.
+
     `resume=True` continues the fine-tune in `out_dir` from its latest checkpoint (the base,
-    when given, must be the one the run started from). `force` fine-tunes into a folder that
-    holds other files."""
+    when given, must be the one the run started from; LoRA settings, when given, the run's
+    own). `force` fine-tunes into a folder that holds other files."""
+    from tinygpt import lora as lora_mod
     from tinygpt.model import GPT
     from tinygpt.run import RunDir
     from tinygpt.runtime import Runtime, check_model_fits, seed_all
@@ -551,6 +572,11 @@ def finetune(
     record: dict[str, Any] | None = None
     if resume:
         record = run.finetune_record() if run.is_run() else None
+        if run.is_run() and run.read_info().get("merged"):
+            raise TinyGPTError(
+                f"{run.path} is a merged copy of a LoRA run and cannot be resumed; resume the"
+                f" LoRA run it came from ({run.read_info()['merged'].get('from')})"
+            )
         if record is None or not run.checkpoints():
             raise TinyGPTError(
                 f"--resume: {run.path} holds no checkpoint of a fine-tune to continue; start"
@@ -568,6 +594,8 @@ def finetune(
             "give the base model to fine-tune: a run folder or a Hugging Face folder"
         )
     start = resume_point(run, "yes" if resume else None)
+    if resume:
+        lora = _resumed_lora(run, lora)
     based = resolve_base(base, checkpoint, say)
     base_config = based.run.read_config()
     config = finetune_config(
@@ -576,7 +604,10 @@ def finetune(
         budgets=budgets,
         settings=settings,
         resume_run=run.path if resume else None,
+        preset="finetune-lora" if lora is not None else "finetune",
     )
+    if lora is not None:  # bad settings fail before any data is prepared
+        lora = lora.resolved(config.model)
     tc = config.train
     if not tc.has_budget:
         raise TinyGPTError(
@@ -629,12 +660,30 @@ def finetune(
         check_model_fits(config.model, rt.device, training=True)
         seed_all(tc.seed)
         tokenizer = load_tokenizer(data.tokenizer_path)
-        if resume:
+        adapted = None
+        if resume and lora is not None:
+            model, notes = lora_mod.build_adapted(run, config.model, tc.seed), {}
+            adapted = model.lora
+        elif resume:
             model, notes = GPT(config.model), {}
         else:
             model, notes = _start_model(based, base_config, config, tmpl if chat_data else None,
                                         tokenizer, data.path, say)  # fmt: skip
             config.model = model.config
+            if lora is not None:
+                rows_from = notes.get("rows_from")
+                adapted = lora_mod.apply_lora(model, lora, rows_from=rows_from, seed=tc.seed)
+        notes.pop("rows_from", None)
+        trainable, total = lora_mod.count_parameters(model)
+        if adapted is not None:
+            rows = config.model.vocab_size - adapted.rows_from
+            say(
+                f"LoRA {adapted.settings.describe()}"
+                + (f", and the {rows} new token rows" if rows else "")
+                + f": {trainable:,} trainable parameters of {total:,}"
+                f" ({100 * trainable / total:.2f} %)"
+            )
+            notes["lora"] = {**adapted.record(), "trainable_parameters": trainable}
         model.to(rt.device)
         rt.set_precision(tc.precision, config.model)
         optimizer = build_optimizer(model, tc, rt.device)
@@ -658,9 +707,14 @@ def finetune(
                 **notes,
             }  # fmt: skip
             _begin_run(run, config, data, tmpl, model, rt, ft, state, command)
+            if adapted is not None and state is None:
+                base_rec = lora_mod.base_record(
+                    run.path, based.run.path, based.checkpoint, ft["weights_sha256"]
+                )
+                lora_mod.write_adapter_record(run, adapted, base_rec, (trainable, total))
             log.info(
-                "fine-tune %s of %s (%s): %s parameters, %s data, device %s",
-                run.path, based.given, based.checkpoint.name, f"{model.num_params():,}",
+                "fine-tune %s of %s (%s): %s parameters, %s trainable, %s data, device %s",
+                run.path, based.given, based.checkpoint.name, f"{total:,}", f"{trainable:,}",
                 resolved, rt.device,
             )  # fmt: skip
     except BaseException:
@@ -683,7 +737,35 @@ def finetune(
     )
     if resume and record is not None:
         before = record.get("val_loss_before")
-    return FinetuneResult(result, before, feed.evaluated, tmpl.name if tmpl is not None else None)
+    return FinetuneResult(
+        result,
+        before,
+        feed.evaluated,
+        tmpl.name if tmpl is not None else None,
+        trainable=trainable,
+        total=total,
+        lora=adapted.settings.describe() if adapted is not None else None,
+    )
+
+
+def _resumed_lora(run: Any, given: Any) -> Any:
+    """The LoRA settings a resumed fine-tune continues with: the run's own (None for a full
+    fine-tune). Settings given anew must be those; LoRA on a full fine-tune is refused."""
+    from tinygpt.lora import LoraSettings, read_adapter_record
+
+    if not run.is_lora():
+        if given is not None:
+            raise TinyGPTError(
+                f"{run.path} is a full fine-tune, not a LoRA one; resume it without --lora"
+            )
+        return None
+    own = LoraSettings.from_record(read_adapter_record(run))
+    if given is not None and not given.agrees_with(own):
+        raise TinyGPTError(
+            f"{run.path} was fine-tuned with LoRA {own.describe()}; a resumed fine-tune"
+            " keeps its settings: drop the --lora flags or give those"
+        )
+    return own
 
 
 def _start_model(
@@ -696,14 +778,14 @@ def _start_model(
     say: Report,
 ) -> tuple[Any, dict[str, Any]]:
     """The base's model with its weights, `config`'s dropout and context, and rows for the
-    template's special tokens (checked against the data's tokenizer); the notes for run.json."""
-    from tinygpt.checkpoint import WEIGHTS, load_weights
+    template's special tokens (checked against the data's tokenizer); the notes for run.json
+    (and `rows_from`, the first new row, for LoRA)."""
+    from tinygpt.lora import load_base_weights
     from tinygpt.model import GPT
 
     shape = {"block_size": base_config.model.block_size, "vocab_size": base_config.model.vocab_size}
     model = GPT(dataclasses.replace(config.model, **shape))
-    based.run.verified(based.checkpoint, (WEIGHTS,))
-    load_weights(model, based.checkpoint / WEIGHTS)
+    load_base_weights(model, based.run, based.checkpoint)
     shorten_context(model, config.model.block_size)
     notes: dict[str, Any] = {}
     if template is None:
@@ -718,6 +800,7 @@ def _start_model(
     added = [t for t in template.special_tokens if t not in base_tok.special_tokens]
     if added:
         notes["added_tokens"] = added
+        notes["rows_from"] = base_tok.vocab_size  # the rows a LoRA fine-tune trains
         say(
             f"added {len(added)} special tokens ({' '.join(added)}): the vocabulary grows from"
             f" {base_config.model.vocab_size} to {model.config.vocab_size} ids"
@@ -847,6 +930,7 @@ def _begin_run(
         "threads": torch.get_num_threads(),
         "world_size": rt.dist.world_size,
         "parameters": model.num_params(),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "resumed_from": state.resumed_from if state else None,
         "finetune": record,
     }

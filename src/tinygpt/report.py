@@ -33,6 +33,12 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
     run = RunDir(run_dir).require()
     config = run.read_config()
     run_info = run.read_info()
+    adapter = None
+    if run.is_lora():  # its model is base + adapter: a base that moved or changed is refused
+        from tinygpt.lora import locate_base, read_adapter_record
+
+        locate_base(run)
+        adapter = read_adapter_record(run)
     summary = run.read_summary()
     cols = run.read_metrics() if run.has_metrics() else None
 
@@ -89,6 +95,8 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
         "data": data_summary,
         "tokenizer": tokenizer,
         "finetune": run.finetune_record(),
+        "lora": adapter,
+        "merged": run_info.get("merged"),
         "summary": summary,
         "training": training,
         "eval": run.read_eval("results.json"),
@@ -215,6 +223,43 @@ def sections(data: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
                     ("chat template", fmt(ft.get("template"))),
                     ("scored", "every token" if ft.get("train_on_prompt") else "assistant turns"),
                     ("held-out loss before", fmt(ft.get("val_loss_before"))),
+                ],
+            )
+        )
+    lora = data.get("lora") or (data.get("merged") or {}).get("adapter")
+    if lora:
+        rows_note = (
+            f", rows {fmt(lora.get('rows_from'))}+ of the embedding"
+            if lora.get("rows_from") != data["config"]["model"]["vocab_size"]
+            else ""
+        )
+        merged = data.get("merged")
+        out.append(
+            (
+                "LoRA",
+                [
+                    (
+                        "adapters",
+                        f"rank {lora.get('rank')}, alpha {lora.get('alpha')}, dropout"
+                        f" {lora.get('dropout')} on {', '.join(lora.get('targets') or [])}"
+                        f"{rows_note}",
+                    ),
+                    (
+                        "trainable parameters",
+                        f"{fmt(lora.get('trainable_parameters'))} of"
+                        f" {fmt(lora.get('total_parameters'))}",
+                    ),
+                    (
+                        "base",
+                        f"{lora['base']['run']} ({lora['base']['checkpoint']}), weights sha256"
+                        f" {str(lora['base']['weights_sha256'])[:16]}…",
+                    ),
+                    (
+                        "stored as",
+                        f"merged from {merged.get('from')} ({merged.get('checkpoint')})"
+                        if merged
+                        else "the adapter; every reader adds the base",
+                    ),
                 ],
             )
         )

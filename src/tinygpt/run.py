@@ -9,6 +9,9 @@ RUN/
   config.toml       the resolved RunConfig (model, data, train sections)
   tokenizer.json    a byte-for-byte copy of the dataset's tokenizer (HF-compatible)
   chat_template.json  the chat template of a fine-tuned run (`tinygpt.chat`), if it has one
+  adapter.json      a LoRA run's adapter (`tinygpt.lora`): rank, alpha, targets, the rows
+                    that train, and its base (run folder, checkpoint, weights sha256); its
+                    checkpoints then hold only the adapter, and `load_run` adds the base
   run.json          provenance: versions, command, device, and the record of the dataset
                     the run was trained on ("dataset": path, key, tokenizer hash, source);
                     for a fine-tuned run, where it started ("finetune": base, checkpoint,
@@ -49,6 +52,7 @@ from tinygpt.files import atomic_copy, atomic_write_json, atomic_write_text, kin
 CONFIG = "config.toml"
 TOKENIZER = "tokenizer.json"
 CHAT_TEMPLATE = "chat_template.json"
+ADAPTER = "adapter.json"
 INFO = "run.json"
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"
@@ -120,6 +124,10 @@ class RunDir:
     @property
     def tokenizer_path(self) -> Path:
         return self.path / TOKENIZER
+
+    @property
+    def adapter_path(self) -> Path:
+        return self.path / ADAPTER
 
     @property
     def metrics_path(self) -> Path:
@@ -223,7 +231,10 @@ class RunDir:
         return _read_json(self.path / INFO) or {}
 
     def write_info(self, info: dict[str, Any], *, resumed: bool = False) -> None:
-        """Write run.json; on a resumption keep how the run started and note this one."""
+        """Write run.json; on a resumption keep how the run started and note this one. A
+        fresh start forgets the adapter of a LoRA run that was in the folder before."""
+        if not resumed:
+            self.adapter_path.unlink(missing_ok=True)
         old = self.read_info() if resumed else {}
         if old:
             old.setdefault("resumed", []).append(
@@ -246,6 +257,18 @@ class RunDir:
         None for a run that was not fine-tuned."""
         value = self.read_info().get("finetune")
         return dict(value) if isinstance(value, dict) else None
+
+    def is_lora(self) -> bool:
+        """Whether the run is a LoRA fine-tune: its checkpoints hold an adapter, not a model."""
+        return self.adapter_path.is_file()
+
+    def read_adapter(self) -> dict[str, Any] | None:
+        """adapter.json (what the adapter is and where its base is; `tinygpt.lora`)."""
+        return _read_json(self.adapter_path)
+
+    def write_adapter(self, record: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.adapter_path, record)
 
     def read_summary(self) -> dict[str, Any] | None:
         return _read_json(self.path / SUMMARY)
@@ -516,7 +539,9 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:
-    """Rebuild the model of a run folder from its config, tokenizer and a checkpoint."""
+    """Rebuild the model of a run folder from its config, tokenizer and a checkpoint. A LoRA
+    run's checkpoint holds an adapter: its base is loaded (and checked) and the adapter folded
+    into its weights (`tinygpt.lora.load_merged`), so every reader gets a plain model."""
     from tinygpt.checkpoint import WEIGHTS, load_weights
     from tinygpt.model import GPT
     from tinygpt.runtime import check_model_fits
@@ -533,8 +558,13 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
             " was trained with; put that one back"
         )
     check_model_fits(config.model, device, training=False)
-    model = GPT(config.model)
-    load_weights(model, ckpt / WEIGHTS)
+    if run.is_lora():
+        from tinygpt.lora import load_merged
+
+        model = load_merged(run, ckpt, config.model)
+    else:
+        model = GPT(config.model)
+        load_weights(model, ckpt / WEIGHTS)
     model.to(device).eval()
     return LoadedRun(config, model, tokenizer, run.path, ckpt)
 

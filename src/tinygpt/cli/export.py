@@ -132,6 +132,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise TinyGPTError(
             "--no-reduce-range applies to --quantize int8 only; add it or drop the flag"
         )
+    _lora_note(args.run)
     if args.format == "onnx":
         if args.type is not None:
             raise TinyGPTError("--type applies to --format gguf; for onnx give --quantize int8")
@@ -176,6 +177,20 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lora_note(path: str) -> None:
+    """Exports of a LoRA run fold the adapter into the base's weights as they load it."""
+    import sys
+
+    from tinygpt.run import RunDir
+
+    if RunDir(path).is_lora():
+        print(
+            f"note: {path} is a LoRA run: its adapter is merged into its base's weights on the"
+            f" fly for this export (tinygpt merge {path} --out DIR keeps a merged run)",
+            file=sys.stderr,
+        )
+
+
 def run_import(args: argparse.Namespace) -> int:
     from tinygpt.export.hf_run import import_hf
 
@@ -187,6 +202,7 @@ def run_import(args: argparse.Namespace) -> int:
 def run_push(args: argparse.Namespace) -> int:
     from tinygpt.export.hub import push_to_hub
 
+    _lora_note(args.path)
     url = push_to_hub(
         args.path,
         args.repo_id,

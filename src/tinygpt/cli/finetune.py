@@ -1,5 +1,5 @@
-"""`tinygpt finetune`: argument parsing and the closing report; the work is
-`tinygpt.finetune.finetune`."""
+"""`tinygpt finetune` and `tinygpt merge`: argument parsing and the closing report; the work
+is `tinygpt.finetune.finetune` and `tinygpt.lora.merge_run`."""
 
 from __future__ import annotations
 
@@ -24,7 +24,20 @@ skipped and reported; examples longer than the context are dropped and counted.
 
 Settings: the model is the base's (only --model.dropout and a shorter --model.block_size may
 change); training settings come from the `finetune` preset (AdamW, lr 5e-4, 3 epochs),
-overridden by dotted settings (--train.lr 1e-4) and budgets."""
+overridden by dotted settings (--train.lr 1e-4) and budgets.
+
+LoRA (--lora): the base stays frozen and low-rank adapters train beside the chosen
+projections (q, k, v of the fused attention projection one by one, o, and the MLP's gate, up
+and down), plus the rows of the special tokens the template added; the `finetune-lora`
+preset's settings apply (lr 5e-3). The run stores only the adapter and a pointer to its
+base (checked by hash on every load); every command reads it as base + adapter, and
+`tinygpt merge RUN --out RUN2` folds it into a plain run."""
+
+MERGE = """\
+Fold a LoRA run's adapter into its base's weights and write the result as a plain run folder
+that needs no base: the config, tokenizer and chat template, one checkpoint (the same step,
+best and latest), the training history and a run.json saying what was merged. Exports of a
+LoRA run merge on the fly; merge once to keep or share the merged model."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
     from tinygpt.cli.train import setting
     from tinygpt.examples import FORMATS
+    from tinygpt.numbers import Range, arg
 
     p = sub.add_parser(
         "finetune",
@@ -101,17 +115,82 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=setting("--seed", "seed"),
         help="seed for data order, new token rows and dropout",
     )
+    lora = p.add_argument_group("LoRA (low-rank adapters beside the frozen base)")
+    lora.add_argument(
+        "--lora", action="store_true", help="train LoRA adapters instead of every weight"
+    )
+    lora.add_argument(
+        "--lora-rank",
+        type=arg(Range(integer=True), "--lora-rank"),
+        metavar="R",
+        help="rank of each adapter (default: 8)",
+    )
+    lora.add_argument(
+        "--lora-alpha",
+        type=arg(Range(), "--lora-alpha"),
+        metavar="A",
+        help="the update is scaled by A / R (default: twice the rank)",
+    )
+    lora.add_argument(
+        "--lora-dropout",
+        type=arg(Range(), "--lora-dropout"),
+        metavar="P",
+        help="dropout on the adapters' input (default: 0.05)",
+    )
+    lora.add_argument(
+        "--lora-targets",
+        metavar="LIST",
+        help="projections to adapt, comma-separated, from q,k,v,o,gate,up,down; gate only"
+        " for SwiGLU (default: all the model has)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--force", action="store_true", help="fine-tune into an --out folder that holds other files"
     )
     p.set_defaults(func=run, allow_overrides=True)
 
+    m = sub.add_parser(
+        "merge",
+        help="fold a LoRA run's adapter into plain weights (a new run folder)",
+        description=MERGE,
+        formatter_class=HelpFormatter,
+    )
+    m.add_argument("run", metavar="RUN", help="a run fine-tuned with --lora")
+    m.add_argument("--out", required=True, metavar="RUN2", help="the new, plain run folder")
+    m.add_argument("--checkpoint", default="best", help="best, latest or step-N")
+    m.add_argument("--force", action="store_true", help="write into an --out that is not empty")
+    m.set_defaults(func=merge_command)
+
+
+LORA_FLAGS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
+
+
+def lora_settings(args: argparse.Namespace) -> object:
+    """The LoRA settings the flags ask for (None without --lora); LoRA flags without
+    --lora are an error."""
+    given = [
+        f"--{name.replace('_', '-')}" for name in LORA_FLAGS if getattr(args, name) is not None
+    ]
+    if not args.lora:
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise TinyGPTError(f"{', '.join(given)} {verb} to LoRA only; add --lora")
+        return None
+    from tinygpt.lora import LoraSettings, parse_targets
+
+    return LoraSettings(
+        rank=args.lora_rank,
+        alpha=args.lora_alpha,
+        dropout=args.lora_dropout,
+        targets=() if args.lora_targets is None else parse_targets(args.lora_targets),
+    )
+
 
 def run(args: argparse.Namespace) -> int:
     from tinygpt.config import BUDGETS
     from tinygpt.finetune import finetune
 
+    lora = lora_settings(args)
     if not args.resume and not (args.data or args.input or args.corpus):
         raise TinyGPTError(
             "give the data to fine-tune on: --data DIR, --input PATH or --corpus NAME"
@@ -141,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         report=note,
         force=args.force,
+        lora=lora,
     )
     result = out.train
     if not result.is_main:
@@ -157,6 +237,12 @@ def run(args: argparse.Namespace) -> int:
         f"steps {result.step}, tokens {result.tokens:,}, training {result.train_time_s:.1f} s,"
         f" final eval {result.timings.get('final_eval_s', 0):.1f} s"
     )
+    per_step = 1000 * result.train_time_s / max(result.step, 1)
+    kind = "LoRA" if out.lora else "full fine-tune"
+    print(
+        f"trainable parameters {out.trainable:,} of {out.total:,}"
+        f" ({100 * out.trainable / max(out.total, 1):.2f} %, {kind}); {per_step:.0f} ms per step"
+    )
     if result.val_loss is not None:
         before = "" if out.val_loss_before is None else f"{out.val_loss_before:.4f} -> "
         print(f"held-out loss {before}{result.val_loss:.4f} ({out.evaluated})")
@@ -165,4 +251,20 @@ def run(args: argparse.Namespace) -> int:
         print(result.sample)
     if out.template:
         print(f"chat with it: tinygpt chat {args.out}")
+    if out.lora:
+        print(f"merge it into plain weights: tinygpt merge {args.out} --out {args.out}-merged")
+    return 0
+
+
+def merge_command(args: argparse.Namespace) -> int:
+    from tinygpt.lora import merge_run
+
+    ckpt = merge_run(
+        args.run,
+        args.out,
+        checkpoint=args.checkpoint,
+        force=args.force,
+        command=["tinygpt", *sys.argv[1:]],
+    )
+    print(f"merged {args.run} ({ckpt.name}) into {args.out}")
     return 0
