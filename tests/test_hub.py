@@ -273,3 +273,40 @@ def test_train_push_to_hub_bad_name_is_refused_before_training(tmp_path, uploads
     code, _, err = _cli(capsys, *_train_argv(tmp_path, "--push-to-hub", "no-slash"))
     _one_line_error(code, err, "--push-to-hub 'no-slash' is not of the form USER/NAME")
     assert not (tmp_path / "run").exists() and uploads == []
+
+
+# ------------------------------------------------------------------- finetune --push-to-hub
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_finetune_push_to_hub_uploads_a_plain_model(tmp_path, uploads, monkeypatch, capsys, lora):
+    """A fine-tuned run goes up like a trained one; a LoRA run goes up merged, as plain
+    weights that transformers loads without the base."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    code, _, err = _cli(capsys, *_train_argv(tmp_path))
+    assert code == 0, err
+    text = tmp_path / "more.txt"
+    text.write_text("that is the question, to be or not.\n" * 40, encoding="utf-8")
+    argv = ["finetune", tmp_path / "run", "--input", text, "--out", tmp_path / "ft",
+            "--max-steps", "2", "--no-progress", "--push-to-hub", "me/tiny-ft"]  # fmt: skip
+    code, out, err = _cli(capsys, *argv, *(["--lora"] if lora else []))
+    assert code == 0, err
+    assert "steps 2" in out and "pushed: https://huggingface.co/me/tiny-ft/commit/abc" in out
+    (call,) = uploads
+    folder = tmp_path / "ft" / "export" / "hf"
+    assert call["folder"] == folder and call["repo_id"] == "me/tiny-ft"
+    assert "model.safetensors" in call["files"] and "adapter" not in " ".join(call["files"])
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    assert model.num_parameters() > 0
+
+
+def test_finetune_push_to_hub_bad_name_is_refused_before_fine_tuning(tmp_path, uploads, capsys):
+    code, _, err = _cli(capsys, *_train_argv(tmp_path))
+    assert code == 0, err
+    argv = ["finetune", tmp_path / "run", "--input", tmp_path / "text.txt", "--out",
+            tmp_path / "ft", "--max-steps", "2", "--push-to-hub", "x/y/z"]  # fmt: skip
+    code, _, err = _cli(capsys, *argv)
+    _one_line_error(code, err, "--push-to-hub 'x/y/z' is not of the form USER/NAME")
+    assert not (tmp_path / "ft").exists() and uploads == []

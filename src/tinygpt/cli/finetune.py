@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tinygpt.cli.train import add_push_flag, check_push, push_after
 from tinygpt.errors import TinyGPTError
 
 DESCRIPTION = """\
@@ -147,6 +148,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force", action="store_true", help="fine-tune into an --out folder that holds other files"
     )
+    add_push_flag(p, "fine-tune (a LoRA run is merged in the export)")
     p.set_defaults(func=run, allow_overrides=True)
 
     m = sub.add_parser(
@@ -191,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
     from tinygpt.finetune import finetune
 
     lora = lora_settings(args)
+    check_push(args)
     if not args.resume and not (args.data or args.input or args.corpus):
         raise TinyGPTError(
             "give the data to fine-tune on: --data DIR, --input PATH or --corpus NAME"
@@ -253,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"chat with it: tinygpt chat {args.out}")
     if out.lora:
         print(f"merge it into plain weights: tinygpt merge {args.out} --out {args.out}-merged")
+    push_after(args, args.out)
     return 0
 
 

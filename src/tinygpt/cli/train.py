@@ -85,14 +85,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force", action="store_true", help="train into an --out folder that holds other files"
     )
+    add_push_flag(p, "training")
+    p.set_defaults(func=run, allow_overrides=True)
+
+
+def add_push_flag(p: argparse.ArgumentParser, what: str) -> None:
+    """`--push-to-hub USER/NAME`, shared by `train` and `finetune`."""
     p.add_argument(
         "--push-to-hub",
         metavar="USER/NAME",
-        help="after a finished training, export the run to RUN/export/hf and upload it to this"
+        help=f"after a finished {what}, export the run to RUN/export/hf and upload it to this"
         " Hugging Face Hub repository (token: HF_TOKEN, a .env file or `hf auth login`; see"
         " `tinygpt push`); a failed upload leaves the export on disk",
     )
-    p.set_defaults(func=run, allow_overrides=True)
+
+
+def check_push(args: argparse.Namespace) -> None:
+    """Before any work: a --push-to-hub name of the wrong form, or no huggingface_hub, is an
+    error now rather than after the training."""
+    if args.push_to_hub:
+        from tinygpt.export.hub import check_push_ready
+
+        check_push_ready(args.push_to_hub, "--push-to-hub")
+
+
+def push_after(args: argparse.Namespace, out: Path | str) -> None:
+    """Export the finished run `out` and upload it, when --push-to-hub asks for it."""
+    if args.push_to_hub:
+        from tinygpt.export.hub import push_to_hub
+
+        sys.stdout.flush()
+        print(f"pushed: {push_to_hub(out, args.push_to_hub)}")
 
 
 def resolve(args: argparse.Namespace):
@@ -120,10 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume and not args.out:
         raise TinyGPTError("--resume needs --out RUN, the run folder to continue")
-    if args.push_to_hub:
-        from tinygpt.export.hub import check_push_ready
-
-        check_push_ready(args.push_to_hub, "--push-to-hub")
+    check_push(args)
     config = resolve(args)
     out = (
         Path(args.out)
@@ -161,9 +181,5 @@ def run(args: argparse.Namespace) -> int:
     if result.sample:
         print("--- sample ---")
         print(result.sample)
-    if args.push_to_hub:
-        from tinygpt.export.hub import push_to_hub
-
-        sys.stdout.flush()
-        print(f"pushed: {push_to_hub(out, args.push_to_hub)}")
+    push_after(args, out)
     return 0
