@@ -22,6 +22,7 @@ from tinygpt.errors import TinyGPTError
 from tinygpt.export.card import language_of
 from tinygpt.export.hf import save_hf_folder
 from tinygpt.model import GPT, GPTConfig
+from tinygpt.report import fmt
 from tinygpt.run import load_run, save_model_run
 from tinygpt.tokenizer import EOT, train_tokenizer
 
@@ -144,6 +145,8 @@ def test_model_card_holds_front_matter_and_the_runs_facts(run, exported):
         "| data | text.txt |",
         f"| steps | {summary['step']} |",
         f"| tokens seen | {summary['tokens']:,} |",
+        f"| training time | {fmt(summary['train_time_s'], 1)} s |",
+        f"| device, precision | {summary['device']}, {summary['precision']} |",
         f"| final validation loss (full split) | {summary['val_loss']:.4f} |",
         f"| loss (nats/token) | {results['val_loss']:.4f} |",
         f"| bits per byte | {results['val_bpb']:.4f} |",
@@ -500,3 +503,70 @@ def test_import_reads_a_gpt2_folder_with_vocab_and_merges_only(tmp_path, capsys)
     assert back.config.model == config and back.config.data.tokenizer == "bpe"
     for text in VARIED:
         assert back.tokenizer.encode(text) == tokenizer.encode(text)
+
+
+def _hf_tokenizer_folder(folder: Path, vocab_size: int) -> int:
+    """A byte-level BPE trained by Hugging Face `tokenizers` and saved by transformers, the way
+    a model on the Hub carries it; returns its vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([_text(seed=s, lines=80) for s in range(3)], trainer)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
+    fast.save_pretrained(folder)
+    return tok.get_vocab_size()
+
+
+FOREIGN = {  # family: (config class, model class, settings)
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_positions=16, n_embd=32, n_layer=2, n_head=4)),
+    "llama": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=16, tie_word_embeddings=False),
+    ),
+    "qwen3": (
+        "Qwen3Config",
+        "Qwen3ForCausalLM",
+        dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=8, max_position_embeddings=16),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", list(FOREIGN))
+def test_import_of_a_folder_transformers_made(family, tmp_path, capsys):
+    """A model and tokenizer that transformers and tokenizers made (not our export) import
+    as a run whose logits equal transformers' within 1e-4 and whose ids equal AutoTokenizer's."""
+    folder = tmp_path / "hf"
+    vocab = _hf_tokenizer_folder(folder, 300)
+    config_name, model_name, kw = FOREIGN[family]
+    torch.manual_seed(0)
+    hf_config = getattr(transformers, config_name)(vocab_size=vocab, **kw)
+    hf = getattr(transformers, model_name)(hf_config)
+    with torch.no_grad():  # away from the initialisation: non-zero biases and norm gains
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    hf.save_pretrained(folder)
+    code, out, err = _cli(capsys, "import", folder, "--out", tmp_path / "run")
+    assert code == 0, err
+    run = load_run(tmp_path / "run")
+    assert run.config.model.vocab_size == vocab and run.config.model.block_size == 16
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    for text in VARIED[1:]:  # transformers parses special strings in text; ours when asked
+        assert run.tokenizer.encode(text, allowed_special=True) == hf_tok(text)["input_ids"], text
+    idx = torch.tensor([run.tokenizer.encode(VARIED[2])[:16], list(range(16))])
+    with torch.no_grad():
+        expected = hf.eval()(idx).logits
+        got, _ = run.model.eval()(idx)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

@@ -12,6 +12,7 @@ use a tiny model trained for a moment to answer three questions and end its turn
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -857,32 +858,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_tinygpt_serve_command(chat_run):
+@contextlib.contextmanager
+def serve_command(run, *flags: str, env: dict | None = None):
+    """`python -m tinygpt serve RUN FLAGS` on a free port, waited for (60 s at most) and always
+    stopped; yields the base URL and, after the block, leaves the server's stderr in `.err`."""
     port = free_port()
-    env = {**os.environ, "TINYGPT_API_KEY": "k3y"}
+    argv = [sys.executable, "-m", "tinygpt", "serve", str(run), "--port", str(port)]
+    argv += ["--device", "cpu", "--threads", "1", "--log-level", "warning", *flags]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tinygpt",
-            "serve",
-            str(chat_run),
-            "--port",
-            str(port),
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        argv, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
-    )
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
     try:
-        url = f"http://127.0.0.1:{port}"
         end = time.monotonic() + 60
         while True:
             assert proc.poll() is None, proc.communicate()[1]
@@ -893,16 +881,40 @@ def test_tinygpt_serve_command(chat_run):
                 pass
             assert time.monotonic() < end, "tinygpt serve did not start within 60 s"
             time.sleep(0.1)
+        yield url, proc
+    finally:
+        proc.terminate()
+        _, proc.err = proc.communicate(timeout=30)
+
+
+def test_tinygpt_serve_command(chat_run):
+    with serve_command(chat_run, env={"TINYGPT_API_KEY": "k3y"}) as (url, proc):
         assert httpx.get(url + "/v1/models").status_code == 401
         client = openai.OpenAI(base_url=url + "/v1", api_key="k3y", max_retries=0)
         out = client.chat.completions.create(
             model="chatty", messages=[{"role": "user", "content": "hi"}], temperature=0
         )
         assert out.choices[0].message.content == "hello there"
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert "serving 'chatty' at http://127.0.0.1" in err
+    assert "serving 'chatty' at http://127.0.0.1" in proc.err
+
+
+def test_serve_flags_set_the_key_and_the_limits(chat_run):
+    """--api-key wins over TINYGPT_API_KEY; --max-tokens-cap and --timeout reach the server."""
+    flags = ["--api-key", "fl4g", "--max-tokens-cap", "5", "--timeout", "1e-6"]
+    with serve_command(chat_run, *flags, env={"TINYGPT_API_KEY": "k3y"}) as (url, _):
+        assert (
+            httpx.get(url + "/v1/models", headers={"Authorization": "Bearer k3y"}).status_code
+            == 401
+        )
+        client = openai.OpenAI(base_url=url + "/v1", api_key="fl4g", max_retries=0)
+        assert [m.id for m in client.models.list()] == ["chatty"]
+        info = httpx.get(url + "/info", headers={"Authorization": "Bearer fl4g"}).json()
+        assert info["max_tokens_cap"] == 5
+        with pytest.raises(openai.BadRequestError, match="more than this server's cap of 5"):
+            client.completions.create(model="chatty", prompt="hi", max_tokens=6)
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.completions.create(model="chatty", prompt="hi", max_tokens=5)
+        assert caught.value.status_code == 504
 
 
 def test_serve_command_bad_input(tmp_path, chat_run, capsys):
