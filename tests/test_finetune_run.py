@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import string
 import subprocess
@@ -105,6 +106,22 @@ def test_a_fine_tune_is_a_normal_run_that_records_its_base(base, tuned, capsys):
     assert "Fine-tuned from" in report and "examples," in report
     assert main(["sample", str(tuned), "--prompt", "Question 1?", "--max-new-tokens", "5"]) == 0
     assert main(["info", str(tuned)]) == 0
+
+
+def test_a_fine_tune_from_a_named_checkpoint_and_both_runs_plotted(tuned, questions, tmp_path):
+    """--checkpoint step-N starts from that checkpoint (a fine-tuned run is a base like any
+    other), and `plot` draws a fine-tune beside its base."""
+    out = tmp_path / "again"
+    argv = ["finetune", str(tuned), "--checkpoint", "step-000002", "--input", str(questions)]
+    assert main([*argv, "--out", str(out), "--max-steps", "1", *FAST]) == 0
+    record = RunDir(out).finetune_record()
+    ckpt = RunDir(tuned).resolve_checkpoint("step-000002")
+    assert record["checkpoint"] == "step-000002"
+    assert record["weights_sha256"] == sha256_file(ckpt / WEIGHTS)
+    assert not record.get("added_tokens")  # the template's tokens are already there
+    plot = tmp_path / "both.png"
+    assert main(["plot", str(tuned), str(out), "--out", str(plot)]) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_fine_tune_prints_losses_before_and_after(base, questions, tmp_path, capsys):
@@ -299,6 +316,23 @@ def test_chat_in_a_terminal_session_through_piped_input(tuned, tmp_path):
     a3 = gen.chat([*system, {"role": "user", "content": "Question 3?"}], temperature=0,
                   max_new_tokens=6)  # fmt: skip
     assert proc.stdout == f"{a1}\n{a2}\n{a3}\n"
+
+
+def test_chat_help_system_and_turns_that_no_longer_fit(tuned, tmp_path):
+    """/help and /system in a session; once the conversation outgrows the context (48 tokens
+    here), the oldest turns are left out with a note, and the session goes on."""
+    lines = ["/help", "/system Be terse.", "Question 1?", "Question 2?", "Question 3?", "/system"]
+    lines += ["Question 4?", "/quit"]
+    env = {**os.environ, "TINYGPT_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinygpt", "chat", str(tuned), "--seed", "0", "--max-new-tokens", "6"],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "/system TEXT" in proc.stderr and "/reset" in proc.stderr  # the help text
+    assert "(system message: 'Be terse.')" in proc.stderr and "(no system message)" in proc.stderr
+    assert re.search(r"\(the \d+ oldest messages no longer fit the model's context", proc.stderr)
+    assert "error" not in proc.stderr
 
 
 # ---------------------------------------------------------------------------- bad input
