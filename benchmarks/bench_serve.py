@@ -6,8 +6,8 @@ style model of 6 layers, 384 wide, context 256. Each is served by `tinygpt serve
 process on loopback (max batch 32, one torch thread); this process is the load generator,
 asyncio clients over httpx. Every request: a 16-character prompt, max_tokens 64,
 temperature 0.8 with a seed of its own; every other one streamed (with
-stream_options.include_usage), the others awaited whole. End-of-text is out of reach (the
-models' vocabulary stops just before its id), so every answer is exactly 64 tokens and a
+stream_options.include_usage), the others awaited whole. End-of-text is out of reach (its
+logit is set far below every other token's, `never_ends`), so every answer is exactly 64 tokens and a
 request only succeeds with status 200, finish_reason "length" and 64 completion tokens.
 
 A phase sends --requests requests through c clients, each client sending its next request
@@ -192,11 +192,32 @@ def serve(run: Path, port: int, threads: int) -> subprocess.Popen:
         time.sleep(0.2)
 
 
+def never_ends(model: GPT, eot: int) -> GPT:
+    """Random weights for which end-of-text is out of reach, so that every answer runs to
+    max_tokens: channel 0 of the residual stream is 1 for every token but end-of-text (the
+    blocks and positions never write to it), so after the final norm it is large and
+    positive, and end-of-text's head row, -1 in that channel and 0 elsewhere, gets a logit
+    some 2 x sqrt(width) below every other token's."""
+    with torch.no_grad():
+        emb = model.tok_emb.weight
+        emb[:, 0] = 1.0
+        for name, p in model.named_parameters():
+            if name.endswith(("proj.weight", "proj.bias")):  # attention and MLP outputs
+                p[0] = 0.0
+        if model.pos_emb is not None:
+            model.pos_emb.weight[:, 0] = 0.0
+        for head in {id(emb): emb, id(model.lm_head.weight): model.lm_head.weight}.values():
+            head[eot] = 0.0
+            head[eot, 0] = -1.0
+    return model
+
+
 def measure(name: str, config: GPTConfig, tokenizer, folder: Path, args) -> dict:
     torch.manual_seed(0)
     run = folder / name
     data = DataConfig(tokenizer="char")
-    save_model_run(run, RunConfig(model=config, data=data), GPT(config), tokenizer)
+    model = never_ends(GPT(config), tokenizer.eot_id)
+    save_model_run(run, RunConfig(model=config, data=data), model, tokenizer)
     rng = random.Random(1)
     alphabet = string.ascii_letters + string.digits + string.punctuation + " "
     prompts = ["".join(rng.choices(alphabet, k=PROMPT)) for _ in range(args.requests)]
@@ -224,10 +245,9 @@ def main() -> None:
     if args.requests < max(CLIENTS):
         parser.error(f"--requests must be at least {max(CLIENTS)}, one per client")
 
-    # Printable ASCII: 100 characters, then end-of-text as id 100. The models' vocabulary
-    # holds ids 0..99 only, so end-of-text can never be generated.
+    # Printable ASCII: 100 characters, then end-of-text as id 100 (out of reach: never_ends).
     tokenizer = train_tokenizer("char", [string.printable])
-    vocab = tokenizer.eot_id
+    vocab = tokenizer.vocab_size
     char = replace(load_config("shakespeare-char").model, vocab_size=vocab)
     models = {
         "char": (

@@ -21,12 +21,14 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import torch
 
+import tinygpt
 from tinygpt.chat import get_template, save_template
 from tinygpt.cli import main
 from tinygpt.config import DataConfig, RunConfig
@@ -952,3 +954,26 @@ def test_the_text_chunk_fast_path_writes_the_same_event():
             extra = {"usage": None} if include_usage else {}
             slow_way = sse(shape.chunk([shape.choice(2, 'a"b ü\n', None, chunk=True)], **extra))
             assert shape.text_event(2, 'a"b ü\n', include_usage) == slow_way
+
+
+# ---------------------------------------------------------------------------- the benchmark
+
+
+def test_the_load_benchmarks_models_load_and_never_end(tmp_path):
+    """benchmarks/bench_serve.py serves random runs whose answers all run to max_tokens: the
+    run loads as any run (its tokenizer fits its model) and end-of-text is out of reach."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        from bench_serve import never_ends
+    finally:
+        sys.path.pop(0)
+    tok = train_tokenizer("char", [string.printable])
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)
+    torch.manual_seed(0)
+    model = never_ends(GPT(config), tok.eot_id)
+    save_model_run(tmp_path / "run", RunConfig(model=config), model, tok)
+    gen = tinygpt.load(tmp_path / "run")
+    with torch.no_grad():
+        logits, _ = gen.model(torch.randint(0, tok.eot_id, (8, 32)))
+    assert (logits.argmax(-1) != tok.eot_id).all()
+    assert (logits[..., tok.eot_id] < logits.max(-1).values - 8).all()
