@@ -29,9 +29,9 @@ import pytest
 import torch
 
 import tinygpt
-from tinygpt.chat import get_template, save_template
+from chatmodel import QA, TEMPLATE, chat_tokenizer, train_chat_run
 from tinygpt.cli import main
-from tinygpt.config import DataConfig, RunConfig
+from tinygpt.config import RunConfig
 from tinygpt.engine import Engine
 from tinygpt.model import GPT, GPTConfig
 from tinygpt.run import save_model_run
@@ -39,7 +39,6 @@ from tinygpt.serve import Limits, create_app, start
 from tinygpt.serve.protocol import APIError, parse_body
 from tinygpt.tokenizer import train_tokenizer
 
-TEMPLATE = get_template("default")
 NAME = "tiny"
 CONTEXT = 64
 CAP = 40
@@ -47,7 +46,6 @@ MAX_N = 4
 # Batch shape changes the last bits of a CPU matmul (tests/test_engine.py): greedy answers
 # under load equal answers alone wherever the two best logits are further apart than this.
 MIN_MARGIN = 1e-4
-QA = [("hi", "hello there"), ("bye", "see you soon"), ("who are you", "a tiny model")]
 
 
 class ScriptedGPT(GPT):
@@ -68,8 +66,7 @@ class ScriptedGPT(GPT):
 
 @pytest.fixture(scope="module")
 def tok():
-    chars = string.ascii_letters + string.digits + " .,;:!?'\n"
-    return train_tokenizer("char", [chars]).with_special_tokens(TEMPLATE.special_tokens)
+    return chat_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -120,31 +117,7 @@ def http(server):
 @pytest.fixture(scope="module")
 def chat_run(tmp_path_factory, tok):
     """A run folder with a chat template and a model trained to answer QA and end its turn."""
-    seqs = [
-        TEMPLATE.encode(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])[
-            0
-        ]
-        for q, a in QA
-    ]
-    T = max(map(len, seqs))
-    x = torch.tensor([s[:-1] + [0] * (T - len(s)) for s in seqs])
-    y = torch.tensor([s[1:] + [-1] * (T - len(s)) for s in seqs])  # -1: not scored
-    torch.manual_seed(0)
-    config = GPTConfig(
-        vocab_size=tok.vocab_size, block_size=CONTEXT, n_layer=2, n_head=2, n_embd=32, dropout=0.0
-    )
-    m = GPT(config)
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
-    for _ in range(150):
-        _, loss = m(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.2
-    run = tmp_path_factory.mktemp("runs") / "chatty"
-    save_model_run(run, RunConfig(model=config, data=DataConfig(tokenizer="char")), m, tok)
-    save_template(run, TEMPLATE)
-    return run
+    return train_chat_run(tmp_path_factory.mktemp("runs") / "chatty", tok, context=CONTEXT)
 
 
 @pytest.fixture(scope="module")

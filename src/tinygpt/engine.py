@@ -70,6 +70,8 @@ from tinygpt.request import (  # noqa: F401
     Token,
     Usage,
     describe_token,
+    new_request,
+    params_of,
     wake_all,
 )
 
@@ -212,23 +214,12 @@ class Engine:
         """Queue a request: a text prompt or token ids, and SamplingParams (or its fields as
         keyword arguments). Raises TinyGPTError for bad input (PromptTooLong for a prompt
         that fills the context) and QueueFull when the queue is full."""
-        if params is not None and settings:
-            raise TinyGPTError("give either params or sampling keyword arguments, not both")
-        params = params if params is not None else SamplingParams(**settings)
+        params = params_of(params, settings)
         ids = self.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
-        if not ids:
-            raise TinyGPTError("the prompt holds no tokens; give at least one")
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise TinyGPTError(
-                f"token id {bad[0]} is outside the vocabulary of {self.vocab_size} tokens"
-            )
-        if len(ids) >= self.context:
-            raise PromptTooLong(len(ids), self.context)
-        req = Request(next(self._ids), ids, params, wake=self._wake)
-        timeout = params.timeout if params.timeout is not None else self.timeout
-        if timeout is not None:
-            req.deadline = req.submitted_at + timeout
+        req = new_request(
+            next(self._ids), ids, params, vocab_size=self.vocab_size, context=self.context,
+            wake=self._wake, timeout=self.timeout,
+        )  # fmt: skip
         with self._cond:
             if self._closed:
                 raise TinyGPTError("the engine is closed; start a new one")

@@ -345,6 +345,39 @@ class Request:
         )
 
 
+def params_of(params: SamplingParams | None, settings: dict[str, Any]) -> SamplingParams:
+    """The request's SamplingParams: given whole, or built from its fields, not both."""
+    if params is not None and settings:
+        raise TinyGPTError("give either params or sampling keyword arguments, not both")
+    return params if params is not None else SamplingParams(**settings)
+
+
+def new_request(
+    rid: int,
+    ids: list[int],
+    params: SamplingParams,
+    *,
+    vocab_size: int,
+    context: int,
+    wake: Callable[[], None] | None,
+    timeout: float | None,
+) -> Request:
+    """A Request for prompt `ids`, checked (not empty, inside the vocabulary, shorter than the
+    context: PromptTooLong) and given its deadline (the request's timeout, else `timeout`)."""
+    if not ids:
+        raise TinyGPTError("the prompt holds no tokens; give at least one")
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise TinyGPTError(f"token id {bad[0]} is outside the vocabulary of {vocab_size} tokens")
+    if len(ids) >= context:
+        raise PromptTooLong(len(ids), context)
+    req = Request(rid, ids, params, wake=wake)
+    limit = params.timeout if params.timeout is not None else timeout
+    if limit is not None:
+        req.deadline = req.submitted_at + limit
+    return req
+
+
 @dataclass
 class EngineStats:
     active: int  # running rows

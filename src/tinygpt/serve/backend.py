@@ -40,12 +40,13 @@ from tinygpt.errors import TinyGPTError
 from tinygpt.request import (
     EngineStats,
     Event,
-    PromptTooLong,
     QueueFull,
     Request,
     SamplingParams,
     Usage,
     describe_token,
+    new_request,
+    params_of,
 )
 from tinygpt.textgen import RowText
 
@@ -272,25 +273,13 @@ class OnnxBackend:
     ) -> Request:
         """Queue a request (token ids, and SamplingParams or its fields); raises
         PromptTooLong, QueueFull or TinyGPTError as `Engine.submit` does."""
-        if params is not None and settings:
-            raise TinyGPTError("give either params or sampling keyword arguments, not both")
-        params = params if params is not None else SamplingParams(**settings)
+        params = params_of(params, settings)
         if params.logprobs or params.top_logprobs:
             raise TinyGPTError("an ONNX folder is served without logprobs; leave them out")
-        ids = [int(i) for i in prompt]
-        if not ids:
-            raise TinyGPTError("the prompt holds no tokens; give at least one")
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise TinyGPTError(
-                f"token id {bad[0]} is outside the vocabulary of {self.vocab_size} tokens"
-            )
-        if len(ids) >= self.context:
-            raise PromptTooLong(len(ids), self.context)
-        req = Request(next(self._ids), ids, params, wake=self._wake)
-        timeout = params.timeout if params.timeout is not None else self.timeout
-        if timeout is not None:
-            req.deadline = req.submitted_at + timeout
+        req = new_request(
+            next(self._ids), [int(i) for i in prompt], params, vocab_size=self.vocab_size,
+            context=self.context, wake=self._wake, timeout=self.timeout,
+        )  # fmt: skip
         with self._cond:
             if self._closed:
                 raise TinyGPTError("the backend is closed; open the model again")
