@@ -82,7 +82,7 @@ class ChatApp:
         exchanges left out until the answer has room (min(max_tokens, context / 2) tokens);
         without a template, the message alone, as text (one too long for the context is
         refused by the engine, with both numbers)."""
-        from tinygpt.chat import fit_history
+        from tinygpt.data.template import fit_history
 
         if self.template is None:
             return self.tokenizer.encode(message) or [self.tokenizer.eot_id]
@@ -123,7 +123,7 @@ class ChatApp:
         """Yield the answer so far each time the engine releases text."""
         import gradio as gr
 
-        from tinygpt.errors import TinyGPTError
+        from tinygpt.core.errors import TinyGPTError
 
         text = content_text(message)
         if not text.strip():
@@ -203,7 +203,7 @@ def launch(app: ChatApp, *, port: int | None = None, block: bool = True) -> Any:
 
 
 def main() -> int:
-    from tinygpt.errors import TinyGPTError
+    from tinygpt.core.errors import TinyGPTError
 
     path = model_path()
     try:

@@ -26,10 +26,10 @@ import time
 import torch
 
 from common import machine_line, write_section
-from tinygpt.config import load_config
-from tinygpt.engine import Engine
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.tokenizer import train_tokenizer
+from tinygpt.core.config import load_config
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.data.tokenizer import train_tokenizer
+from tinygpt.infer.engine import Engine
 
 CLIENTS = (1, 8, 32)
 PROMPT, NEW = 16, 64

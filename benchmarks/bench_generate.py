@@ -19,8 +19,8 @@ from collections.abc import Callable
 import torch
 
 from common import machine_line, write_section
-from tinygpt.generate import generate_ids
-from tinygpt.model import GPT, GPTConfig
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.infer.generate import generate_ids
 
 PROMPT, NEW = 256, 256
 

@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from common import machine_line, write_section
-from tinygpt.errors import TinyGPTError
-from tinygpt.tokenizer import EOT
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.data.tokenizer import EOT
 
 SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
 TYPES = ("f32", "f16", "q8_0")
@@ -188,7 +188,7 @@ def check_logits(
 
 def check_greedy(model: Any, llm: Any, prompt: list[int], n: int, report: Report) -> None:
     """llama.cpp's argmax continuation against ours; where they part, our top-1 margin."""
-    from tinygpt.generate import generate_ids
+    from tinygpt.infer.generate import generate_ids
 
     ours = generate_ids(model, prompt, max_new_tokens=n, temperature=0.0)[0]
     llm.reset()
@@ -217,7 +217,7 @@ def check_greedy(model: Any, llm: Any, prompt: list[int], n: int, report: Report
 
 def speeds(model: Any, llm: Any, prompt: list[int], n: int, repeats: int) -> tuple[float, float]:
     """(ours, llama.cpp) new tokens per second of greedy generation, medians, taking turns."""
-    from tinygpt.generate import generate_ids
+    from tinygpt.infer.generate import generate_ids
 
     def ours() -> int:
         return len(generate_ids(model, prompt, max_new_tokens=n, temperature=0.0)[0])
@@ -310,7 +310,7 @@ def prepare_data(work: Path, kind: Kind, source: Path) -> Path:
 
 def train_run(work: Path, kind: Kind, data: Path, steps: int, threads: int) -> Path:
     from tinygpt.cli import main as cli
-    from tinygpt.run import RunDir
+    from tinygpt.core.run import RunDir
 
     run = work / kind.name
     if RunDir(run).checkpoints():
@@ -324,7 +324,7 @@ def train_run(work: Path, kind: Kind, data: Path, steps: int, threads: int) -> P
 
 def check_file(kind: Kind, run: Path, work: Path, threads: int, args: Any) -> tuple[Report, dict]:
     from tinygpt.cli import main as cli
-    from tinygpt.run import load_run
+    from tinygpt.core.run import load_run
 
     loaded = load_run(run)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -369,7 +369,7 @@ def check_file(kind: Kind, run: Path, work: Path, threads: int, args: Any) -> tu
 
 
 def _val_loss(run: Path) -> float:
-    from tinygpt.run import RunDir
+    from tinygpt.core.run import RunDir
 
     summary = RunDir(run).read_summary() or {}
     return float(summary.get("val_loss", float("nan")))

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from common import machine_line
-from tinygpt.cleaning import split_sentences
-from tinygpt.corpora import iter_documents
+from tinygpt.data.cleaning import split_sentences
+from tinygpt.data.corpora import iter_documents
 
 RESULTS = Path(__file__).parent / "results" / "langid.md"
 

@@ -4,7 +4,7 @@ Two models with random weights: a GPT-2-style 6-layer, 384-wide one (6 heads, co
 vocabulary 4096; about 25 MFLOP per token) and the default preset's char model
 (shakespeare-char: 3 layers, 128 wide, RoPE, context 128, 66 characters). Each generates
 256 tokens greedily after a 64-token prompt, batch 1, through four paths: PyTorch fp32 with
-our KV cache (`tinygpt.generate`), and the ONNX export (`tinygpt.onnx_runtime`) in fp32, in
+our KV cache (`tinygpt.infer.generate`), and the ONNX export (`tinygpt.infer.onnx_runtime`) in fp32, in
 int8 with reduce_range (the export's default) and in int8 with full-range weights
 (--no-reduce-range). The paths take turns (interleaved) and the median of --repeats runs is
 reported, with the CPU's flags (int8 speed depends on AVX-512 VNNI).
@@ -16,7 +16,7 @@ profiler per operator type, torch.profiler per aten operator.
 
 With `--run RUN` (a trained run folder) it also exports that run in fp32 and int8 and
 reports the full validation loss of each through the one loss definition
-(`tinygpt.evaluate`), next to PyTorch's, and the file sizes.
+(`tinygpt.infer.evaluate`), next to PyTorch's, and the file sizes.
 
     python benchmarks/bench_onnx.py [--repeats 5] [--threads 1] [--run RUN]
 """
@@ -38,13 +38,13 @@ import onnxruntime as ort
 import torch
 
 from common import machine_line, write_section
-from tinygpt.config import GPTConfig, load_config
+from tinygpt.core.config import GPTConfig, load_config
+from tinygpt.core.info import model_info
+from tinygpt.core.model import GPT
+from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.export.onnx import quantize_int8, save_onnx_folder
-from tinygpt.generate import generate_ids
-from tinygpt.info import model_info
-from tinygpt.model import GPT
-from tinygpt.onnx_runtime import OnnxLM, generate_tokens
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.infer.generate import generate_ids
+from tinygpt.infer.onnx_runtime import OnnxLM, generate_tokens
 
 PROMPT, NEW = 64, 256
 PAST = 192  # the profiled step: the middle of a 64 + 256 generation
@@ -275,7 +275,7 @@ def profile_lines(
 
 
 class GraphAsModel(torch.nn.Module):
-    """An ONNX graph behind the (logits, loss) interface `tinygpt.evaluate` calls."""
+    """An ONNX graph behind the (logits, loss) interface `tinygpt.infer.evaluate` calls."""
 
     def __init__(self, lm: OnnxLM) -> None:
         super().__init__()
@@ -291,10 +291,10 @@ class GraphAsModel(torch.nn.Module):
 
 def quality(run_dir: Path, root: Path, threads: int) -> list[str]:
     """Full validation loss of a trained run: PyTorch, ONNX fp32 and the two int8 folders."""
-    from tinygpt.data import open_dataset
-    from tinygpt.evaluate import evaluate
+    from tinygpt.core.run import RunDir, load_run
+    from tinygpt.data.prepare import open_dataset
     from tinygpt.export.onnx import export_run_onnx
-    from tinygpt.run import RunDir, load_run
+    from tinygpt.infer.evaluate import evaluate
 
     run = load_run(run_dir)
     data = RunDir(run_dir).dataset_dir()

@@ -50,7 +50,7 @@ def make_input(source: Path, mb: float, dest: Path, seed: int = 0) -> Path:
 
 def child(args: argparse.Namespace) -> None:
     """Run one prepare in this process and print timing and peak memory as JSON."""
-    from tinygpt.data import prepare_dataset
+    from tinygpt.data.prepare import prepare_dataset
 
     start = time.perf_counter()
     result = prepare_dataset(
@@ -103,7 +103,7 @@ def main() -> None:
         child(args)
         return
 
-    from tinygpt.tokenizer import train_tokenizer
+    from tinygpt.data.tokenizer import train_tokenizer
 
     corpus = Path(args.corpus)
     lines = [

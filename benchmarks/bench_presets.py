@@ -6,7 +6,7 @@ Usage:
 
 Part 1, the step. For each preset (not `finetune`, which has no model of its own): its model
 (at the preset's nominal vocabulary), its optimiser and the precision `auto` picks here, and
-one optimiser step exactly as training takes it (`tinygpt.train.train_step`: `accum`
+one optimiser step exactly as training takes it (`tinygpt.train.loop.train_step`: `accum`
 micro-batches of `batch_size` × `block_size` random token ids, forward, backward, clipping,
 update). The median of `--repeats` steps after one warm-up step. Where one step would not
 fit the time or memory of a benchmark — gpt2-124m's 64 micro-batches of 8 × 1024 tokens —
@@ -41,11 +41,11 @@ from pathlib import Path
 import torch
 
 from common import ROOT, machine, machine_line, write_section
-from tinygpt.config import list_presets, load_config
-from tinygpt.info import memory_estimate, param_breakdown
-from tinygpt.model import GPT
-from tinygpt.runtime import Dist, autocast_for, choose_precision
-from tinygpt.train import accumulation, build_optimizer, train_step
+from tinygpt.core.config import list_presets, load_config
+from tinygpt.core.info import memory_estimate, param_breakdown
+from tinygpt.core.model import GPT
+from tinygpt.core.runtime import Dist, autocast_for, choose_precision
+from tinygpt.train.loop import accumulation, build_optimizer, train_step
 
 MEMORY_CAP = 3 * 2**30  # bytes of estimated training memory one timed micro-batch may use
 STEP_CAP_S = 20.0  # a step estimated longer than this is timed one micro-batch at a time
@@ -123,9 +123,9 @@ def time_step(preset: str, repeats: int) -> dict:
 def prepared(preset: str) -> tuple[int, float]:
     """Training tokens of the preset's default dataset, and the seconds it took to prepare
     it (about 0 when it was cached already)."""
-    from tinygpt.data import open_dataset
-    from tinygpt.run import RunDir
-    from tinygpt.train import find_dataset
+    from tinygpt.core.run import RunDir
+    from tinygpt.data.prepare import open_dataset
+    from tinygpt.train.loop import find_dataset
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

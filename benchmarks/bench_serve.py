@@ -41,10 +41,10 @@ import httpx
 import torch
 
 from common import ROOT, machine_line, write_section
-from tinygpt.config import DataConfig, RunConfig, load_config
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.run import save_model_run
-from tinygpt.tokenizer import train_tokenizer
+from tinygpt.core.config import DataConfig, RunConfig, load_config
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.run import save_model_run
+from tinygpt.data.tokenizer import train_tokenizer
 
 CLIENTS = (1, 8, 32)
 PROMPT, NEW = 16, 64

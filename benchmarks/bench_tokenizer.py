@@ -26,9 +26,9 @@ import tempfile
 from pathlib import Path
 
 from common import ROOT, machine, timed
-from tinygpt.errors import TinyGPTError
-from tinygpt.tokenizer import load_tokenizer, train_tokenizer
-from tinygpt.tokenizer.bpe import PATTERNS
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.data.tokenizer import load_tokenizer, train_tokenizer
+from tinygpt.data.tokenizer.bpe import PATTERNS
 
 
 def main() -> int:
@@ -125,7 +125,7 @@ def bench_gpt2(text: str, repeats: int) -> list[str]:
     """Encode `text` with GPT-2's vocabulary: ours, HF tokenizers, tiktoken. Markdown lines."""
     import tokenizers
 
-    from tinygpt.tokenizer.gpt2 import gpt2_tokenizer_file, ranks_file
+    from tinygpt.data.tokenizer.gpt2 import gpt2_tokenizer_file, ranks_file
 
     try:
         path = gpt2_tokenizer_file()

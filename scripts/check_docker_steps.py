@@ -161,10 +161,10 @@ def make_run(python: Path, out: Path) -> None:
     """A tiny run folder (random weights, a char tokenizer), made with the venv's tinygpt."""
     code = f"""
 import torch
-from tinygpt.config import DataConfig, RunConfig
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.run import save_model_run
-from tinygpt.tokenizer import train_tokenizer
+from tinygpt.core.config import DataConfig, RunConfig
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.run import save_model_run
+from tinygpt.data.tokenizer import train_tokenizer
 tok = train_tokenizer("char", ["abcdefghijklmnopqrstuvwxyz ROMEO:\\n"])
 config = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32)
 torch.manual_seed(0)

@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 
-from tinygpt.chat import get_template, save_template
-from tinygpt.config import DataConfig, RunConfig
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.run import save_model_run
-from tinygpt.tokenizer import train_tokenizer
+from tinygpt.core.config import DataConfig, RunConfig
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.run import save_model_run
+from tinygpt.data.template import get_template, save_template
+from tinygpt.data.tokenizer import train_tokenizer
 
 TEMPLATE = get_template("default")
 QA = [("hi", "hello there"), ("bye", "see you soon"), ("who are you", "a tiny model")]

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import torch
 
-from tinygpt.batches import RandomWindows
-from tinygpt.runtime import Dist
+from tinygpt.core.runtime import Dist
+from tinygpt.data.batches import RandomWindows
 
 
 def _windows(seed=3, world=Dist()):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tinygpt.errors import TinyGPTError
-from tinygpt.model import GPT, GPTConfig, padding_mask
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT, GPTConfig, padding_mask
 
 VARIANTS = {
     "gpt2": dict(),

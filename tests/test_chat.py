@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from tinygpt.chat import (
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.data.template import (
     DEFAULT_TEMPLATE,
     TEMPLATE_FILE,
     get_template,
@@ -21,11 +23,9 @@ from tinygpt.chat import (
     template_for_jinja,
     validate_messages,
 )
-from tinygpt.errors import TinyGPTError
-from tinygpt.finetune import masked_targets
-from tinygpt.generate import TextGenerator
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.tokenizer import EOT, CharTokenizer, load_tokenizer, train_tokenizer
+from tinygpt.data.tokenizer import EOT, CharTokenizer, load_tokenizer, train_tokenizer
+from tinygpt.infer.generate import TextGenerator
+from tinygpt.train.finetune import masked_targets
 from tokenizer_text import corpus
 
 CONV = [
@@ -313,7 +313,7 @@ def test_prepare_path_keeps_special_strings_as_text(tmp_path, bpe_base):
     """prepare encodes a corpus holding `<INST>` as text, with a tokenizer that has
     `<INST>` as a special token: the only special id in the shards is end-of-text, and the
     prompt path encodes the same string to the same ids."""
-    from tinygpt.data import open_dataset, prepare
+    from tinygpt.data.prepare import open_dataset, prepare
 
     tok = bpe_base.with_special_tokens(get_template("inst").special_tokens)
     tok_file = tok.save(tmp_path / "tok.json")

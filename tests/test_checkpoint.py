@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-from tinygpt import checkpoint as ckpt
-from tinygpt.errors import TinyGPTError
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.run import RunDir
+from tinygpt.core import checkpoint as ckpt
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.run import RunDir
 
 
 def _model(tie=True):

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinygpt.cleaning import (
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.data.cleaning import (
     Cleaner,
     Cleaning,
     collapse_whitespace,
@@ -17,7 +18,6 @@ from tinygpt.cleaning import (
     split_sentences,
     strip_markup,
 )
-from tinygpt.errors import TinyGPTError
 
 TURKISH = "Iğdır'da ılık bir İstanbul akşamı: şişe, Şule, ağaç, Çınar, göz, Ödül, üzüm, Ülkü."
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tinygpt.cli import main
-from tinygpt.config import (
+from tinygpt.core.config import (
     RunConfig,
     TrainConfig,
     list_presets,
@@ -13,7 +13,7 @@ from tinygpt.config import (
     parse_overrides,
     resolve_config,
 )
-from tinygpt.errors import TinyGPTError
+from tinygpt.core.errors import TinyGPTError
 
 PRESETS = [
     "gpt2-124m",

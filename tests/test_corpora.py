@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tinygpt import corpora
 from tinygpt.cli import main
-from tinygpt.corpora import (
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.data import corpora
+from tinygpt.data.corpora import (
     CORPORA,
     cache_dir,
     cut_point,
@@ -28,7 +29,6 @@ from tinygpt.corpora import (
     read_text_pieces,
     unwrap_paragraphs,
 )
-from tinygpt.errors import TinyGPTError
 
 # Markdown line breaks are two trailing spaces, written here as "|" before the newline.
 PLAY_A = """# The Test Play

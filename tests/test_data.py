@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinygpt import corpora, data
-from tinygpt.cleaning import Cleaning
 from tinygpt.cli import main
-from tinygpt.corpora import cache_dir
-from tinygpt.data import open_dataset, prepare, prepare_dataset
-from tinygpt.errors import TinyGPTError
-from tinygpt.tokenizer import file_hash, train_tokenizer
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.data import corpora
+from tinygpt.data import prepare as data
+from tinygpt.data.cleaning import Cleaning
+from tinygpt.data.corpora import cache_dir
+from tinygpt.data.prepare import open_dataset, prepare, prepare_dataset
+from tinygpt.data.tokenizer import file_hash, train_tokenizer
 
 TEXT = "".join(
     f"SPEAKER {i}:\nIşık ılık İstanbul; şişe ğ ç ö ü, line {i} of the play.\n\n" for i in range(300)

@@ -18,7 +18,7 @@ MODULES = sorted(
 
 
 def test_modules_with_examples_are_found():
-    assert "tinygpt.train" in MODULES and "tinygpt.tokenizer.bpe" in MODULES
+    assert "tinygpt.train.loop" in MODULES and "tinygpt.data.tokenizer.bpe" in MODULES
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -14,7 +14,10 @@ import time
 import pytest
 import torch
 
-from tinygpt.engine import (
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.data.tokenizer import train_tokenizer
+from tinygpt.infer.engine import (
     Engine,
     EngineError,
     PromptTooLong,
@@ -22,9 +25,6 @@ from tinygpt.engine import (
     SamplingParams,
     sample_rows,
 )
-from tinygpt.errors import TinyGPTError
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.tokenizer import train_tokenizer
 
 VARIANTS = {
     "gpt2": dict(),

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinygpt import evaluate as ev
-from tinygpt.errors import TinyGPTError
-from tinygpt.evaluate import evaluate, spread_windows, windows
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.data.tokenizer import CharTokenizer
+from tinygpt.infer import evaluate as ev
+from tinygpt.infer.evaluate import evaluate, spread_windows, windows
 
 
 def _scored_targets(n, block, stride=None):
@@ -261,8 +261,8 @@ def test_per_line_scores_each_line_and_its_closing_end_of_text(tok):
 
 def test_per_line_from_the_command_line(tmp_path, capsys):
     from tinygpt.cli import main
-    from tinygpt.config import RunConfig
-    from tinygpt.run import save_model_run
+    from tinygpt.core.config import RunConfig
+    from tinygpt.core.run import save_model_run
 
     torch.manual_seed(0)
     config = RunConfig(model=GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=1, n_embd=8))

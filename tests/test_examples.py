@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinygpt.batches import ExampleBatches
-from tinygpt.chat import get_template
-from tinygpt.errors import TinyGPTError
-from tinygpt.evaluate import ExampleEvaluator
-from tinygpt.examples import (
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.runtime import Dist
+from tinygpt.data.batches import ExampleBatches
+from tinygpt.data.examples import (
     ExampleSplit,
     detect_shape,
     fit_to_context,
@@ -27,10 +27,10 @@ from tinygpt.examples import (
     resolve_format,
     to_messages,
 )
-from tinygpt.finetune import masked_targets
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.runtime import Dist
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.data.template import get_template
+from tinygpt.data.tokenizer import CharTokenizer
+from tinygpt.infer.evaluate import ExampleEvaluator
+from tinygpt.train.finetune import masked_targets
 
 ALPHABET = string.ascii_letters + string.digits + " .,;:!?'\"-()\n"
 
@@ -188,7 +188,7 @@ def test_prepared_ids_and_masks_are_the_templates_and_the_folder_is_reused(
 
 
 def test_an_examples_folder_is_not_text_and_damage_is_detected(tmp_path, tokenizer_file):
-    from tinygpt.data import open_dataset
+    from tinygpt.data.prepare import open_dataset
 
     src = write_jsonl(tmp_path / "d.jsonl", qa(4))
     out = prepare_examples(str(src), tmp_path / "ex", tokenizer=tokenizer_file).path

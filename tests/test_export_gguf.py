@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from tinygpt.chat import get_template, save_template
 from tinygpt.cli import main
-from tinygpt.config import RunConfig, load_config
+from tinygpt.core.config import RunConfig, load_config
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.run import RunDir, save_model_run
+from tinygpt.data.template import get_template, save_template
+from tinygpt.data.tokenizer import EOT, BPETokenizer, Normalizer, train_tokenizer
+from tinygpt.data.tokenizer.bpe import bytes_to_unicode
 from tinygpt.export.gguf import char_merges, pairs_layout
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.run import RunDir, save_model_run
-from tinygpt.tokenizer import EOT, BPETokenizer, Normalizer, train_tokenizer
-from tinygpt.tokenizer.bpe import bytes_to_unicode
 
 gguf = pytest.importorskip("gguf")
 
@@ -264,7 +264,7 @@ def test_llama_with_gqa_biases_and_untied_head_has_pair_rotary_rows(tmp_path, ca
 def test_pairs_layout_keeps_attention_scores():
     """Reordering q and k rows alike changes no dot product, and turns our rotate-half RoPE
     into llama.cpp's rotation of consecutive pairs."""
-    from tinygpt.model import apply_rope, rope_tables
+    from tinygpt.core.model import apply_rope, rope_tables
 
     c = GPTConfig(block_size=8, n_head=2, n_embd=16, norm="rmsnorm", mlp="swiglu", pos="rope")
     cos, sin = rope_tables(c)

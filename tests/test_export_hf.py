@@ -16,15 +16,21 @@ import torch
 import yaml
 
 from tinygpt.cli import main
-from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K, RunConfig, list_presets, load_config
-from tinygpt.data import prepare
-from tinygpt.errors import TinyGPTError
+from tinygpt.core.config import (
+    SAMPLE_TEMPERATURE,
+    SAMPLE_TOP_K,
+    RunConfig,
+    list_presets,
+    load_config,
+)
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.run import load_run, save_model_run
+from tinygpt.data.prepare import prepare
+from tinygpt.data.tokenizer import EOT, train_tokenizer
 from tinygpt.export.card import language_of
 from tinygpt.export.hf import save_hf_folder
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.report import fmt
-from tinygpt.run import load_run, save_model_run
-from tinygpt.tokenizer import EOT, train_tokenizer
+from tinygpt.export.report import fmt
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -295,7 +301,7 @@ def test_every_builtin_preset_exports(preset, tmp_path):
 
 def test_a_normalizing_tokenizer_exports_with_its_normalizer(tmp_path):
     """Turkish lowercasing and whitespace folding happen inside HF's tokenizer too."""
-    from tinygpt.tokenizer.normalize import Normalizer
+    from tinygpt.data.tokenizer.normalize import Normalizer
 
     normalizer = Normalizer.build(lowercase="tr", whitespace=True)
     texts = [_text(seed=s, lines=60) for s in range(2)]
@@ -373,7 +379,7 @@ def test_chat_template_is_exported_twice_and_ends_turns(tmp_path):
 def test_a_chat_runs_template_is_exported_and_imported(run, name, tmp_path, capsys):
     """A run with RUN/chat_template.json: its Jinja goes into the export, transformers gives
     the ids our template gives, and import brings the template back."""
-    from tinygpt.chat import get_template, load_template, save_template
+    from tinygpt.data.template import get_template, load_template, save_template
 
     template = get_template(name)
     base = load_run(run)

@@ -23,19 +23,19 @@ import pytest
 import torch
 
 from tinygpt.cli import main
-from tinygpt.data import open_dataset, prepare
-from tinygpt.evaluate import evaluate
-from tinygpt.generate import TextGenerator, apply_repetition_penalty, filter_logits
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.run import load_run
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.run import load_run
+from tinygpt.data.prepare import open_dataset, prepare
+from tinygpt.data.tokenizer import CharTokenizer
+from tinygpt.infer.evaluate import evaluate
+from tinygpt.infer.generate import TextGenerator, apply_repetition_penalty, filter_logits
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from tinygpt import onnx_runtime as ort_gen  # noqa: E402
 from tinygpt.export.onnx import quantize_int8, quantized_ops, save_onnx_folder  # noqa: E402
+from tinygpt.infer import onnx_runtime as ort_gen  # noqa: E402
 
 WORDS = ["to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis", "nobler"]
 ATOL = 1e-4
@@ -233,7 +233,7 @@ def test_greedy_tokens_equal_pytorch_past_the_context(variant):
 
 
 class _GraphAsModel(torch.nn.Module):
-    """An ONNX graph behind the (logits, loss) interface `tinygpt.evaluate` calls."""
+    """An ONNX graph behind the (logits, loss) interface `tinygpt.infer.evaluate` calls."""
 
     def __init__(self, lm) -> None:
         super().__init__()

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinygpt.checkpoint import verify
 from tinygpt.cli import main
-from tinygpt.data import prepare
-from tinygpt.run import RunDir
+from tinygpt.core.checkpoint import verify
+from tinygpt.core.run import RunDir
+from tinygpt.data.prepare import prepare
 
 WORDS = [
     "to",
@@ -234,7 +234,7 @@ def test_data_that_does_not_fit_the_model_is_refused_before_training(
 def test_a_tokenizer_with_more_ids_than_the_model_is_refused(trained, tmp_path, capsys):
     import shutil
 
-    from tinygpt.tokenizer import load_tokenizer
+    from tinygpt.data.tokenizer import load_tokenizer
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
@@ -382,7 +382,7 @@ def test_a_signal_during_the_final_evaluation_saves(dataset, tmp_path):
     run = tmp_path / "run"
     script = SIGNAL_SCRIPT.replace(
         "from tinygpt.launch import entry",
-        "import time\nfrom tinygpt import evaluate\nfrom tinygpt.launch import entry\n"
+        "import time\nfrom tinygpt.infer import evaluate\nfrom tinygpt.launch import entry\n"
         "real, flag = evaluate.SplitEvaluator.final, sys.argv[-1]\n"
         "def slow(self, model):\n    open(flag, 'w').close()\n    time.sleep(60)\n"
         "    return real(self, model)\n"
@@ -421,7 +421,7 @@ def test_ctrl_c_before_the_first_step_is_one_line(dataset, tmp_path):
 
 KILL_SCRIPT = """
 import os, random, signal, sys
-from tinygpt import checkpoint
+from tinygpt.core import checkpoint
 from tinygpt.cli import main
 mode, when = sys.argv[1], int(sys.argv[2])
 if mode == "mid-save":  # die inside the n-th checkpoint write, after its first file
@@ -522,7 +522,7 @@ def test_a_write_failing_inside_torch_or_safetensors_is_one_line(trained, tmp_pa
 
 NAN_SCRIPT = """
 import sys, torch
-from tinygpt import train
+from tinygpt.train import loop as train
 from tinygpt.cli import main
 real, calls = train.train_step, []
 def poisoned(model, *args, **kwargs):
@@ -537,7 +537,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 def test_a_nan_gradient_is_never_applied_nor_saved(dataset, tmp_path):
-    from tinygpt.run import load_run
+    from tinygpt.core.run import load_run
 
     run = tmp_path / "run"
     argv = _train_argv(dataset, run, "--max-steps", "10", "--train.checkpoint_interval", "1")

@@ -7,11 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinygpt.chat import get_template
-from tinygpt.errors import TinyGPTError
-from tinygpt.finetune import add_special_tokens, check_encodable, grow_vocabulary, masked_targets
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.tokenizer import CharTokenizer, train_tokenizer
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.data.template import get_template
+from tinygpt.data.tokenizer import CharTokenizer, train_tokenizer
+from tinygpt.train.finetune import (
+    add_special_tokens,
+    check_encodable,
+    grow_vocabulary,
+    masked_targets,
+)
 from tokenizer_text import corpus
 
 V = 40
@@ -189,7 +194,7 @@ def test_masked_targets():
 
 @pytest.mark.parametrize("pos", ["learned", "rope"])
 def test_a_shorter_context_keeps_the_first_positions(pos):
-    from tinygpt.finetune import shorten_context
+    from tinygpt.train.finetune import shorten_context
 
     model = tiny(pos=pos)
     idx = torch.randint(0, V, (2, 10), generator=torch.Generator().manual_seed(0))

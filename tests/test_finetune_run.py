@@ -18,14 +18,14 @@ import pytest
 import torch
 
 import tinygpt
-from tinygpt.chat import load_template
-from tinygpt.checkpoint import WEIGHTS
 from tinygpt.cli import main
-from tinygpt.config import RunConfig, TrainConfig
-from tinygpt.files import sha256_file
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.run import RunDir, save_model_run
-from tinygpt.tokenizer import CharTokenizer, file_hash
+from tinygpt.core.checkpoint import WEIGHTS
+from tinygpt.core.config import RunConfig, TrainConfig
+from tinygpt.core.files import sha256_file
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.run import RunDir, save_model_run
+from tinygpt.data.template import load_template
+from tinygpt.data.tokenizer import CharTokenizer, file_hash
 
 ALPHABET = string.ascii_letters + string.digits + " .,;:!?'\"-()\n"
 FAST = ["--no-progress", "--train.log_interval", "1", "--train.sample_tokens", "8"]
@@ -246,7 +246,7 @@ def test_generation_ends_at_the_end_of_turn_in_chat_and_in_sample(tuned):
 
 def test_the_engine_ends_a_chat_request_at_the_end_of_turn(tuned):
     """What a server does: prompt ids from chat_ids, stop ids from stop_token_ids."""
-    from tinygpt.engine import Engine
+    from tinygpt.infer.engine import Engine
 
     gen = tinygpt.load(tuned)
     end = gen.end_of_turn_id

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from tinygpt.errors import TinyGPTError
-from tinygpt.generate import (
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.infer.generate import (
     StreamDecoder,
     TextGenerator,
     apply_repetition_penalty,
@@ -15,7 +16,6 @@ from tinygpt.generate import (
     generate_ids,
     generate_tokens,
 )
-from tinygpt.model import GPT, GPTConfig
 
 
 class ByteTokenizer:
@@ -245,9 +245,9 @@ def test_text_generator_on_real_model():
 
 @pytest.fixture
 def char_run(tmp_path):
-    from tinygpt.config import RunConfig
-    from tinygpt.run import save_model_run
-    from tinygpt.tokenizer import train_tokenizer
+    from tinygpt.core.config import RunConfig
+    from tinygpt.core.run import save_model_run
+    from tinygpt.data.tokenizer import train_tokenizer
 
     tok = train_tokenizer("char", ["hello world, ahoy there"])
     config = RunConfig()
@@ -285,9 +285,9 @@ def test_cli_sample(char_run, capsys):
 
 
 def test_load_api(char_run):
-    import tinygpt.generate
+    import tinygpt.infer.generate
 
-    gen = tinygpt.generate.load(char_run, checkpoint="best")
+    gen = tinygpt.infer.generate.load(char_run, checkpoint="best")
     text = gen.generate("ahoy", max_new_tokens=5, seed=0)
     assert isinstance(text, str)
 

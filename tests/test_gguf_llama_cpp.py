@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from tinygpt.cli import main
-from tinygpt.config import RunConfig
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.run import save_model_run
-from tinygpt.tokenizer import train_tokenizer
+from tinygpt.core.config import RunConfig
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.run import save_model_run
+from tinygpt.data.tokenizer import train_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +114,7 @@ def test_llama_cpp_agrees_with_us(name, tmp_path, capsys):
 
 
 def test_llama_cpp_reads_a_chat_runs_template_and_stops_at_end_of_turn(tmp_path, capsys, llama_cpp):
-    from tinygpt.chat import get_template, save_template
+    from tinygpt.data.template import get_template, save_template
 
     template = get_template("chatml")
     tokenizer = train_tokenizer("bpe", TEXT * 3, vocab_size=300)

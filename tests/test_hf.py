@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tinygpt.errors import TinyGPTError
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT, GPTConfig
 from tinygpt.export.hf import (
     config_from_hf,
     from_hf_state_dict,
@@ -15,8 +16,7 @@ from tinygpt.export.hf import (
     to_hf_model,
     to_hf_state_dict,
 )
-from tinygpt.generate import generate_ids
-from tinygpt.model import GPT, GPTConfig
+from tinygpt.infer.generate import generate_ids
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()

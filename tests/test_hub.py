@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from tinygpt.cli import main
-from tinygpt.config import RunConfig
+from tinygpt.core.config import RunConfig
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.run import save_model_run
+from tinygpt.data.tokenizer import train_tokenizer
 from tinygpt.export import hub
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.run import save_model_run
-from tinygpt.tokenizer import train_tokenizer
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 pytest.importorskip("transformers").logging.set_verbosity_error()

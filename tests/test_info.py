@@ -9,14 +9,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tinygpt.cli import main
-from tinygpt.errors import TinyGPTError
-from tinygpt.info import (
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.info import (
     flops_per_token,
     kv_cache_bytes_per_token,
     memory_estimate,
     param_breakdown,
 )
-from tinygpt.model import GPT, GPTConfig
+from tinygpt.core.model import GPT, GPTConfig
 
 GPT2_124M = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
 
@@ -147,7 +147,7 @@ def test_cli_info_preset_and_json(capsys):
 
 
 def test_cli_info_config_file_and_run(tmp_path, capsys):
-    from tinygpt.config import load_config
+    from tinygpt.core.config import load_config
 
     config = load_config(preset="gpt2-124m")
     path = tmp_path / "config.toml"

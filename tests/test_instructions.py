@@ -11,18 +11,18 @@ import torch
 
 from test_corpora import fake_index  # noqa: F401  (the fixture: test wheels instead of PyPI)
 from tinygpt.cli import main
-from tinygpt.config import RunConfig, TrainConfig
-from tinygpt.examples import open_examples, prepare_examples
-from tinygpt.instructions import (
+from tinygpt.core.config import RunConfig, TrainConfig
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.run import RunDir, save_model_run
+from tinygpt.data.examples import open_examples, prepare_examples
+from tinygpt.data.instructions import (
     ataturk_records,
     get_instructions,
     held_out,
     instructions_stats,
     locative,
 )
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.run import RunDir, save_model_run
-from tinygpt.tokenizer import train_tokenizer
+from tinygpt.data.tokenizer import train_tokenizer
 
 
 def _records(path) -> list[dict]:

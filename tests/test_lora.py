@@ -15,11 +15,15 @@ import torch
 from safetensors import safe_open
 
 import tinygpt
-from tinygpt.checkpoint import WEIGHTS, load_weights
 from tinygpt.cli import main
-from tinygpt.config import RunConfig, TrainConfig
-from tinygpt.errors import TinyGPTError
-from tinygpt.lora import (
+from tinygpt.core.checkpoint import WEIGHTS, load_weights
+from tinygpt.core.config import RunConfig, TrainConfig
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.run import RunDir, load_run, save_model_run
+from tinygpt.data.tokenizer import CharTokenizer
+from tinygpt.train.loop import build_optimizer
+from tinygpt.train.lora import (
     LoraSettings,
     apply_lora,
     build_adapted,
@@ -28,10 +32,6 @@ from tinygpt.lora import (
     parse_targets,
     valid_targets,
 )
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.run import RunDir, load_run, save_model_run
-from tinygpt.tokenizer import CharTokenizer
-from tinygpt.train import build_optimizer
 
 ALPHABET = string.ascii_letters + string.digits + " .,;:!?'\"-()\n"
 FAST = ["--no-progress", "--train.log_interval", "1", "--train.sample_tokens", "8"]
@@ -93,7 +93,7 @@ def adapted_bs(model: GPT) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("family", [GPT2, LLAMA], ids=["gpt2", "llama"])
 def test_merged_logits_equal_the_adapters_and_greedy_samples_agree(family):
-    from tinygpt.generate import TextGenerator
+    from tinygpt.infer.generate import TextGenerator
 
     model = _model(**family)
     apply_lora(model, LoraSettings(rank=4, dropout=0.0), rows_from=38)
@@ -166,7 +166,7 @@ def test_a_checkpoint_of_an_adapted_model_holds_only_what_trains(tmp_path):
         + [f"blocks.{i}.attn.{m}" for i in range(2) for m in ("proj.lora_A.o", "proj.lora_B.o")]
         + ["tok_emb.rows", "lm_head.rows"]
     )
-    from tinygpt.checkpoint import save_weights
+    from tinygpt.core.checkpoint import save_weights
 
     save_weights(model, tmp_path / WEIGHTS)
     other = _model(**GPT2)  # the same base, new adapters: loading sets them
@@ -253,7 +253,7 @@ def test_a_lora_run_stores_its_adapter_and_a_pointer_to_its_base(base, lora_run)
         "../base"
     )
     assert adapter["base"]["checkpoint"] == ckpt.name
-    from tinygpt.files import sha256_file
+    from tinygpt.core.files import sha256_file
 
     assert adapter["base"]["weights_sha256"] == sha256_file(ckpt / WEIGHTS)
     assert adapter["rank"] == 4 and adapter["alpha"] == 8.0 and adapter["rows_from"] == 76

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from tinygpt.errors import TinyGPTError
-from tinygpt.model import GPT, GPTConfig, apply_rope, causal_mask, rope_tables
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT, GPTConfig, apply_rope, causal_mask, rope_tables
 
 
 def tiny(**kw) -> GPTConfig:

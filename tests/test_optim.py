@@ -1,4 +1,4 @@
-"""The optimisers of `tinygpt.optim` against their library twins and their own contracts."""
+"""The optimisers of `tinygpt.train.optim` against their library twins and their own contracts."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from tinygpt.config import TrainConfig
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.optim import AdamW, Muon, orthogonalize
-from tinygpt.train import build_optimizer
+from tinygpt.core.config import TrainConfig
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.train.loop import build_optimizer
+from tinygpt.train.optim import AdamW, Muon, orthogonalize
 
 
 def _net(seed: int = 0) -> torch.nn.Module:
@@ -197,9 +197,9 @@ def test_building_the_optimiser_does_not_import_dynamo():
     """torch.optim's constructor imports torch._dynamo (seconds of start-up); ours must not."""
     code = (
         "import sys, torch\n"
-        "from tinygpt.config import TrainConfig\n"
-        "from tinygpt.model import GPT, GPTConfig\n"
-        "from tinygpt.train import build_optimizer\n"
+        "from tinygpt.core.config import TrainConfig\n"
+        "from tinygpt.core.model import GPT, GPTConfig\n"
+        "from tinygpt.train.loop import build_optimizer\n"
         "m = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))\n"
         "for name in ('adamw', 'muon'):\n"
         "    o = build_optimizer(m, TrainConfig(optimizer=name), 'cpu')\n"

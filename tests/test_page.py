@@ -3,7 +3,7 @@
 Debian's `chromium` and `chromium-driver` (/usr/bin/chromium, /usr/bin/chromedriver) under
 Selenium, both paths given so that Selenium Manager never looks for (or downloads) a driver.
 The server is the real one (`tinygpt.serve.create_app` over a continuous-batching
-`tinygpt.engine.Engine`) on a free loopback port. Its model is a tiny GPT whose logits are
+`tinygpt.infer.engine.Engine`) on a free loopback port. Its model is a tiny GPT whose logits are
 overridden after its real forward pass so that it always writes the same text, cycling
 through SCRIPT by position: an answer that holds an HTML image tag with an `onerror` handler,
 which the page must show as characters. A forward pass is slowed down a little so that
@@ -27,11 +27,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinygpt.chat import get_template
-from tinygpt.engine import Engine
-from tinygpt.model import GPT, GPTConfig
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.data.template import get_template
+from tinygpt.data.tokenizer import train_tokenizer
+from tinygpt.infer.engine import Engine
 from tinygpt.serve import Limits, create_app, start
-from tinygpt.tokenizer import train_tokenizer
 
 pytestmark = pytest.mark.browser
 

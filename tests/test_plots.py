@@ -7,16 +7,16 @@ import csv
 import pytest
 import torch
 
-from tinygpt.errors import TinyGPTError
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.plots import (
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.run import RunDir
+from tinygpt.data.tokenizer import CharTokenizer
+from tinygpt.train.plots import (
     attention_figure,
     plot_run,
     plot_runs,
     token_label,
 )
-from tinygpt.run import RunDir
-from tinygpt.tokenizer import CharTokenizer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FIELDS = [

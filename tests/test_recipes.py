@@ -41,11 +41,11 @@ from pathlib import Path
 
 import pytest
 
-from tinygpt import corpora
 from tinygpt.cli import main
-from tinygpt.tokenizer import gpt2 as gpt2_mod
-from tinygpt.tokenizer import train_tokenizer
-from tinygpt.tokenizer.bpe import bytes_to_unicode
+from tinygpt.data import corpora
+from tinygpt.data.tokenizer import gpt2 as gpt2_mod
+from tinygpt.data.tokenizer import train_tokenizer
+from tinygpt.data.tokenizer.bpe import bytes_to_unicode
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "recipes.md"
@@ -143,7 +143,7 @@ def checkpoint_by_budget(argv: list[str]) -> list[str]:
     >>> checkpoint_by_budget(["sample", "runs/none", "--checkpoint", "best"])
     ['sample', 'runs/none', '--checkpoint', 'best']
     """
-    from tinygpt.run import RunDir
+    from tinygpt.core.run import RunDir
 
     if "--checkpoint" not in argv:
         return argv

@@ -11,10 +11,10 @@ import re
 import pytest
 
 from tinygpt.cli import main
-from tinygpt.errors import TinyGPTError
-from tinygpt.info import param_breakdown
-from tinygpt.model import GPTConfig
-from tinygpt.report import collect, fmt, write_report
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.info import param_breakdown
+from tinygpt.core.model import GPTConfig
+from tinygpt.export.report import collect, fmt, write_report
 
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\n\n" * 40
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinygpt.errors import TinyGPTError
-from tinygpt.tokenizer import (
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.data.tokenizer import (
     EOT,
     UNK,
     BPETokenizer,
@@ -20,7 +20,7 @@ from tinygpt.tokenizer import (
     load_tokenizer,
     train_tokenizer,
 )
-from tinygpt.tokenizer.bpe import (
+from tinygpt.data.tokenizer.bpe import (
     PATTERNS,
     MergeStats,
     _tie_keys,

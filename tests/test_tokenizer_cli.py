@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tinygpt.cli import main
-from tinygpt.tokenizer import EOT, load_tokenizer
+from tinygpt.data.tokenizer import EOT, load_tokenizer
 from tokenizer_text import corpus
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tinygpt import corpora
 from tinygpt.cli import main
-from tinygpt.errors import TinyGPTError
-from tinygpt.tokenizer import EOT, gpt2_tokenizer, load_tokenizer, train_tokenizer
-from tinygpt.tokenizer import gpt2 as gpt2_mod
-from tinygpt.tokenizer.bpe import PATTERNS, bytes_to_unicode
-from tinygpt.tokenizer.gpt2 import (
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.data import corpora
+from tinygpt.data.tokenizer import EOT, gpt2_tokenizer, load_tokenizer, train_tokenizer
+from tinygpt.data.tokenizer import gpt2 as gpt2_mod
+from tinygpt.data.tokenizer.bpe import PATTERNS, bytes_to_unicode
+from tinygpt.data.tokenizer.gpt2 import (
     extract_ranks,
     merges_from_ranks,
     read_ranks,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinygpt.tokenizer import EOT, BPETokenizer, load_tokenizer, train_tokenizer
+from tinygpt.data.tokenizer import EOT, BPETokenizer, load_tokenizer, train_tokenizer
 from tokenizer_text import EN_WORDS, TR_NAMES, TR_ROOTS, corpus
 
 tokenizers = pytest.importorskip("tokenizers")

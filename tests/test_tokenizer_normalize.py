@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from tinygpt.cli import main
-from tinygpt.data import open_dataset, prepare_dataset
-from tinygpt.errors import TinyGPTError
-from tinygpt.tokenizer import EOT, Normalizer, load_tokenizer, train_tokenizer
-from tinygpt.tokenizer.normalize import HORIZONTAL_SPACE
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.data.prepare import open_dataset, prepare_dataset
+from tinygpt.data.tokenizer import EOT, Normalizer, load_tokenizer, train_tokenizer
+from tinygpt.data.tokenizer.normalize import HORIZONTAL_SPACE
 from tokenizer_text import corpus
 
 tokenizers = pytest.importorskip("tokenizers")

@@ -21,13 +21,13 @@ import pytest
 import torch
 
 from tinygpt.cli import main
-from tinygpt.config import TrainConfig, load_config
-from tinygpt.data import prepare
-from tinygpt.errors import TinyGPTError
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.run import RunDir
-from tinygpt.runtime import choose_precision
-from tinygpt.train import budget_progress, build_optimizer, lr_at, train
+from tinygpt.core.config import TrainConfig, load_config
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.run import RunDir
+from tinygpt.core.runtime import choose_precision
+from tinygpt.data.prepare import prepare
+from tinygpt.train.loop import budget_progress, build_optimizer, lr_at, train
 
 WORDS = [
     "to",
@@ -173,10 +173,10 @@ def test_adamw_epsilon_is_a_setting():
 
 def test_precision_choice(monkeypatch):
     small, wide = GPTConfig(n_embd=128, n_head=4), GPTConfig(n_embd=384, n_head=6)
-    monkeypatch.setattr("tinygpt.runtime.cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr("tinygpt.core.runtime.cpu_has_fast_bf16", lambda: True)
     assert choose_precision("auto", "cpu", small) == "fp32"
     assert choose_precision("auto", "cpu", wide) == "bf16"
-    monkeypatch.setattr("tinygpt.runtime.cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr("tinygpt.core.runtime.cpu_has_fast_bf16", lambda: False)
     assert choose_precision("auto", "cpu", wide) == "fp32"
     assert choose_precision("bf16", "cpu", small) == "bf16"
     with pytest.raises(TinyGPTError, match="fp16 needs a CUDA GPU"):
@@ -246,8 +246,8 @@ def test_same_seed_same_losses_bit_for_bit(dataset, tmp_path):
 KILL_SCRIPT = """
 import os, signal, sys
 from pathlib import Path
-from tinygpt.config import load_config
-from tinygpt.train import train
+from tinygpt.core.config import load_config
+from tinygpt.train.loop import train
 cfg = load_config("one-layer", overrides=sys.argv[4:])
 kill_at = int(sys.argv[3])
 def hook(step, path):
@@ -517,7 +517,7 @@ def test_out_of_memory_suggests_a_smaller_micro_batch(dataset, tmp_path, monkeyp
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr("tinygpt.train.train_step", oom)
+    monkeypatch.setattr("tinygpt.train.loop.train_step", oom)
     with pytest.raises(TinyGPTError) as exc:
         train(
             _config("--train.max_steps", "2"),
@@ -573,7 +573,7 @@ def test_tensorboard_log_equals_metrics_csv(dataset, tmp_path):
 
 
 def test_a_missing_tensorboard_is_said_once(dataset, tmp_path, monkeypatch, capsys):
-    from tinygpt import train as train_module
+    from tinygpt.train import loop as train_module
 
     train_module._say_once.cache_clear()
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
@@ -714,8 +714,8 @@ GOLDEN_SCRIPT = """
 import csv, json, sys
 import torch
 torch.set_num_threads(1)
-from tinygpt.config import load_config
-from tinygpt.train import train
+from tinygpt.core.config import load_config
+from tinygpt.train.loop import train
 cfg = load_config("one-layer", overrides=json.loads(sys.argv[3]))
 train(cfg, data_dir=sys.argv[1], out_dir=sys.argv[2], progress=False)
 with open(sys.argv[2] + "/metrics.csv") as f:
@@ -787,8 +787,8 @@ def _tiny_model(seed=0):
 
 
 def test_train_step_accumulation_equals_a_bigger_batch():
-    from tinygpt.runtime import Dist
-    from tinygpt.train import train_step
+    from tinygpt.core.runtime import Dist
+    from tinygpt.train.loop import train_step
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(11, (8, 8), generator=g), torch.randint(11, (8, 8), generator=g)
@@ -818,15 +818,15 @@ class _FixedEvaluator:
         return 1.0
 
     def final(self, model):
-        from tinygpt.evaluate import EvalResult
+        from tinygpt.infer.evaluate import EvalResult
 
         return EvalResult(nll=1.0, tokens=1)
 
 
 def test_fit_trains_on_a_masked_source_and_masked_positions_get_no_gradient(tmp_path):
     """The loop needs nothing new for fine-tuning-style data: targets of -1 are not scored."""
-    from tinygpt.runtime import Runtime
-    from tinygpt.train import fit
+    from tinygpt.core.runtime import Runtime
+    from tinygpt.train.loop import fit
 
     g = torch.Generator().manual_seed(1)
     x = torch.randint(11, (2, 8), generator=g)
@@ -865,7 +865,7 @@ def test_fit_trains_on_a_masked_source_and_masked_positions_get_no_gradient(tmp_
 
 
 def test_the_epoch_budget_ends_training_and_drives_the_schedule(dataset, tmp_path, capsys):
-    from tinygpt.data import open_dataset
+    from tinygpt.data.prepare import open_dataset
 
     n = len(open_dataset(dataset).train)
     run = tmp_path / "e"
@@ -887,7 +887,7 @@ def test_train_leaves_the_callers_config_alone(dataset, tmp_path):
 
 
 def test_without_a_terminal_progress_is_a_line_now_and_then(dataset, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("tinygpt.train.PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr("tinygpt.train.loop.PROGRESS_EVERY_S", 0.0)
     cfg = _config("--train.max_steps", "5")
     train(cfg, data_dir=dataset, out_dir=tmp_path / "r", progress=True)
     err = capsys.readouterr().err
@@ -898,7 +898,7 @@ def test_without_a_terminal_progress_is_a_line_now_and_then(dataset, tmp_path, m
 
 def _fail_at(monkeypatch, call: int, error: BaseException):
     """Make the `call`-th train_step raise `error` (after the earlier ones ran for real)."""
-    from tinygpt import train as train_module
+    from tinygpt.train import loop as train_module
 
     real, calls = train_module.train_step, []
 
@@ -925,7 +925,7 @@ def test_every_ending_closes_logs_and_the_process_group(
     """Ctrl-C, out-of-memory and a non-finite loss at step 4: metrics.csv and the TensorBoard
     log hold every step logged before it, W&B is finished, the process group is left, and
     only a normal end waits at the barrier."""
-    from tinygpt import runtime
+    from tinygpt.core import runtime
 
     closed = []
     monkeypatch.setattr(runtime, "close_distributed", lambda dist, ok: closed.append(ok))
@@ -962,7 +962,7 @@ def test_every_ending_closes_logs_and_the_process_group(
 def test_leaving_the_process_group_waits_only_after_a_normal_end(tmp_path, monkeypatch):
     import torch.distributed as tdist
 
-    from tinygpt.runtime import Dist, close_distributed
+    from tinygpt.core.runtime import Dist, close_distributed
 
     barriers = []
     monkeypatch.setattr(tdist, "barrier", lambda *a, **k: barriers.append(1))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tinygpt.cli import main
-from tinygpt.data import open_dataset
-from tinygpt.tokenizer import load_tokenizer
+from tinygpt.data.prepare import open_dataset
+from tinygpt.data.tokenizer import load_tokenizer
 from tokenizer_text import TR_NAMES, TR_ROOTS, TR_SUFFIXES
 
 TURKISH_LETTERS = set("ıİşŞğĞçÇöÖüÜ")

@@ -1,8 +1,8 @@
 """tinygpt: small GPT-style language models, from first principles, in PyTorch.
 
-`tinygpt.load(PATH)` opens a trained run folder (PyTorch; `tinygpt.generate.TextGenerator`)
+`tinygpt.load(PATH)` opens a trained run folder (PyTorch; `tinygpt.infer.generate.TextGenerator`)
 or an ONNX export folder (onnxruntime and NumPy, without importing torch;
-`tinygpt.onnx_runtime.OnnxGenerator`) for generation. Both answer `generate` and `stream`
+`tinygpt.infer.onnx_runtime.OnnxGenerator`) for generation. Both answer `generate` and `stream`
 alike. Everything heavy is imported on use, so that `import tinygpt` stays light.
 """
 
@@ -11,9 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tinygpt.errors import TinyGPTError
-
-__version__ = "0.1.0"
+from tinygpt.core import __version__
+from tinygpt.core.errors import TinyGPTError
 
 __all__ = ["__version__", "TinyGPTError", "load"]
 
@@ -28,8 +27,8 @@ def load(
     provider) for an ONNX folder. `threads` sets onnxruntime's threads (ONNX folders only;
     a run uses torch's setting).
     """
-    from tinygpt.onnx_runtime import MARKER, OnnxDir, load_onnx
-    from tinygpt.run import CONFIG, RunDir
+    from tinygpt.core.run import CONFIG, RunDir
+    from tinygpt.infer.onnx_runtime import MARKER, OnnxDir, load_onnx
 
     onnx_dir = OnnxDir(path)
     if onnx_dir.is_export() or (onnx_dir.model_path.is_file() and not RunDir(path).is_run()):
@@ -52,6 +51,6 @@ def load(
             f"{path} is neither a run folder (no {CONFIG}) nor an ONNX export (no {MARKER}); "
             "give a folder that `tinygpt train` or `tinygpt export --format onnx` wrote"
         )
-    from tinygpt.generate import load as load_run_generator
+    from tinygpt.infer.generate import load as load_run_generator
 
     return load_run_generator(path, checkpoint=checkpoint, device=device)

@@ -3,7 +3,7 @@
 Each command group lives in its own module under `tinygpt.cli` and exposes
 `register(subparsers)`, which adds its subcommands and sets `func` on them. The function
 receives the parsed `argparse.Namespace` and returns an exit status. The work itself is done
-by importable functions in the stage modules (`tinygpt.data.prepare`, `tinygpt.train.train`, ...).
+by importable functions in the stage modules (`tinygpt.data.prepare.prepare`, `tinygpt.train.loop.train`, ...).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import importlib
 import sys
 from typing import NoReturn
 
-from tinygpt import __version__
-from tinygpt.errors import TinyGPTError
+from tinygpt.core import __version__
+from tinygpt.core.errors import TinyGPTError
 
 # Command-group modules, in the order `--help` lists them.
 GROUPS = [
@@ -67,11 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     try:
+        parser = build_parser()  # a Ctrl-C while the parser is built is one line too
         # Commands that take dotted config overrides (`--model.n_layer 6`) set
         # `allow_overrides`; for the others an unknown argument is a usage error. A number
-        # outside its range (tinygpt.numbers) raises TinyGPTError while parsing.
+        # outside its range (tinygpt.core.numbers) raises TinyGPTError while parsing.
         args, extra = parser.parse_known_args(argv)
         if extra and not getattr(args, "allow_overrides", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -154,7 +154,7 @@ def reference_markdown() -> str:
             "a test checks that it is current. Settings of `train` resolve as defaults <"
             " `--preset` <",
             "`--config FILE` < dotted overrides (`--model.n_layer 6`, `--train.lr=3e-4`); the",
-            "settings and their defaults are in `tinygpt.config` and `tinygpt.model.GPTConfig`.",
+            "settings and their defaults are in `tinygpt.core.config` and `tinygpt.core.model.GPTConfig`.",
             "Errors in use exit with status 2 and one line on standard error.",
             "",
             "```text",

@@ -1,8 +1,8 @@
 """`tinygpt chat`: a conversation with a fine-tuned run in the terminal.
 
 Parses arguments and runs the read-answer loop (`ChatSession`); the answers come from
-`tinygpt.generate.TextGenerator.chat_stream`, the rendering from the run's template
-(`tinygpt.chat`). Answers go to standard output as they are generated; notes (the banner,
+`tinygpt.infer.generate.TextGenerator.chat_stream`, the rendering from the run's template
+(`tinygpt.data.template`). Answers go to standard output as they are generated; notes (the banner,
 commands' replies, turns left out of the context) go to standard error, so that piping
 questions in gives only the answers out.
 """
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from tinygpt.errors import TinyGPTError
+from tinygpt.core.errors import TinyGPTError
 
 DESCRIPTION = """\
 A multi-turn conversation with a run that has a chat template (fine-tuned with
@@ -107,7 +107,7 @@ class ChatSession:
 
     def command(self, line: str) -> bool:
         """Run a slash command; False when it says to leave."""
-        from tinygpt.generate import check_sampling
+        from tinygpt.infer.generate import check_sampling
 
         name, _, rest = line.strip().partition(" ")
         rest = rest.strip()
@@ -139,9 +139,9 @@ class ChatSession:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from tinygpt.chat import load_template
-    from tinygpt.generate import check_sampling, load
-    from tinygpt.run import RunDir
+    from tinygpt.core.run import RunDir
+    from tinygpt.data.template import load_template
+    from tinygpt.infer.generate import check_sampling, load
 
     sampling = dict(
         max_new_tokens=args.max_new_tokens,

@@ -1,8 +1,8 @@
 """`tinygpt corpus list | get NAME`: the built-in corpora and the instruction sets made from
 them.
 
-Parses arguments and prints; fetching and converting live in `tinygpt.corpora`, the
-instruction sets in `tinygpt.instructions`.
+Parses arguments and prints; fetching and converting live in `tinygpt.data.corpora`, the
+instruction sets in `tinygpt.data.instructions`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import argparse
 import sys
 
 from tinygpt.cli import HelpFormatter
-from tinygpt.corpora import CORPORA, corpus_path, corpus_stats, get_corpus
-from tinygpt.instructions import (
+from tinygpt.data.corpora import CORPORA, corpus_path, corpus_stats, get_corpus
+from tinygpt.data.instructions import (
     INSTRUCTION_SETS,
     get_instructions,
     instructions_path,

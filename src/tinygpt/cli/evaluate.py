@@ -1,8 +1,8 @@
 """`tinygpt eval`, `report`, `plot` and `attention`: argument parsing for looking at runs.
 
-The work is done by `tinygpt.evaluate` (loss, bits per byte, BLEU/chrF, samples),
-`tinygpt.report` (report.md/html) and `tinygpt.plots` (curves and attention maps); run
-folders are read through `tinygpt.run`.
+The work is done by `tinygpt.infer.evaluate` (loss, bits per byte, BLEU/chrF, samples),
+`tinygpt.export.report` (report.md/html) and `tinygpt.train.plots` (curves and attention maps); run
+folders are read through `tinygpt.core.run`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tinygpt.errors import TinyGPTError
+from tinygpt.core.errors import TinyGPTError
 
 EVAL_DESCRIPTION = """\
 Score a trained run on text: mean loss (nats per token), perplexity and bits per byte.
@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
     from tinygpt.cli.model import add_threads_argument
     from tinygpt.cli.prepare import add_reading_arguments
-    from tinygpt.config import SAMPLING
-    from tinygpt.numbers import BATCH, COUNT, Range, arg
+    from tinygpt.core.config import SAMPLING
+    from tinygpt.core.numbers import BATCH, COUNT, Range, arg
 
     p = sub.add_parser(
         "eval",
@@ -161,7 +161,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _check_run(run: str, *, whole: bool = True) -> Path:
     """A run folder (`whole`), or any existing folder (`plot` needs only metrics.csv)."""
-    from tinygpt.run import RunDir
+    from tinygpt.core.run import RunDir
 
     if whole or not Path(run).is_dir():
         return RunDir(run).require().path
@@ -179,8 +179,8 @@ def _parse_km(text: str) -> tuple[int, int]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from tinygpt import evaluate
     from tinygpt.cli.model import set_threads
+    from tinygpt.infer import evaluate
 
     run_dir = _check_run(args.run)
     set_threads(args.threads)
@@ -246,7 +246,7 @@ def _need_matplotlib() -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from tinygpt.report import write_report
+    from tinygpt.export.report import write_report
 
     md, page = write_report(_check_run(args.run), plots=not args.no_plots)
     print(f"wrote {md} and {page}")
@@ -254,10 +254,10 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from tinygpt.plots import plot_runs
+    from tinygpt.train.plots import plot_runs
 
     _need_matplotlib()
-    from tinygpt.run import CURVES_PNG
+    from tinygpt.core.run import CURVES_PNG
 
     dirs = [_check_run(r, whole=False) for r in args.runs]
     out = Path(args.out) if args.out else dirs[0] / CURVES_PNG
@@ -268,8 +268,8 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def run_attention(args: argparse.Namespace) -> int:
-    from tinygpt.plots import plot_attention
-    from tinygpt.runtime import resolve_device
+    from tinygpt.core.runtime import resolve_device
+    from tinygpt.train.plots import plot_attention
 
     _need_matplotlib()
     if args.out and Path(args.out).suffix.lower() != ".png":

@@ -117,7 +117,7 @@ def _card_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from tinygpt.errors import TinyGPTError
+    from tinygpt.core.errors import TinyGPTError
 
     if args.quantize is not None and (args.format != "onnx" or args.quantize not in ONNX_QUANTIZE):
         how = {
@@ -181,7 +181,7 @@ def _lora_note(path: str) -> None:
     """Exports of a LoRA run fold the adapter into the base's weights as they load it."""
     import sys
 
-    from tinygpt.run import RunDir
+    from tinygpt.core.run import RunDir
 
     if RunDir(path).is_lora():
         print(

@@ -1,5 +1,5 @@
 """`tinygpt finetune` and `tinygpt merge`: argument parsing and the closing report; the work
-is `tinygpt.finetune.finetune` and `tinygpt.lora.merge_run`."""
+is `tinygpt.train.finetune.finetune` and `tinygpt.train.lora.merge_run`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from tinygpt.cli.train import add_push_flag, check_push, push_after
-from tinygpt.errors import TinyGPTError
+from tinygpt.core.errors import TinyGPTError
 
 DESCRIPTION = """\
 Fine-tune a trained model — a run folder, or a local Hugging Face model folder (imported on
@@ -42,11 +42,11 @@ LoRA run merge on the fly; merge once to keep or share the merged model."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from tinygpt.chat import list_templates
     from tinygpt.cli import HelpFormatter
     from tinygpt.cli.train import setting
-    from tinygpt.examples import FORMATS
-    from tinygpt.numbers import Range, arg
+    from tinygpt.core.numbers import Range, arg
+    from tinygpt.data.examples import FORMATS
+    from tinygpt.data.template import list_templates
 
     p = sub.add_parser(
         "finetune",
@@ -178,7 +178,7 @@ def lora_settings(args: argparse.Namespace) -> object:
             verb = "applies" if len(given) == 1 else "apply"
             raise TinyGPTError(f"{', '.join(given)} {verb} to LoRA only; add --lora")
         return None
-    from tinygpt.lora import LoraSettings, parse_targets
+    from tinygpt.train.lora import LoraSettings, parse_targets
 
     return LoraSettings(
         rank=args.lora_rank,
@@ -189,8 +189,8 @@ def lora_settings(args: argparse.Namespace) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinygpt.config import BUDGETS
-    from tinygpt.finetune import finetune
+    from tinygpt.core.config import BUDGETS
+    from tinygpt.train.finetune import finetune
 
     lora = lora_settings(args)
     check_push(args)
@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def merge_command(args: argparse.Namespace) -> int:
-    from tinygpt.lora import merge_run
+    from tinygpt.train.lora import merge_run
 
     ckpt = merge_run(
         args.run,

@@ -1,7 +1,7 @@
 """`tinygpt info` and `tinygpt sample`: argument parsing for the model commands.
 
-The work is done by `tinygpt.info` (accounting) and `tinygpt.generate` (sampling); run
-folders are read through `tinygpt.run` and configs through `tinygpt.config`.
+The work is done by `tinygpt.core.info` (accounting) and `tinygpt.infer.generate` (sampling); run
+folders are read through `tinygpt.core.run` and configs through `tinygpt.core.config`.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-from tinygpt.errors import TinyGPTError
+from tinygpt.core.errors import TinyGPTError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
-    from tinygpt.config import SAMPLING
-    from tinygpt.numbers import COUNT, arg
+    from tinygpt.core.config import SAMPLING
+    from tinygpt.core.numbers import COUNT, arg
 
     info = subparsers.add_parser(
         "info",
@@ -75,8 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:
     """--threads: CPU threads for torch (the setting training calls train.threads)."""
-    from tinygpt.config import TrainConfig
-    from tinygpt.numbers import arg, field_range
+    from tinygpt.core.config import TrainConfig
+    from tinygpt.core.numbers import arg, field_range
 
     p.add_argument(
         "--threads",
@@ -95,9 +95,9 @@ def set_threads(n: int) -> None:
 
 def add_sampling_arguments(p: argparse.ArgumentParser, *, max_new_tokens: int = 256) -> None:
     """The sampling flags of `sample` (and of other commands that generate), checked against
-    `tinygpt.config.SAMPLING`."""
-    from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K, SAMPLING
-    from tinygpt.numbers import Range, arg
+    `tinygpt.core.config.SAMPLING`."""
+    from tinygpt.core.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K, SAMPLING
+    from tinygpt.core.numbers import Range, arg
 
     p.add_argument(
         "--max-new-tokens",
@@ -135,8 +135,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser, *, max_new_tokens: int = 
 
 
 def _resolve_config(args: argparse.Namespace):
-    from tinygpt.config import RunConfig, load_config
-    from tinygpt.run import RunDir
+    from tinygpt.core.config import RunConfig, load_config
+    from tinygpt.core.run import RunDir
 
     given = [x for x in (args.run, args.preset, args.config) if x]
     if len(given) != 1:
@@ -147,7 +147,7 @@ def _resolve_config(args: argparse.Namespace):
             return RunConfig.from_toml(path).model, str(path)
         return RunDir(path).read_config().model, str(path)
     if args.config:
-        from tinygpt.files import require_file
+        from tinygpt.core.files import require_file
 
         require_file(args.config, "config file")
     config = load_config(preset=args.preset, config_file=args.config).model
@@ -155,7 +155,7 @@ def _resolve_config(args: argparse.Namespace):
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from tinygpt.info import format_info, model_info
+    from tinygpt.core.info import format_info, model_info
 
     config, name = _resolve_config(args)
     data = model_info(config, batch=args.batch, context=args.context, dtype=args.dtype)
@@ -168,7 +168,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_sample(args: argparse.Namespace) -> int:
     from tinygpt import load
-    from tinygpt.textgen import check_sampling
+    from tinygpt.infer.textgen import check_sampling
 
     sampling = dict(
         max_new_tokens=args.max_new_tokens,

@@ -1,6 +1,6 @@
 """`tinygpt prepare`: turn a corpus or the user's text into a dataset folder.
 
-Parses arguments and reports; the work is `tinygpt.data.prepare_dataset`.
+Parses arguments and reports; the work is `tinygpt.data.prepare.prepare_dataset`.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import argparse
 import shlex
 import sys
 
-from tinygpt.cleaning import LANG_UNITS, Cleaning
 from tinygpt.cli import HelpFormatter
-from tinygpt.config import SEED, DataConfig, GPTConfig
-from tinygpt.data import prepare_dataset
-from tinygpt.errors import TinyGPTError
-from tinygpt.numbers import Range, arg, field_range
+from tinygpt.core.config import SEED, DataConfig, GPTConfig
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.numbers import Range, arg, field_range
+from tinygpt.data.cleaning import LANG_UNITS, Cleaning
+from tinygpt.data.prepare import prepare_dataset
 
 VOCAB = field_range(GPTConfig, "vocab_size")
 
@@ -196,7 +196,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def prepare_command(args: argparse.Namespace) -> int:
     if args.format != "text":
-        from tinygpt.examples import resolve_format
+        from tinygpt.data.examples import resolve_format
 
         fmt = resolve_format(args.corpus or args.input, args.format, errors=args.errors)
         if fmt != "text":
@@ -242,8 +242,8 @@ def prepare_command(args: argparse.Namespace) -> int:
 
 
 def prepare_examples_command(args: argparse.Namespace, fmt: str) -> int:
-    """`prepare --format alpaca|prompt|messages`: an examples folder (`tinygpt.examples`)."""
-    from tinygpt.examples import prepare_examples
+    """`prepare --format alpaca|prompt|messages`: an examples folder (`tinygpt.data.examples`)."""
+    from tinygpt.data.examples import prepare_examples
 
     if args.tokenizer in ("char", "bpe"):
         raise TinyGPTError(
@@ -261,7 +261,7 @@ def prepare_examples_command(args: argparse.Namespace, fmt: str) -> int:
         )
     tokenizer = args.tokenizer
     if tokenizer == "gpt2":
-        from tinygpt.tokenizer.gpt2 import gpt2_tokenizer_file
+        from tinygpt.data.tokenizer.gpt2 import gpt2_tokenizer_file
 
         tokenizer = str(gpt2_tokenizer_file())
     result = prepare_examples(

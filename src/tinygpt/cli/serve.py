@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from tinygpt.errors import TinyGPTError
+from tinygpt.core.errors import TinyGPTError
 
 API_KEY_ENV = "TINYGPT_API_KEY"
 

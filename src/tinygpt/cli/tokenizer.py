@@ -1,6 +1,6 @@
 """`tinygpt tokenizer train | encode | decode`: argument parsing and printing only.
 
-The work is done by `tinygpt.tokenizer` (training, loading) and `tinygpt.corpora`
+The work is done by `tinygpt.data.tokenizer` (training, loading) and `tinygpt.data.corpora`
 (reading the text).
 """
 
@@ -17,8 +17,8 @@ from tinygpt.cli.prepare import (
     add_normalizer_arguments,
     add_source_arguments,
 )
-from tinygpt.errors import TinyGPTError
-from tinygpt.numbers import arg
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.numbers import arg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -108,14 +108,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _load(spec: str):
     """A tokenizer.json (or a folder holding one), or "gpt2" for GPT-2's vocabulary."""
-    from tinygpt.tokenizer import gpt2_tokenizer, load_tokenizer
+    from tinygpt.data.tokenizer import gpt2_tokenizer, load_tokenizer
 
     return gpt2_tokenizer() if spec == "gpt2" else load_tokenizer(spec)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tinygpt.corpora import corpus_info, iter_documents
-    from tinygpt.tokenizer import Normalizer, train_tokenizer
+    from tinygpt.data.corpora import corpus_info, iter_documents
+    from tinygpt.data.tokenizer import Normalizer, train_tokenizer
 
     if args.tokenizer == "char" and (
         args.vocab_size is not None or args.special or args.min_frequency != 1

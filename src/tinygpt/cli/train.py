@@ -7,20 +7,20 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-from tinygpt.errors import TinyGPTError
+from tinygpt.core.errors import TinyGPTError
 
 
 def setting(flag: str, name: str):
     """The argparse type of a flag that sets `train.<name>`: the setting's own Range."""
-    from tinygpt.config import TrainConfig
-    from tinygpt.numbers import arg, field_range
+    from tinygpt.core.config import TrainConfig
+    from tinygpt.core.numbers import arg, field_range
 
     return arg(field_range(TrainConfig, name), flag)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
-    from tinygpt.config import add_config_arguments, settings_help
+    from tinygpt.core.config import add_config_arguments, settings_help
 
     p = sub.add_parser(
         "train",
@@ -119,8 +119,8 @@ def push_after(args: argparse.Namespace, out: Path | str) -> None:
 
 
 def resolve(args: argparse.Namespace):
-    """The RunConfig this command line asks for (`tinygpt.config.resolve_config`)."""
-    from tinygpt.config import BUDGETS, resolve_config
+    """The RunConfig this command line asks for (`tinygpt.core.config.resolve_config`)."""
+    from tinygpt.core.config import BUDGETS, resolve_config
 
     settings = {f"train.{flag}": getattr(args, flag) for flag in ("device", "threads", "seed")}
     settings["train.compile"] = args.compile
@@ -139,7 +139,7 @@ def resolve(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinygpt.train import train
+    from tinygpt.train.loop import train
 
     if args.resume and not args.out:
         raise TinyGPTError("--resume needs --out RUN, the run folder to continue")

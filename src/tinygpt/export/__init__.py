@@ -8,10 +8,10 @@
 - `tinygpt.export.hub`: pushing to the Hugging Face Hub (`tinygpt push`);
 - `tinygpt.export.gguf`: one GGUF file for llama.cpp (`tinygpt export --format gguf`);
 - `tinygpt.export.onnx`: a run or a model -> an ONNX folder with a KV cache, optionally
-  int8 (`tinygpt export --format onnx`); `tinygpt.onnx_runtime` runs such folders.
+  int8 (`tinygpt export --format onnx`); `tinygpt.infer.onnx_runtime` runs such folders.
 
 This package knows nothing about training; it reads run folders through
-`tinygpt.checkpoint` and `tinygpt.report`.
+`tinygpt.core.checkpoint` and `tinygpt.export.report`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Owns the wording and layout of the card: YAML front-matter the Hugging Face Hub 
 (license, language, tags, `library_name: transformers`, `pipeline_tag`), then what the model
 is (architecture, parameter count, tokenizer), what it was trained on and for how long, the
 evaluation figures the run holds, how to use it, and what it is not for. Every number comes
-from the run folder through `tinygpt.report.collect` (config, `run.json`, `summary.json`,
+from the run folder through `tinygpt.export.report.collect` (config, `run.json`, `summary.json`,
 `metrics.csv`, `eval/results.json`); nothing is measured here. Local paths are reduced to
 their last part, so a card published on the Hub does not reveal the author's file system.
 
@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
-from tinygpt.errors import TinyGPTError
+from tinygpt.core.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
+from tinygpt.core.errors import TinyGPTError
 from tinygpt.export.hf import HF_CLASSES
 
 FAMILY_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "qwen3": "Qwen3"}
@@ -30,7 +30,7 @@ def language_of(source: str | None) -> str | None:
     >>> language_of("ataturk"), language_of("notes.txt")
     ('tr', None)
     """
-    from tinygpt.corpora import CORPORA
+    from tinygpt.data.corpora import CORPORA
 
     info = CORPORA.get(source or "")
     return info.language if info else None
@@ -78,7 +78,7 @@ def model_card(
 ) -> str:
     """The card's Markdown. `run_dir` supplies training facts (None for a bare model);
     `config` is the model's `GPTConfig`; `repo_id`, when known, is used in the examples."""
-    from tinygpt.report import collect, fmt
+    from tinygpt.export.report import collect, fmt
 
     data = collect(run_dir) if run_dir is not None else None
     source = (data or {}).get("data", {}).get("source")

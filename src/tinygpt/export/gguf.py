@@ -76,13 +76,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tinygpt.errors import TinyGPTError
+from tinygpt.core.errors import TinyGPTError
 
 TYPES = ("f32", "f16", "q8_0")
 DEFAULT_TYPE = "f32"
 # Our family (tinygpt.export.hf) -> llama.cpp's architecture name.
 ARCHITECTURES = {"gpt2": "gpt2", "llama": "llama", "qwen3": "qwen3"}
-# Our BPE pre-split patterns (tinygpt.tokenizer.bpe.PATTERNS) -> llama.cpp's pre-tokenizer.
+# Our BPE pre-split patterns (tinygpt.data.tokenizer.bpe.PATTERNS) -> llama.cpp's pre-tokenizer.
 PRE_TOKENIZERS = {"gpt2": "gpt-2", "gpt4": "dbrx"}
 # A character vocabulary's merges never cross a character, so any pre-tokenizer would do.
 CHAR_PRE_TOKENIZER = "gpt-2"
@@ -201,7 +201,7 @@ def char_merges(chars: Iterable[str]) -> list[str]:
     >>> char_merges(["a", "é", "ü", "€"])
     ['Ã ©', 'Ã ¼', 'â Ĥ', 'âĤ ¬']
     """
-    from tinygpt.tokenizer.bpe import bytes_to_unicode
+    from tinygpt.data.tokenizer.bpe import bytes_to_unicode
 
     b2u = bytes_to_unicode()
     out: dict[str, None] = {}  # ordered and without repeats (two characters share a prefix)
@@ -216,8 +216,8 @@ def char_merges(chars: Iterable[str]) -> list[str]:
 def gguf_vocab(tokenizer: Any, n_vocab: int) -> GGUFVocab:
     """Tokens, types and merges for a model with `n_vocab` embedding rows."""
     gguf = _gguf()
-    from tinygpt.tokenizer import UNK
-    from tinygpt.tokenizer.bpe import bytes_to_unicode
+    from tinygpt.data.tokenizer import UNK
+    from tinygpt.data.tokenizer.bpe import bytes_to_unicode
 
     if tokenizer.normalizer is not None:
         raise TinyGPTError(
@@ -322,7 +322,7 @@ def write_gguf(
     `end_of_turn` (one of the tokenizer's special tokens) into `tokenizer.ggml.eot_token_id`,
     which llama.cpp also treats as an end of generation. Everything is checked and
     converted before a byte is written; the file is written beside `out` and renamed."""
-    from tinygpt.files import fsync_dir, fsync_file, temp_sibling
+    from tinygpt.core.files import fsync_dir, fsync_file, temp_sibling
 
     gguf = _gguf()
     out = Path(out)
@@ -424,8 +424,8 @@ def export_run_gguf(
 ) -> Path:
     """Write one checkpoint of a run as a GGUF file; a chat run's template and end-of-turn
     token go with it. Returns the file's path."""
-    from tinygpt.chat import load_template
-    from tinygpt.run import RunDir, load_run
+    from tinygpt.core.run import RunDir, load_run
+    from tinygpt.data.template import load_template
 
     run_folder = RunDir(run_dir)
     ckpt = run_folder.resolve_checkpoint(checkpoint)  # not a run / no checkpoint: clear error

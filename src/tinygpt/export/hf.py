@@ -56,10 +56,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tinygpt.errors import TinyGPTError
-from tinygpt.files import temp_sibling
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.run import RunDir
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.files import temp_sibling
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.run import RunDir
 
 GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
 HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
@@ -499,7 +499,7 @@ def tokenizer_files(
     off. A chat template goes into `tokenizer_config.json`, and `save_hf_folder` also writes
     it to `chat_template.jinja` (the file transformers 5 writes), with identical content.
     """
-    from tinygpt.tokenizer import EOT, UNK
+    from tinygpt.data.tokenizer import EOT, UNK
 
     specials: dict[str, str] = {"bos_token": EOT, "eos_token": EOT, "pad_token": EOT}
     if UNK in tokenizer.special_tokens:
@@ -540,7 +540,7 @@ def generation_config_for(
     or run on untrained positions (RoPE). With a chat template's end-of-turn token the end
     ids are a list, so that generation stops at the end of an assistant turn too.
     """
-    from tinygpt.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
+    from tinygpt.core.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
 
     eot = tokenizer.eot_id
     eos: int | list[int] = eot
@@ -657,7 +657,7 @@ def _replace_folder(tmp: Path, out_dir: Path) -> None:
     """Move the finished `tmp` to `out_dir` (files fsync'ed first); an old `out_dir` is
     first moved aside under a hidden name (atomic), then deleted, so no moment shows a
     mixed folder."""
-    from tinygpt.files import fsync_dir, fsync_file
+    from tinygpt.core.files import fsync_dir, fsync_file
 
     for file in tmp.iterdir():  # the contents are on disk before the name says "complete"
         fsync_file(file)

@@ -1,10 +1,10 @@
 """Run folders <-> transformers folders: the work of `tinygpt export --format hf` and
 `tinygpt import`.
 
-`export_run` loads one checkpoint of a run (through `tinygpt.checkpoint.load_run`), writes
+`export_run` loads one checkpoint of a run (through `tinygpt.core.checkpoint.load_run`), writes
 its model card from the run's files (`tinygpt.export.card`) and hands both to
 `tinygpt.export.hf.save_hf_folder`, which writes the folder atomically. A run fine-tuned
-with a chat template (`RUN/chat_template.json`, `tinygpt.chat`) exports that template as
+with a chat template (`RUN/chat_template.json`, `tinygpt.data.template`) exports that template as
 Jinja and its end-of-turn token as a second end id. `import_hf` goes the other way: a local
 transformers folder of the GPT-2, Llama or Qwen3 family, with a byte-level BPE or character
 `tokenizer.json`, becomes a run folder (config.toml, tokenizer.json, run.json, one
@@ -12,8 +12,8 @@ checkpoint marked best and latest, and the chat template when the folder's Jinja
 ours) that `sample`, `eval` and `info` accept. Exporting a run and importing the result
 gives bit-identical weights.
 
-This module knows the run folder only through `tinygpt.run`, `tinygpt.checkpoint` and
-`tinygpt.chat`; it knows nothing about how runs are trained.
+This module knows the run folder only through `tinygpt.core.run`, `tinygpt.core.checkpoint` and
+`tinygpt.data.template`; it knows nothing about how runs are trained.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tinygpt.errors import TinyGPTError
-from tinygpt.files import read_text
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.files import read_text
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -64,11 +64,11 @@ def export_run(
     `end_of_turn` (one of the tokenizer's special tokens) then joins end-of-text as an end
     id in generation_config.json. `license`, `language` and `repo_id` go into the card.
     """
-    from tinygpt.chat import load_template
-    from tinygpt.checkpoint import read_state
+    from tinygpt.core.checkpoint import read_state
+    from tinygpt.core.run import RunDir, load_run
+    from tinygpt.data.template import load_template
     from tinygpt.export.card import model_card
     from tinygpt.export.hf import check_destination, save_hf_folder, twin_family
-    from tinygpt.run import RunDir, load_run
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     run_folder = RunDir(run_dir)
@@ -126,7 +126,7 @@ def _sentencepiece_reason(hf_dir: Path, data: dict[str, Any] | None) -> str | No
 
 def read_hf_tokenizer(hf_dir: str | Path) -> Any:
     """Our tokenizer for a transformers folder's tokenizer (byte-level BPE or characters)."""
-    from tinygpt.tokenizer import tokenizer_from_json_dict
+    from tinygpt.data.tokenizer import tokenizer_from_json_dict
 
     hf_dir = Path(hf_dir)
     path = hf_dir / "tokenizer.json"
@@ -168,12 +168,12 @@ def _convert_slow_tokenizer(hf_dir: Path) -> dict[str, Any]:
 def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
     """Turn a local transformers folder into a run folder at `out_dir` (which must be new
     or empty); returns `out_dir`. Written into a temporary sibling and renamed at the end."""
-    from tinygpt import __version__
-    from tinygpt.chat import save_template, template_for_jinja
-    from tinygpt.config import DataConfig, RunConfig
+    from tinygpt.core import __version__
+    from tinygpt.core.config import DataConfig, RunConfig
+    from tinygpt.core.files import fsync_dir, temp_sibling
+    from tinygpt.core.run import RunDir, save_model_run
+    from tinygpt.data.template import save_template, template_for_jinja
     from tinygpt.export.hf import load_hf
-    from tinygpt.files import fsync_dir, temp_sibling
-    from tinygpt.run import RunDir, save_model_run
 
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     if not (hf_dir / "config.json").is_file():

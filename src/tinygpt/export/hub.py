@@ -27,9 +27,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tinygpt.errors import TinyGPTError
-from tinygpt.files import read_text
-from tinygpt.run import RunDir
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.files import read_text
+from tinygpt.core.run import RunDir
 
 PROBE_TIMEOUT_S = 10.0
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -5,7 +5,7 @@ a cache that offers the model's `prepare`/`update` calls on the concatenated pas
 the graph), the export itself and its checks (`export_graph`), int8 quantization
 (`quantize_int8`) and the writing of a complete folder (`save_onnx_folder`,
 `export_run_onnx`: `tinygpt export --format onnx`). The names of the folder's files, its
-marker and the graph's input/output names belong to `tinygpt.onnx_runtime`, which runs such
+marker and the graph's input/output names belong to `tinygpt.infer.onnx_runtime`, which runs such
 folders without torch; config.json, generation_config.json and the tokenizer files are
 written by the same code as a transformers folder's (`tinygpt.export.hf`).
 
@@ -21,7 +21,7 @@ Choices, and why:
   example size is 0 or 1, and may tie axes whose example sizes are equal. `export_graph`
   checks that every input has symbolic axes where it should.
 - Attention: the mask is built from the graph's attention_mask (past and new tokens) by
-  `tinygpt.model.padding_mask`, aligned bottom-right, so a query shorter than the keys is
+  `tinygpt.core.model.padding_mask`, aligned bottom-right, so a query shorter than the keys is
   right (SDPA's `is_causal=True` would align it top-left); positions come from
   position_ids, and RoPE uses real cos/sin tables (complex numbers do not export).
 - int8: onnxruntime's dynamic quantization (`quantize_dynamic`): the weights of every
@@ -50,9 +50,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tinygpt.errors import TinyGPTError
-from tinygpt.model import GPT, padding_mask
-from tinygpt.onnx_runtime import (
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT, padding_mask
+from tinygpt.infer.onnx_runtime import (
     CONFIG,
     FORMAT,
     FORMAT_VERSION,
@@ -96,7 +96,7 @@ def _need(module: str) -> Any:
 class PastKV:
     """The graph's cache: past keys/values as inputs, the past with the new ones as outputs.
 
-    Offers the two calls the model makes on a cache (see `tinygpt.model.KVCache`):
+    Offers the two calls the model makes on a cache (see `tinygpt.core.model.KVCache`):
     `prepare` returns the attention mask of the new tokens over past and new slots, built
     from the graph's attention_mask (B, P + T); `update` appends a layer's new keys/values
     to its past and keeps the result as that layer's `present`.
@@ -391,7 +391,8 @@ def save_onnx_folder(
     """
     import json
 
-    from tinygpt import __version__
+    from tinygpt.core import __version__
+    from tinygpt.core.files import temp_sibling
     from tinygpt.export.hf import (
         _replace_folder,
         check_destination,
@@ -399,7 +400,6 @@ def save_onnx_folder(
         tokenizer_files,
         write_tokenizer_files,
     )
-    from tinygpt.files import temp_sibling
 
     out_dir = Path(out_dir)
     if quantize is not None and quantize not in QUANTIZE:
@@ -483,10 +483,10 @@ def export_run_onnx(
 ) -> Path:
     """`tinygpt export RUN --format onnx`: one checkpoint of a run as an ONNX export folder.
     A fine-tuned chat run's template goes into tokenizer_config.json, as for transformers."""
-    from tinygpt.chat import load_template
-    from tinygpt.checkpoint import read_state
+    from tinygpt.core.checkpoint import read_state
+    from tinygpt.core.run import RunDir, load_run
+    from tinygpt.data.template import load_template
     from tinygpt.export.hf_run import check_out_of_run
-    from tinygpt.run import RunDir, load_run
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     ckpt = RunDir(run_dir).resolve_checkpoint(checkpoint)

@@ -3,7 +3,7 @@
 Three layers, each ignorant of the one above it:
 
 - `tinygpt.serve.protocol`: OpenAI's request fields, answer shapes and errors (pure Python).
-- `tinygpt.serve.backend`: what generates (the continuous-batching `tinygpt.engine.Engine`
+- `tinygpt.serve.backend`: what generates (the continuous-batching `tinygpt.infer.engine.Engine`
   for a run folder) and the `Backend` surface another kind of model would offer.
 - `tinygpt.serve.app`: the FastAPI routes joining the two; `tinygpt.serve.server` runs
   them under uvicorn.

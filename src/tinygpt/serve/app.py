@@ -42,8 +42,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from tinygpt.chat import fit_history
-from tinygpt.errors import TinyGPTError
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.data.template import fit_history
 from tinygpt.serve.backend import ServedModel, open_model
 from tinygpt.serve.protocol import (
     MAX_BODY_BYTES,
@@ -99,8 +99,8 @@ def create_app(
     `source` is a run folder (opened with `tinygpt.serve.backend.open_model`, which takes
     `checkpoint`, `device`, `max_batch` and `max_queue` as `open_options`; the app closes the
     engine when it shuts down), a `ServedModel`, or a started backend such as a
-    `tinygpt.engine.Engine` (then `name`, default "tinygpt", and `template`, a
-    `tinygpt.chat.ChatTemplate` or None, describe it; the caller closes it).
+    `tinygpt.infer.engine.Engine` (then `name`, default "tinygpt", and `template`, a
+    `tinygpt.data.template.ChatTemplate` or None, describe it; the caller closes it).
 
     - api_key: when set, every `/v1` request needs `Authorization: Bearer <api_key>`.
     - limits: max_tokens default and cap, the most choices per request (`Limits`).
@@ -331,7 +331,7 @@ class _Server:
 
     def _encode_prompt(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a prompt. Text is encoded as text (a special-token string typed in a
-        prompt stays characters: `tinygpt.chat`'s rule); an empty prompt starts a document."""
+        prompt stays characters: `tinygpt.data.template`'s rule); an empty prompt starts a document."""
         tok = self.tokenizer
         if isinstance(prompt, list):
             size = tok.vocab_size

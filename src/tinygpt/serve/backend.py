@@ -3,7 +3,7 @@
 Owns: the few things the HTTP layer asks of a generator (`Backend`, `Handle`), the served
 model's description (`ServedModel`: backend, name, chat template, which ids end an answer,
 size), `open_model(path, ...)`, which turns a run folder into a `ServedModel` backed by the
-continuous-batching engine (`tinygpt.engine.Engine`) and an ONNX export folder into one
+continuous-batching engine (`tinygpt.infer.engine.Engine`) and an ONNX export folder into one
 backed by `OnnxBackend`. Knows nothing about HTTP or JSON.
 
 A backend is anything with the surface of `Engine` that the server uses: `submit(prompt_ids,
@@ -19,7 +19,7 @@ report log-probabilities says so with `supports_logprobs = False` (the server th
 `OnnxBackend` serves an ONNX export folder with onnxruntime, without torch: a worker thread
 takes one request at a time from a bounded queue and runs the generator's token loop for it
 (batch 1: concurrent requests wait their turn instead of sharing a forward pass, so the
-aggregate speed is that of one client). Its handles are the engine's (`tinygpt.request`), so
+aggregate speed is that of one client). Its handles are the engine's (`tinygpt.infer.request`), so
 streaming, stop strings, seeds, time limits, cancellation and usage behave as with a run
 folder; log-probabilities are not reported.
 """
@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tinygpt.errors import TinyGPTError
-from tinygpt.request import (
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.infer.request import (
     EngineStats,
     Event,
     QueueFull,
@@ -48,11 +48,11 @@ from tinygpt.request import (
     new_request,
     params_of,
 )
-from tinygpt.textgen import RowText
+from tinygpt.infer.textgen import RowText
 
 
 class Handle(Protocol):
-    """One submitted request (`tinygpt.engine.Request` is one)."""
+    """One submitted request (`tinygpt.infer.engine.Request` is one)."""
 
     prompt_tokens: int
 
@@ -64,7 +64,7 @@ class Handle(Protocol):
 
 
 class Backend(Protocol):
-    """A generator the server can drive (`tinygpt.engine.Engine` is one)."""
+    """A generator the server can drive (`tinygpt.infer.engine.Engine` is one)."""
 
     tokenizer: Any
     context: int  # the most tokens of prompt and completion together
@@ -82,7 +82,7 @@ class ServedModel:
     """A backend and what the server says about it.
 
     - name: the model id clients send (`GET /v1/models` lists it).
-    - template: the chat template (`tinygpt.chat.ChatTemplate`) or None, in which case
+    - template: the chat template (`tinygpt.data.template.ChatTemplate`) or None, in which case
       `/v1/chat/completions` answers 400.
     - owned: the server closes the backend when it shuts down (it opened it).
     - parameters: the model's parameter count (None: unknown; read from the backend's
@@ -131,10 +131,10 @@ def open_model(
     `OnnxBackend` (one request at a time; `threads` sets onnxruntime's, `device` must be cpu
     or auto, `checkpoint` and `max_batch` do not apply). The model's name is the folder's
     name unless `name` is given; the chat template is the one the run saved
-    (`tinygpt.chat.load_template`) or the one the export carries, if any.
+    (`tinygpt.data.template.load_template`) or the one the export carries, if any.
     """
-    from tinygpt.onnx_runtime import is_onnx_folder
-    from tinygpt.run import RunDir
+    from tinygpt.core.run import RunDir
+    from tinygpt.infer.onnx_runtime import is_onnx_folder
 
     folder = Path(path)
     if threads is not None and threads < 1:
@@ -152,10 +152,10 @@ def open_model(
             )
         return open_onnx(folder, max_queue=max_queue, timeout=timeout, name=name, threads=threads)
     run.require()
-    from tinygpt.chat import load_template
-    from tinygpt.engine import Engine
-    from tinygpt.run import load_run
-    from tinygpt.runtime import resolve_device
+    from tinygpt.core.run import load_run
+    from tinygpt.core.runtime import resolve_device
+    from tinygpt.data.template import load_template
+    from tinygpt.infer.engine import Engine
 
     if threads is not None:
         import torch
@@ -197,7 +197,7 @@ def open_onnx(
 ) -> ServedModel:
     """Open an ONNX export folder (`tinygpt export --format onnx`) for serving with
     onnxruntime, one request at a time (`OnnxBackend`); torch is not imported."""
-    from tinygpt.onnx_runtime import load_onnx
+    from tinygpt.infer.onnx_runtime import load_onnx
 
     folder = Path(path)
     generator = load_onnx(folder, threads=threads)
@@ -220,13 +220,13 @@ class OnnxBackend:
     """An ONNX export served one request at a time: a bounded queue and one worker thread.
 
     OnnxBackend(generator, max_queue=64, timeout=600.0): `generator` is an
-    `tinygpt.onnx_runtime.OnnxGenerator`; `max_queue` requests may wait while one generates
+    `tinygpt.infer.onnx_runtime.OnnxGenerator`; `max_queue` requests may wait while one generates
     (one more raises `QueueFull`); `timeout` is a request's default time limit, seconds from
     submission (None: none). `submit` takes the engine's arguments and returns the engine's
-    handle (`tinygpt.request.Request`); `start=False` leaves the worker unstarted and
+    handle (`tinygpt.infer.request.Request`); `start=False` leaves the worker unstarted and
     `step()` serves one request by hand (tests).
 
-    A request generates as `tinygpt.engine.Engine` would generate it alone: prompt and
+    A request generates as `tinygpt.infer.engine.Engine` would generate it alone: prompt and
     completion together stop at the context with finish_reason "length" (no sliding
     window), end-of-text or end-of-turn ids and stop strings end it with "stop", and the
     worker looks for cancellation and the time limit before each token. Sampling draws from
@@ -364,7 +364,7 @@ class OnnxBackend:
                 self._running = None
 
     def _generate(self, req: Request) -> None:
-        from tinygpt.onnx_runtime import generate_tokens
+        from tinygpt.infer.onnx_runtime import generate_tokens
 
         p = req.params
         text = RowText(self.tokenizer, p.stop)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tinygpt.config import SEED
+from tinygpt.core.config import SEED
 
 # ------------------------------------------------------------------------------ errors
 
@@ -439,7 +439,7 @@ def parse_chat(body: dict[str, Any], limits: Limits, models: Sequence[str]) -> C
     """The checked settings and messages of a `/v1/chat/completions` body. Message contents
     may also be lists of text parts (`{"type": "text", "text": ...}`), joined; the role
     `developer` (OpenAI's newer name for system) is read as `system`. Whether the
-    conversation is well formed is the chat template's rule (`tinygpt.chat`)."""
+    conversation is well formed is the chat template's rule (`tinygpt.data.template`)."""
     _refuse_unsupported(body, UNSUPPORTED_CHAT)
     settings = _common(body, limits, models, ("max_completion_tokens", "max_tokens"))
     if "messages" not in body:

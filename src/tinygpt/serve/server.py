@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tinygpt.errors import TinyGPTError
+from tinygpt.core.errors import TinyGPTError
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -1,0 +1,1 @@
+"""Text to tokens: corpora, cleaning, tokenizers, preparation, templates, examples, batches."""

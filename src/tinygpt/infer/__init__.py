@@ -1,0 +1,1 @@
+"""Using a trained model: the run loader, sampling, decoding, the batching engine, ONNX."""

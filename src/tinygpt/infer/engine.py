@@ -1,0 +1,474 @@
+"""Continuous batching: many generation requests share one forward pass per decoding step.
+
+Owns: the bounded queue of requests, the running batch (one row of a preallocated KV cache
+per request), the decoding loop in one background thread, per-request sampling (its own
+temperature, top-k, top-p and random generator), streaming of text pieces, finishing (stop
+strings, end-of-text ids, max_tokens, the context, a time limit, cancellation), usage counts
+and logprobs. It knows nothing about HTTP, JSON or chat templates: a server turns its requests
+into `Engine.submit` calls and the events back into its own shapes.
+
+How a step goes. Requests wait in a queue; between two decoding steps, as many as there are
+free rows join: their prompts are prefilled together (left-padded, `attention_mask`) into
+their rows of the cache, and each samples its first token. Then one forward pass feeds the
+last token of every running row, each at its own position (`KVCache.lens`), and every row
+samples its next token. Rows that finish leave at once: the last row moves into the freed
+slot, so the running rows are always rows [0, n) of the cache and a step costs n rows, not
+max_batch.
+
+Why answers do not depend on the batch. Every request samples with its own torch.Generator
+(seeded from its `seed`), drawing one uniform number per token, and a row's logits depend
+only on its own tokens (padding and other rows are masked out). So a request's tokens are the
+same alone or under load, up to the last bits that a different batch shape changes in a CPU
+matmul (about 1e-6 in a logit): greedy decoding can only differ where the two best logits are
+closer than that, sampling only where the uniform draw falls that close to a boundary.
+
+Context. A prompt must leave room for one new token: one of `block_size` tokens or more is
+refused (`PromptTooLong`, giving both numbers). Prompt and completion together never exceed
+`block_size`: a request whose prompt + max_tokens would pass it stops there with
+finish_reason "length" (no sliding window here; `tinygpt.infer.generate` slides one).
+
+Example:
+
+    from tinygpt.infer.engine import Engine
+    gen = tinygpt.load("runs/shakespeare")
+    with Engine(gen.model, gen.tokenizer, max_batch=16) as engine:
+        req = engine.submit("ROMEO:", max_tokens=50, temperature=0.8, seed=1)
+        for event in req:                      # or: async for event in req
+            print(event.text, end="", flush=True)
+        print(req.result().usage)
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT
+from tinygpt.infer.generate import RowText
+
+# The request's side (settings, events, the handle) is torch-free and shared with the ONNX
+# serving backend; it is importable from here as well.
+from tinygpt.infer.request import (  # noqa: F401
+    FINISH_REASONS,
+    Completion,
+    EngineError,
+    EngineStats,
+    Event,
+    PromptTooLong,
+    QueueFull,
+    Request,
+    SamplingParams,
+    Token,
+    Usage,
+    describe_token,
+    new_request,
+    params_of,
+    wake_all,
+)
+
+# ---------------------------------------------------------------------------- sampling
+
+
+def sample_rows(
+    logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor, uniform: Tensor
+) -> Tensor:
+    """One token per row, every row with its own settings, in one batch of tensor ops.
+
+    logits (B, V); temperature, top_p (B,) float (0 = greedy); top_k (B,) long (V = off);
+    uniform (B,) draws in [0, 1), one per row from the row's own generator. Inverse-CDF
+    sampling: the token is the first whose cumulative probability passes the draw, so a row's
+    token depends only on its logits and its draw. Top-k then top-p (Holtzman et al. 2019) as
+    in `tinygpt.infer.generate.filter_logits`. -> ids (B,).
+
+    Row 0 is greedy; row 1 keeps its top 2 tokens, 2 then 1 (probabilities 0.73 and 0.27),
+    and its draw 0.9 lies past 0.73:
+
+    >>> logits = torch.tensor([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
+    >>> sample_rows(logits, torch.tensor([0.0, 1.0]), torch.tensor([3, 2]),
+    ...             torch.tensor([1.0, 1.0]), torch.tensor([0.5, 0.9])).tolist()
+    [2, 1]
+    """
+    greedy = logits.argmax(dim=-1)  # (B,)
+    sampled = temperature > 0
+    if not bool(sampled.any()):
+        return greedy
+    V = logits.size(-1)
+    scaled = logits / temperature.clamp(min=1e-6)[:, None]  # (B, V)
+    if bool((top_k < V).any() | (top_p < 1).any()):
+        scaled, order = scaled.sort(dim=-1, descending=True)  # (B, V), most likely first
+        rank = torch.arange(V, device=logits.device)  # (V,)
+        scaled = scaled.masked_fill(rank >= top_k[:, None], float("-inf"))
+        probs = torch.softmax(scaled, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # the most likely token always stays
+        probs = probs.masked_fill(mass_before >= top_p[:, None], 0.0)
+    else:
+        order, probs = None, torch.softmax(scaled, dim=-1)  # (B, V)
+    cdf = probs.cumsum(dim=-1)  # (B, V), not renormalised: scale the draw instead
+    target = uniform[:, None].to(cdf.dtype) * cdf[:, -1:]  # (B, 1)
+    pick = torch.searchsorted(cdf, target, right=True).clamp(max=V - 1)  # (B, 1)
+    tokens = pick[:, 0] if order is None else order.gather(1, pick)[:, 0]  # (B,)
+    return torch.where(sampled, tokens, greedy)
+
+
+# ---------------------------------------------------------------------------- the engine
+
+_Logprob = tuple[float, list[tuple[int, float]]]  # chosen token's, [(id, logprob) of the top]
+
+
+@dataclass
+class _Row:
+    """A running request: its handle, text state, random generator and per-row settings."""
+
+    req: Request
+    text: RowText
+    generator: torch.Generator | None
+    stop_ids: frozenset[int]
+    length: int = 0  # tokens in the row: prompt + generated
+
+
+class Engine:
+    """Runs generation requests in continuous batches in one background thread.
+
+    Engine(model, tokenizer, max_batch=16, max_queue=64, timeout=600.0):
+    - max_batch: rows of the batch, i.e. requests generated at once. The KV cache for all of
+      them is allocated up front: 2 * n_layer * max_batch * block_size * K * D numbers.
+    - max_queue: requests that may wait while every row is busy; one more raises QueueFull.
+    - timeout: the default time limit of a request, seconds from submission (None: none).
+    - prefill_chunk: feed prompts in pieces of this many tokens (None: whole), which bounds
+      how long one prefill holds up the running rows.
+    - start=False leaves the thread unstarted: call `step()` by hand (tests do this).
+
+    `submit` is thread-safe and never blocks, so it may be called from an asyncio event
+    loop; the returned `Request` is iterated with `for` in a thread or `async for` in a loop.
+    """
+
+    def __init__(
+        self,
+        model: GPT,
+        tokenizer: Any,
+        *,
+        max_batch: int = 16,
+        max_queue: int = 64,
+        timeout: float | None = 600.0,
+        prefill_chunk: int | None = None,
+        start: bool = True,
+    ) -> None:
+        if max_batch < 1 or max_queue < 0:
+            raise TinyGPTError(
+                f"max_batch must be at least 1 and max_queue 0 or more, got {max_batch} and "
+                f"{max_queue}"
+            )
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise TinyGPTError(f"prefill_chunk must be at least 1, got {prefill_chunk}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.timeout, self.prefill_chunk = timeout, prefill_chunk
+        self.context = model.config.block_size
+        self.vocab_size = model.config.vocab_size
+        # A model's vocabulary may be padded past the tokenizer's (to a multiple of 64, say):
+        # ids the tokenizer cannot decode are never sampled.
+        self._usable = min(self.vocab_size, getattr(tokenizer, "vocab_size", self.vocab_size))
+        self.eot_id: int | None = getattr(tokenizer, "eot_id", None)
+        self._special = {i: s for s, i in getattr(tokenizer, "special_tokens", {}).items()}
+        self.device = next(model.parameters()).device
+        with torch.inference_mode():
+            self.cache = model.new_cache(max_batch, self.context)
+            # The last token of each running row: the input of the next step, (max_batch,).
+            self._last = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        self._rows: list[_Row] = []
+        self._queue: collections.deque[Request] = collections.deque()
+        self._cond = threading.Condition()
+        self._ids = itertools.count()
+        self._closed = False
+        self._steps = self._tokens = 0
+        self._finished: collections.Counter[str] = collections.Counter()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name="tinygpt-engine", daemon=True)
+            self._thread.start()
+
+    # --- the public surface --------------------------------------------------------------
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids of a text prompt; an empty prompt starts at a document boundary."""
+        ids = self.tokenizer.encode(prompt, allowed_special=True) if prompt else []
+        if not ids and self.eot_id is not None:
+            ids = [self.eot_id]
+        return ids
+
+    def submit(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams | None = None,
+        **settings: Any,
+    ) -> Request:
+        """Queue a request: a text prompt or token ids, and SamplingParams (or its fields as
+        keyword arguments). Raises TinyGPTError for bad input (PromptTooLong for a prompt
+        that fills the context) and QueueFull when the queue is full."""
+        params = params_of(params, settings)
+        ids = self.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        req = new_request(
+            next(self._ids), ids, params, vocab_size=self.vocab_size, context=self.context,
+            wake=self._wake, timeout=self.timeout,
+        )  # fmt: skip
+        with self._cond:
+            if self._closed:
+                raise TinyGPTError("the engine is closed; start a new one")
+            # Requests that the next step will give a free row do not count as waiting.
+            free = max(0, self.max_batch - len(self._rows))
+            if len(self._queue) >= self.max_queue + free:
+                raise QueueFull(
+                    f"the engine is full: {self.max_batch} rows generate and "
+                    f"{len(self._queue) - free} requests wait (at most {self.max_queue}); "
+                    "try again shortly"
+                )
+            self._queue.append(req)
+            self._cond.notify_all()
+        return req
+
+    def stats(self) -> EngineStats:
+        with self._cond:
+            return EngineStats(
+                active=len(self._rows),
+                queued=len(self._queue),
+                steps=self._steps,
+                tokens=self._tokens,
+                max_batch=self.max_batch,
+                finished=dict(self._finished),
+            )
+
+    def close(self) -> None:
+        """Stop the thread; requests still queued or running end with "cancelled"."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        for row in self._rows:
+            self._finish(row, "cancelled")
+        self._rows.clear()
+        while self._queue:
+            self._end_waiting(self._queue.popleft(), "cancelled")
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the loop ----------------------------------------------------------------------
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._queue and not self._rows:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            try:
+                self.step()
+            except Exception as exc:  # a fault outside a request's own work: end them all
+                rows, self._rows = self._rows, []
+                with self._cond:
+                    waiting, self._queue = list(self._queue), collections.deque()
+                self._fail([row.req for row in rows] + waiting, exc)
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One turn of the loop: end cancelled and timed-out requests, let waiting requests
+        join (prefill, first token), then one decoding step for every running row. Called
+        by the engine's thread, or by hand when the engine was made with start=False."""
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            raise TinyGPTError("this engine runs its own thread; step() is for start=False")
+        now = time.monotonic()
+        for i in reversed(range(len(self._rows))):
+            row = self._rows[i]
+            if row.req._cancelled or now >= row.req.deadline:
+                self._finish(row, "cancelled" if row.req._cancelled else "timeout")
+                self._remove(i)
+        joining = []
+        with self._cond:
+            for req in list(self._queue):
+                if req._cancelled or now >= req.deadline:
+                    self._queue.remove(req)
+                    self._end_waiting(req, "cancelled" if req._cancelled else "timeout")
+            while self._queue and len(self._rows) + len(joining) < self.max_batch:
+                joining.append(self._queue.popleft())
+        if joining:
+            n = len(self._rows)
+            try:
+                self._join(joining)
+            except Exception as exc:  # only these requests fail; the batch goes on
+                del self._rows[n:]
+                self._fail(joining, exc)
+        if self._rows:
+            try:
+                self._decode()
+            except Exception as exc:  # every running request fails; the engine goes on
+                rows, self._rows = self._rows, []
+                self._fail([row.req for row in rows], exc)
+
+    def _fail(self, requests: list[Request], exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        for req in requests:
+            if not req.done:
+                self._end(req, Event("", finish_reason="error", error=message))
+
+    def _join(self, joining: list[Request]) -> None:
+        """Prefill the joining requests together into rows [n, n + m), left-padded, and
+        sample each one's first token."""
+        n, m = len(self._rows), len(joining)
+        rows = [self._new_row(req) for req in joining]
+        T = max(len(req.prompt_ids) for req in joining)
+        ids = torch.tensor(
+            [[0] * (T - len(r.prompt_ids)) + r.prompt_ids for r in joining], device=self.device
+        )  # (m, T), left-padded: every prompt ends in the last column
+        lens = torch.tensor([len(r.prompt_ids) for r in joining], device=self.device)
+        real = torch.arange(T, device=self.device) >= (T - lens)[:, None]  # (m, T)
+        cache = self.cache.narrow(n, m)
+        cache.reset()
+        step = self.prefill_chunk or T
+        for s in range(0, T, step):
+            part = real[:, s : s + step]
+            mask = None if bool(part.all()) else part
+            logits, _ = self.model(
+                ids[:, s : s + step], cache=cache, attention_mask=mask, last_only=True
+            )
+        for row in rows:
+            row.length = row.req.prompt_tokens
+        self._rows.extend(rows)
+        self._advance(n, logits[:, -1, : self._usable])  # (m, V)
+
+    def _decode(self) -> None:
+        """One forward pass for every running row: each feeds its last token."""
+        n = len(self._rows)
+        idx = self._last[:n, None]  # (n, 1)
+        logits, _ = self.model(idx, cache=self.cache.narrow(0, n), last_only=True)  # (n, 1, V)
+        with self._cond:
+            self._steps += 1
+        self._advance(0, logits[:, -1, : self._usable])
+
+    def _advance(self, first: int, logits: Tensor) -> None:
+        """Sample the next token of rows [first, first + len(logits)) and deliver it; rows
+        that finish leave the batch."""
+        rows = self._rows[first : first + logits.size(0)]
+        tokens = self._sample(rows, logits)  # (n,)
+        self._last[first : first + len(rows)] = tokens
+        logprobs = self._logprobs(rows, logits, tokens)
+        done, wakes = [], []
+        for j, (row, token) in enumerate(zip(rows, tokens.tolist())):
+            row.length += 1
+            info = self._token(token, logprobs[j] if logprobs else None)
+            reason = None
+            if token in row.stop_ids:
+                piece, reason = row.text.finish(), "stop"
+            else:
+                piece = row.text.push(token)
+                if row.text.done:
+                    reason = "stop"
+                elif row.req.completion_tokens + 1 >= row.req.params.max_tokens or (
+                    row.length >= self.context
+                ):
+                    piece, reason = piece + row.text.finish(), "length"
+            if reason is None:
+                row.req._emit(Event(piece, info), wakes)
+            else:
+                self._end(row.req, Event(piece, info, reason), wakes)
+                done.append(first + j)
+        wake_all(wakes)
+        with self._cond:
+            self._tokens += len(rows)
+        for i in reversed(done):
+            self._remove(i)
+
+    def _sample(self, rows: list[_Row], logits: Tensor) -> Tensor:
+        params = [r.req.params for r in rows]
+        if all(p.temperature == 0 for p in params):
+            return logits.argmax(dim=-1)
+        V, device = logits.size(-1), logits.device
+        temperature = torch.tensor([p.temperature for p in params], device=device)
+        top_k = torch.tensor([min(p.top_k or V, V) for p in params], device=device)
+        top_p = torch.tensor([p.top_p if p.top_p is not None else 1.0 for p in params])
+        uniform = torch.stack(
+            [
+                torch.rand((), generator=r.generator, device=device)
+                if r.generator is not None
+                else torch.zeros((), device=device)
+                for r in rows
+            ]
+        )  # (n,): one draw per sampling row from its own generator
+        return sample_rows(logits, temperature, top_k, top_p.to(device), uniform)
+
+    def _logprobs(
+        self, rows: list[_Row], logits: Tensor, tokens: Tensor
+    ) -> list[_Logprob | None] | None:
+        """Per row, (logprob of the chosen token, [(id, logprob) of the top ones]) or None
+        for a row that did not ask; None when no row asked."""
+        if not any(r.req.params.logprobs for r in rows):
+            return None
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
+        chosen = logp.gather(1, tokens[:, None])[:, 0].tolist()  # (n,)
+        k = max(r.req.params.top_logprobs for r in rows)
+        top_v, top_i = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
+        out: list[_Logprob | None] = []
+        for j, r in enumerate(rows):
+            kj = r.req.params.top_logprobs
+            pairs = list(zip(top_i[j, :kj].tolist(), top_v[j, :kj].tolist()))
+            out.append((chosen[j], pairs) if r.req.params.logprobs else None)
+        return out
+
+    def _token(self, token: int, logprob: _Logprob | None) -> Token:
+        if logprob is None:
+            return self._describe(token)
+        value, top = logprob
+        return self._describe(token, value, tuple(self._describe(i, v) for i, v in top))
+
+    def _describe(self, token: int, logprob: float | None = None, top: tuple = ()) -> Token:
+        return describe_token(self.tokenizer, self._special, token, logprob, top)
+
+    def _new_row(self, req: Request) -> _Row:
+        p = req.params
+        generator = None
+        if p.temperature > 0:
+            generator = torch.Generator(device=self.device)
+            if p.seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(p.seed)
+        stop_ids = p.stop_token_ids
+        if stop_ids is None:
+            stop_ids = () if self.eot_id is None else (self.eot_id,)
+        return _Row(req, RowText(self.tokenizer, p.stop), generator, frozenset(stop_ids))
+
+    def _remove(self, i: int) -> None:
+        """Free row i: the last running row moves into its slot (cache, last token)."""
+        last = len(self._rows) - 1
+        if i != last:
+            self.cache.copy_row(last, i)
+            self._last[i] = self._last[last]
+            self._rows[i] = self._rows[last]
+        self._rows.pop()
+
+    def _finish(self, row: _Row, reason: str) -> None:
+        self._end(row.req, Event(row.text.finish(), finish_reason=reason))
+
+    def _end_waiting(self, req: Request, reason: str) -> None:
+        self._end(req, Event("", finish_reason=reason))
+
+    def _end(self, req: Request, event: Event, wakes: list | None = None) -> None:
+        usage = Usage(req.prompt_tokens, req.completion_tokens + (event.token is not None))
+        req._emit(Event(event.text, event.token, event.finish_reason, usage, event.error), wakes)
+        with self._cond:
+            self._finished[event.finish_reason or "error"] += 1

@@ -1,0 +1,681 @@
+"""LoRA: low-rank adapters trained beside a frozen base, applied from outside the model.
+
+Owns: which projections of a `tinygpt.core.model.GPT` can be adapted (`valid_targets`), the
+settings and their checks (`LoraSettings`, `check_settings`), wrapping a model
+(`apply_lora`): every base weight frozen, a pair of small matrices beside each chosen
+projection, and trainable rows for the special tokens a chat template added; folding the
+adapters into plain weights (`merge_lora`); and a LoRA run's link to its base — finding the
+base and refusing one that moved or changed (`locate_base`), rebuilding base + adapter for
+every reader (`load_merged`, called by `tinygpt.core.run.load_run`) and for a resumed fine-tune
+(`build_adapted`), and writing a merged copy as a plain run (`merge_run`, `tinygpt merge`).
+It knows nothing about data, the training loop (`tinygpt.train.loop.fit` trains the adapted model
+like any other: the optimiser sees only parameters with `requires_grad`) or the CLI;
+`model.py` never learns that it is adapted.
+
+The adapter (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", eq. 3):
+a frozen projection y = x W^T + b gains a trainable update of rank r,
+
+    y = x W^T + b + (alpha / r) * (dropout(x) A^T) B^T,    A (r, in), B (out, r),
+
+A drawn like a fresh `nn.Linear`'s weight (uniform in ±1/sqrt(in), as the authors'
+`loralib` does) and B zero, so that training starts from the base exactly. Merging writes
+W + (alpha / r) B A into W: one matmul per layer, after which the model is a plain GPT.
+
+Fused projections. Our attention computes queries, keys and values in one matmul (`qkv`,
+outputs [H*D | K*D | K*D]) and SwiGLU's `fc` computes [gate | up]: each slice gets its own
+adapter, so `targets=("q", "v")` adapts the query and value columns of `qkv` and leaves the
+key columns exactly as the base computes them. Targets: q, k, v, o (attention output),
+gate and up (SwiGLU; a GELU MLP has only up), down (the MLP's output).
+
+New token rows. A chat template's special tokens get new rows in the embedding (and in an
+untied head); a frozen embedding would leave them at their initial values, so those rows —
+and only those — train, as a separate small parameter (`rows`) beside the frozen rows of the
+base. A tied head shares the same two tensors, so the base's rows stay bit-identical
+whatever the optimiser does (weight decay included), and the new ones train once.
+
+Checkpoints. An adapted model's `state_dict()` holds only what trains (the adapters and the
+new rows), so every checkpoint of a LoRA run is the adapter — a few hundred kilobytes — and
+loading such a state into the adapted model sets those and leaves the base as it is. The run
+folder's `adapter.json` (`tinygpt.core.run.RunDir.adapter_path`) says what the adapter is and
+where its base is: the run folder and checkpoint, and the sha256 of the base's weights,
+checked on every load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.numbers import Range, check
+
+FORMAT = "tinygpt-lora"
+FORMAT_VERSION = 1
+TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+DEFAULT_RANK = 8
+DEFAULT_DROPOUT = 0.05
+RANK = Range(lo=1, hi=65536, integer=True, why="a rank is at most a layer's width")
+ALPHA = Range(lo=0, lo_open=True)
+DROPOUT = Range(lo=0, hi=1, hi_open=True)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """What to adapt and how: `rank` r (None: 8), `alpha` (the update is scaled by
+    alpha / r; None: twice the rank), `dropout` on the adapters' input (None: 0.05), and
+    `targets` (names from `TARGETS`; empty: every projection the model has). `resolved`
+    fills in what was left to its default; a resumed fine-tune compares only what was given."""
+
+    rank: int | None = None
+    alpha: float | None = None
+    dropout: float | None = None
+    targets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for flag, value, rule in (
+            ("--lora-rank", self.rank, RANK),
+            ("--lora-alpha", self.alpha, ALPHA),
+            ("--lora-dropout", self.dropout, DROPOUT),
+        ):
+            if value is not None:
+                check(flag, value, rule)
+
+    @property
+    def scale(self) -> float:
+        rank = DEFAULT_RANK if self.rank is None else self.rank
+        return float(self.alpha if self.alpha is not None else 2 * rank) / rank
+
+    def agrees_with(self, other: LoraSettings) -> bool:
+        """Whether every setting given here (not None, not empty) is `other`'s."""
+        mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
+        mine["targets"], theirs["targets"] = set(self.targets), set(other.targets)
+        return all(v in (None, set()) or v == theirs[k] for k, v in mine.items())
+
+    def resolved(self, config: Any) -> LoraSettings:
+        """The settings with alpha and the targets spelled out for `config`, checked
+        (`check_settings`)."""
+        return check_settings(self, config)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "dropout": self.dropout,
+            "targets": list(self.targets),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> LoraSettings:
+        return cls(
+            rank=int(record["rank"]),
+            alpha=float(record["alpha"]),
+            dropout=float(record["dropout"]),
+            targets=tuple(record["targets"]),
+        )
+
+    def describe(self) -> str:
+        """One phrase for notes and reports.
+
+        >>> LoraSettings(rank=4, alpha=8.0, dropout=0.0, targets=("q", "v")).describe()
+        'rank 4, alpha 8 (scale 2), dropout 0, on q, v'
+        """
+        rank = DEFAULT_RANK if self.rank is None else self.rank
+        alpha = self.alpha if self.alpha is not None else 2 * rank
+        dropout = DEFAULT_DROPOUT if self.dropout is None else self.dropout
+        return (
+            f"rank {rank}, alpha {alpha:g} (scale {self.scale:g}), dropout"
+            f" {dropout:g}, on {', '.join(self.targets) or 'every projection'}"
+        )
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    """`--lora-targets`: comma-separated names, or `all` (empty: every projection).
+
+    >>> parse_targets("q, v"), parse_targets("all")
+    (('q', 'v'), ())
+    """
+    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not names:
+        raise TinyGPTError(f"--lora-targets: give names from {', '.join(TARGETS)} or all")
+    return () if names == ("all",) else names
+
+
+def _sections(config: Any) -> dict[str, list[tuple[str, int]]]:
+    """The adaptable projections of one block, by their path inside it, each with its
+    output sections in order: (target name, width)."""
+    H, K, D, C = config.n_head, config.kv_heads, config.head_dim, config.n_embd
+    fc = [("gate", config.hidden), ("up", config.hidden)] if config.mlp == "swiglu" else None
+    return {
+        "attn.qkv": [("q", H * D), ("k", K * D), ("v", K * D)],
+        "attn.proj": [("o", C)],
+        "mlp.fc": fc or [("up", config.hidden)],
+        "mlp.proj": [("down", C)],
+    }
+
+
+def _inputs(config: Any, path: str) -> int:
+    return config.hidden if path == "mlp.proj" else config.n_embd
+
+
+def valid_targets(config: Any) -> tuple[str, ...]:
+    """The target names a model of `config` has, in `TARGETS` order."""
+    have = {name for sections in _sections(config).values() for name, _ in sections}
+    return tuple(t for t in TARGETS if t in have)
+
+
+def check_settings(settings: LoraSettings, config: Any) -> LoraSettings:
+    """`settings` for a model of `config`, every default spelled out; a target the model
+    does not have, or a rank larger than an adapted layer allows, is an error."""
+    settings = dataclasses.replace(
+        settings,
+        rank=DEFAULT_RANK if settings.rank is None else settings.rank,
+        dropout=DEFAULT_DROPOUT if settings.dropout is None else settings.dropout,
+    )
+    valid = valid_targets(config)
+    targets = settings.targets or valid
+    unknown = [t for t in targets if t not in valid]
+    if unknown:
+        why = " (a GELU MLP has no gate; its up projection is up)" if "gate" in unknown else ""
+        raise TinyGPTError(
+            f"--lora-targets {','.join(unknown)}: this model has no such projection{why};"
+            f" valid targets: {','.join(valid)} (or all)"
+        )
+    for path, sections in _sections(config).items():
+        for name, width in sections:
+            if name not in targets:
+                continue
+            limit = min(_inputs(config, path), width)
+            if settings.rank > limit:
+                raise TinyGPTError(
+                    f"--lora-rank {settings.rank} is larger than the {name} projection allows"
+                    f" ({_inputs(config, path)} inputs, {width} outputs): a rank-r update of"
+                    f" that layer needs r <= {limit}; choose a smaller rank"
+                )
+    alpha = float(settings.alpha if settings.alpha is not None else 2 * settings.rank)
+    ordered = tuple(t for t in valid if t in targets)
+    return dataclasses.replace(settings, alpha=alpha, targets=ordered)
+
+
+# ------------------------------------------------------------------------------- layers
+
+
+class LoRALinear(nn.Module):
+    """A frozen `nn.Linear` (its very `weight` and `bias` tensors, so their names in the
+    model stay `...weight`/`...bias`) plus one low-rank update per adapted output section.
+
+    sections: [(name, width), ...] covering the outputs in order; `adapted` the names that
+    get an adapter. lora_A[name] (r, in), lora_B[name] (width, r).
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        sections: list[tuple[str, int]],
+        adapted: tuple[str, ...],
+        rank: int,
+        scale: float,
+        dropout: float,
+        generator: torch.Generator,
+    ) -> None:
+        super().__init__()
+        self.weight, self.bias = base.weight, base.bias
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.sections = sections
+        self.scale = scale
+        self.drop = nn.Dropout(dropout)
+        self.lora_A = nn.ParameterDict()
+        self.lora_B = nn.ParameterDict()
+        bound = 1.0 / math.sqrt(self.in_features)
+        device, dtype = base.weight.device, base.weight.dtype
+        for name, width in sections:
+            if name not in adapted:
+                continue
+            a = torch.empty(rank, self.in_features).uniform_(-bound, bound, generator=generator)
+            self.lora_A[name] = nn.Parameter(a.to(device=device, dtype=dtype))
+            self.lora_B[name] = nn.Parameter(torch.zeros(width, rank, device=device, dtype=dtype))
+
+    def stacked(self) -> tuple[Tensor, Tensor]:
+        """The adapters as one pair: A (R, in), the sections' A one above the other, and B
+        (out, R) block-diagonal — section s's outputs read only its own r columns, and a
+        section without an adapter reads none (R = r × the adapted sections). Two matmuls
+        then serve every section (on a CPU a tiny model pays per kernel, not per flop)."""
+        names = [name for name, _ in self.sections if name in self.lora_A]
+        a = torch.cat([self.lora_A[name] for name in names])  # (R, in)
+        blocks = [
+            self.lora_B[name] if name in self.lora_A else a.new_zeros(width, 0)
+            for name, width in self.sections
+        ]  # (width, r) or (width, 0) each
+        return a, torch.block_diag(*blocks)  # (R, in), (out, R)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.linear(x, self.weight, self.bias)  # (B, T, out)
+        a, b = self.stacked()
+        # (B, T, in) @ (in, R) -> (B, T, R); @ (R, out) -> (B, T, out)
+        return y + self.scale * ((self.drop(x) @ a.T) @ b.T)
+
+    @torch.no_grad()
+    def merged_weight(self) -> Tensor:
+        """W + (alpha / r) B A, every adapted section at once: (out, in)."""
+        a, b = self.stacked()
+        w = self.weight.detach().float() + self.scale * (b.float() @ a.float())  # (out, in)
+        return w.to(self.weight.dtype)
+
+
+class _Rows(nn.Module):
+    """The base's first `weight.size(0)` rows, frozen, followed by `rows`, trainable."""
+
+    def __init__(self, weight: nn.Parameter, rows: nn.Parameter) -> None:
+        super().__init__()
+        self.weight, self.rows = weight, rows
+
+    def full(self) -> Tensor:
+        return torch.cat([self.weight, self.rows], dim=0)  # (V, C)
+
+
+class RowsEmbedding(_Rows):
+    """A token embedding whose rows from `weight.size(0)` on are trainable."""
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return F.embedding(idx, self.full())  # (B, T) -> (B, T, C)
+
+
+class RowsHead(_Rows):
+    """An LM head (no bias) whose rows from `weight.size(0)` on are trainable. The logits of
+    the frozen rows and of the trainable ones are computed apart, so that no gradient of
+    the frozen matrix is ever formed."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        # (B, T, C) -> (B, T, V0) and (B, T, V - V0) -> (B, T, V)
+        return torch.cat([F.linear(x, self.weight), F.linear(x, self.rows)], dim=-1)
+
+
+# ------------------------------------------------------------------------ apply, merge
+
+
+@dataclass
+class Adapted:
+    """What `apply_lora` did to a model (kept on it as `model.lora`)."""
+
+    settings: LoraSettings
+    rows_from: int  # the first embedding row that trains; vocab_size when none do
+    handles: list[Any]
+
+    def record(self) -> dict[str, Any]:
+        return {**self.settings.record(), "rows_from": self.rows_from}
+
+
+def is_adapted(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "lora", None), Adapted)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters, each tensor counted once (a tied head too)."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+@torch.no_grad()
+def apply_lora(
+    model: nn.Module, settings: LoraSettings, *, rows_from: int | None = None, seed: int = 0
+) -> Adapted:
+    """Adapt `model` (a `tinygpt.core.model.GPT`) in place (module docstring): freeze every
+    parameter, put adapters on `settings.targets` in every block, and give the embedding
+    (and an untied head) trainable rows from `rows_from` on (None: no rows train). The same
+    seed draws the same A matrices. Build the optimiser after this."""
+    if is_adapted(model):
+        raise TinyGPTError("this model already carries LoRA adapters; merge them first")
+    config = model.config
+    settings = check_settings(settings, config)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    generator = torch.Generator().manual_seed(seed)
+    for block in model.blocks:
+        for path, sections in _sections(config).items():
+            adapted = tuple(name for name, _ in sections if name in settings.targets)
+            if not adapted:
+                continue
+            parent, leaf = path.split(".")
+            owner = getattr(block, parent)
+            wrapped = LoRALinear(
+                getattr(owner, leaf),
+                sections,
+                adapted,
+                settings.rank,
+                settings.scale,
+                settings.dropout,
+                generator,
+            )
+            setattr(owner, leaf, wrapped)
+    vocab = config.vocab_size
+    rows_from = vocab if rows_from is None else rows_from
+    if not 0 < rows_from <= vocab:
+        raise TinyGPTError(f"rows_from {rows_from} is outside the vocabulary of {vocab} ids")
+    if rows_from < vocab:
+        tied = model.lm_head.weight is model.tok_emb.weight
+        emb = model.tok_emb.weight
+        frozen = nn.Parameter(emb[:rows_from].clone(), requires_grad=False)
+        rows = nn.Parameter(emb[rows_from:].clone())
+        model.tok_emb = RowsEmbedding(frozen, rows)
+        if tied:
+            model.lm_head = RowsHead(frozen, rows)
+        else:
+            head = model.lm_head.weight
+            model.lm_head = RowsHead(
+                nn.Parameter(head[:rows_from].clone(), requires_grad=False),
+                nn.Parameter(head[rows_from:].clone()),
+            )
+    handles = [
+        model.register_state_dict_post_hook(_keep_trainable),
+        model.register_load_state_dict_post_hook(_forgive_frozen),
+    ]
+    model.lora = Adapted(settings, rows_from, handles)
+    return model.lora
+
+
+def _trainable_names(model: nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
+
+
+def _keep_trainable(module: nn.Module, state: dict[str, Any], prefix: str, meta: Any) -> None:
+    """state_dict() of an adapted model: only what trains (the base is not saved again)."""
+    keep = {prefix + n for n in _trainable_names(module)}
+    for key in [k for k in state if k.startswith(prefix) and k not in keep]:
+        del state[key]
+
+
+def _forgive_frozen(module: nn.Module, incompatible: Any) -> None:
+    """load_state_dict() of an adapter: the frozen base is not in it, and stays as it is."""
+    trainable = _trainable_names(module)
+    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if k in trainable]
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold the adapters and the trained rows into plain weights, in place: the model is a
+    plain GPT again (every parameter trainable, `state_dict()` whole), and computes what the
+    adapted model computed (up to float rounding)."""
+    if not is_adapted(model):
+        raise TinyGPTError("this model carries no LoRA adapters to merge")
+    for block in model.blocks:
+        for path in _sections(model.config):
+            parent, leaf = path.split(".")
+            owner = getattr(block, parent)
+            layer = getattr(owner, leaf)
+            if isinstance(layer, LoRALinear):
+                plain = nn.Linear(
+                    layer.in_features,
+                    layer.out_features,
+                    bias=layer.bias is not None,
+                    device="meta",
+                )
+                plain.weight = nn.Parameter(layer.merged_weight())
+                if layer.bias is not None:
+                    plain.bias = layer.bias
+                setattr(owner, leaf, plain)
+    if isinstance(model.tok_emb, RowsEmbedding):
+        tied = model.lm_head.rows is model.tok_emb.rows
+        V, C = model.config.vocab_size, model.config.n_embd
+        emb = nn.Embedding(V, C, device="meta")
+        emb.weight = nn.Parameter(model.tok_emb.full().detach().clone())
+        head = nn.Linear(C, V, bias=False, device="meta")
+        if tied:
+            head.weight = emb.weight
+        else:
+            head.weight = nn.Parameter(model.lm_head.full().detach().clone())
+        model.tok_emb, model.lm_head = emb, head
+    for handle in model.lora.handles:
+        handle.remove()
+    del model.lora
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+# ---------------------------------------------------------------------- the base of a run
+
+
+def _rel(path: Path, start: Path) -> str | None:
+    try:
+        return os.path.relpath(path, start)
+    except ValueError:  # another drive (Windows)
+        return None
+
+
+def base_record(run_dir: Path, base_run: Path, checkpoint: Path, weights_sha256: str) -> dict:
+    """adapter.json's pointer to the base: its run folder (absolute, and relative to the
+    LoRA run so that a folder of runs can move as a whole), checkpoint and weights hash."""
+    from tinygpt.core.checkpoint import read_state
+
+    base_run = Path(base_run).resolve()
+    return {
+        "run": str(base_run),
+        "relative": _rel(base_run, Path(run_dir).resolve()),
+        "checkpoint": Path(checkpoint).name,
+        "step": int(read_state(checkpoint).get("step", 0)),
+        "weights_sha256": weights_sha256,
+    }
+
+
+def write_adapter_record(
+    run: Any, adapted: Adapted, base: dict[str, Any], counts: tuple[int, int]
+) -> None:
+    """Write the run's adapter.json: what the adapter is, and where its base is."""
+    run.write_adapter(
+        {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            **adapted.record(),
+            "trainable_parameters": counts[0],
+            "total_parameters": counts[1],
+            "base": base,
+        }
+    )
+
+
+def read_adapter_record(run: Any) -> dict[str, Any]:
+    """The run's adapter.json, checked; a clear error when it is not one this code reads."""
+    record = run.read_adapter()
+    if record is None or record.get("format") != FORMAT:
+        raise TinyGPTError(
+            f"{run.adapter_path} is not a LoRA adapter record this tinygpt reads; the run"
+            " folder is damaged"
+        )
+    if record.get("version") != FORMAT_VERSION:
+        raise TinyGPTError(
+            f"{run.adapter_path} has adapter format version {record.get('version')!r}; this"
+            f" tinygpt reads {FORMAT_VERSION}: fine-tune again with this version"
+        )
+    return record
+
+
+def locate_base(run: Any) -> tuple[Any, Path]:
+    """(base RunDir, base checkpoint) of a LoRA run, once the base's weights are checked
+    against the hash recorded when the adapter was trained. A base that is gone (moved or
+    deleted), lost that checkpoint, or whose weights changed is refused with one line."""
+    from tinygpt.core.checkpoint import WEIGHTS
+    from tinygpt.core.files import sha256_file
+    from tinygpt.core.run import RunDir
+
+    record = read_adapter_record(run)
+    base = record["base"]
+    where = [Path(base["run"])]
+    if base.get("relative"):
+        where.append((run.path / base["relative"]).resolve())
+    found = next((RunDir(p) for p in where if RunDir(p).is_run()), None)
+    if found is None:
+        raise TinyGPTError(
+            f"the base of LoRA run {run.path} is gone: {base['run']} (moved or deleted); a"
+            " LoRA run holds only its adapter, so put the base back there, or keep the runs"
+            " folder together when you move it"
+        )
+    if found.path.resolve() == run.path.resolve():
+        raise TinyGPTError(f"{run.adapter_path} names the run itself as its base; it is damaged")
+    ckpt = found.checkpoints_dir / base["checkpoint"]
+    if not (ckpt / WEIGHTS).is_file():
+        raise TinyGPTError(
+            f"the base of LoRA run {run.path} moved on: {found.path} no longer has checkpoint"
+            f" {base['checkpoint']} (step {base.get('step')}), the weights the adapter was"
+            " trained on; restore that checkpoint, or fine-tune again from the base as it is"
+        )
+    try:
+        state = found.verified(ckpt, (WEIGHTS,))
+    except TinyGPTError as exc:
+        raise TinyGPTError(f"the base of LoRA run {run.path} ({found.path}): {exc}") from None
+    recorded = ((state.get("files") or {}).get(WEIGHTS) or {}).get("sha256")
+    now = recorded or sha256_file(ckpt / WEIGHTS)
+    if now != base["weights_sha256"]:
+        raise TinyGPTError(
+            f"the base of LoRA run {run.path} changed: the weights of {found.path}"
+            f" ({base['checkpoint']}) have sha256 {now[:12]}…, not {base['weights_sha256'][:12]}…"
+            " as when the adapter was trained; an adapter fits only its own base: restore"
+            " it, or fine-tune again"
+        )
+    return found, ckpt
+
+
+def load_base_weights(model: nn.Module, base: Any, checkpoint: Path) -> None:
+    """Load the weights of checkpoint `checkpoint` of run `base` into the plain `model`; a
+    LoRA base gives its own base with its adapter merged (so adapters can stack)."""
+    from tinygpt.core.checkpoint import WEIGHTS, load_weights
+
+    if base.is_lora():
+        from tinygpt.core.run import load_run
+
+        merged = load_run(base.path, checkpoint=checkpoint.name).model
+        model.load_state_dict(merged.state_dict())
+        return
+    base.verified(checkpoint, (WEIGHTS,))
+    load_weights(model, checkpoint / WEIGHTS)
+
+
+def build_adapted(run: Any, model_config: Any, seed: int = 0) -> nn.Module:
+    """The adapted model of LoRA run `run` before its adapter is loaded: the base's weights
+    (checked), the vocabulary and context of `model_config`, adapters as recorded."""
+    from tinygpt.core.model import GPT
+    from tinygpt.train.finetune import grow_vocabulary, shorten_context
+
+    record = read_adapter_record(run)
+    base, ckpt = locate_base(run)
+    base_model = base.read_config().model
+    shape = {"vocab_size": base_model.vocab_size, "block_size": base_model.block_size}
+    model = GPT(dataclasses.replace(model_config, **shape))
+    load_base_weights(model, base, ckpt)
+    grow_vocabulary(model, model_config.vocab_size, seed)  # rows past rows_from: the adapter's
+    shorten_context(model, model_config.block_size)
+    apply_lora(
+        model,
+        LoraSettings.from_record(record),
+        rows_from=int(record["rows_from"]),
+        seed=seed,
+    )
+    return model
+
+
+def load_merged(run: Any, checkpoint: Path, model_config: Any) -> nn.Module:
+    """A LoRA run's model at `checkpoint`, its adapter folded into the base's weights: a
+    plain GPT, for every reader (`tinygpt.core.run.load_run`)."""
+    from tinygpt.core.checkpoint import WEIGHTS, load_weights
+
+    model = build_adapted(run, model_config)
+    load_weights(model, checkpoint / WEIGHTS)
+    return merge_lora(model)
+
+
+# ---------------------------------------------------------------------------- merge a run
+
+
+def merge_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    checkpoint: str = "best",
+    force: bool = False,
+    command: list[str] | None = None,
+) -> Path:
+    """`tinygpt merge`: write LoRA run `run_dir`'s model at `checkpoint`, its adapter folded
+    in, as a plain run folder `out_dir` that needs no base: config, tokenizer, chat
+    template, one checkpoint (same step, marked best and latest), the training history
+    (metrics, summary) and a run.json that records what was merged. Returns the checkpoint."""
+    from tinygpt.core.checkpoint import read_state
+    from tinygpt.core.files import atomic_copy
+    from tinygpt.core.run import RunDir, load_run
+    from tinygpt.data.template import load_template, save_template
+    from tinygpt.train.loop import provenance
+
+    run = RunDir(run_dir).require()
+    out = RunDir(out_dir)
+    if not run.is_lora():
+        merged = run.read_info().get("merged")
+        if merged:
+            raise TinyGPTError(
+                f"{run.path} is already merged (from {merged.get('from')}): it holds plain"
+                " weights and no adapter to fold in"
+            )
+        raise TinyGPTError(
+            f"{run.path} is not a LoRA run (it has no adapter): its weights are plain already;"
+            " merge applies to runs fine-tuned with --lora"
+        )
+    if out.path.resolve() == run.path.resolve() or out.path.resolve().is_relative_to(
+        run.path.resolve()
+    ):
+        raise TinyGPTError(f"--out {out.path} is inside the LoRA run; give a new folder beside it")
+    if out.path.exists() and (not out.path.is_dir() or any(out.path.iterdir())) and not force:
+        raise TinyGPTError(
+            f"--out {out.path} already exists and is not empty; give a new folder (or --force"
+            " to write into it)"
+        )
+    loaded = load_run(run.path, checkpoint=checkpoint)
+    ckpt = loaded.checkpoint_dir
+    state = read_state(ckpt)
+    out.path.mkdir(parents=True, exist_ok=True)
+    out.write_config(loaded.config)
+    out.write_tokenizer(run.tokenizer_path)
+    template = load_template(run.path)
+    if template is not None:
+        save_template(out.path, template)
+    if run.has_metrics():
+        atomic_copy(run.metrics_path, out.metrics_path)
+    summary = run.read_summary()
+    if summary is not None:
+        out.write_summary(summary)
+    adapter = read_adapter_record(run)
+    info = run.read_info()
+    record = {
+        "from": str(run.path.resolve()),
+        "checkpoint": ckpt.name,
+        "adapter": {k: v for k, v in adapter.items() if k not in ("format", "version")},
+        "adapter_sha256": _weights_hash(ckpt),
+    }
+    fresh = provenance(command, info.get("dataset") or {}, {})
+    out.write_info(
+        {
+            **info,
+            **{k: fresh[k] for k in ("started", "command", "git_commit") if k in fresh},
+            "parameters": loaded.model.num_params(),
+            "merged": record,
+        }
+    )
+    return out.save_checkpoint(
+        int(state.get("step", 0)),
+        loaded.model,
+        state={"tokens": int(state.get("tokens", 0)), "merged_from": ckpt.name},
+        is_best=True,
+    )
+
+
+def _weights_hash(checkpoint: Path) -> str:
+    from tinygpt.core.checkpoint import WEIGHTS
+    from tinygpt.core.files import sha256_file
+
+    return sha256_file(checkpoint / WEIGHTS)
