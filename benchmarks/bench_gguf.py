@@ -324,7 +324,7 @@ def train_run(work: Path, kind: Kind, data: Path, steps: int, threads: int) -> P
 
 def check_file(kind: Kind, run: Path, work: Path, threads: int, args: Any) -> tuple[Report, dict]:
     from tinygpt.cli import main as cli
-    from tinygpt.core.run import load_run
+    from tinygpt.infer.loader import load_run
 
     loaded = load_run(run)
     model, tokenizer = loaded.model, loaded.tokenizer

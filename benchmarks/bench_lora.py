@@ -21,12 +21,12 @@ import time
 import torch
 
 from common import machine_line, write_section
-from tinygpt.core.checkpoint import save_weights
 from tinygpt.core.config import TrainConfig, load_config
+from tinygpt.core.lora import LoraSettings, apply_lora, count_parameters
 from tinygpt.core.model import GPT
-from tinygpt.train.finetune import grow_vocabulary
+from tinygpt.core.surgery import grow_vocabulary
+from tinygpt.core.weights import save_weights
 from tinygpt.train.loop import build_optimizer
-from tinygpt.train.lora import LoraSettings, apply_lora, count_parameters
 
 BATCH, LENGTH, NEW_ROWS = 8, 96, 4
 

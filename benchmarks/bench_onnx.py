@@ -291,10 +291,11 @@ class GraphAsModel(torch.nn.Module):
 
 def quality(run_dir: Path, root: Path, threads: int) -> list[str]:
     """Full validation loss of a trained run: PyTorch, ONNX fp32 and the two int8 folders."""
-    from tinygpt.core.run import RunDir, load_run
+    from tinygpt.core.run import RunDir
     from tinygpt.data.prepare import open_dataset
     from tinygpt.export.onnx import export_run_onnx
     from tinygpt.infer.evaluate import evaluate
+    from tinygpt.infer.loader import load_run
 
     run = load_run(run_dir)
     data = RunDir(run_dir).dataset_dir()

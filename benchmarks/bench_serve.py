@@ -43,8 +43,8 @@ import torch
 from common import ROOT, machine_line, write_section
 from tinygpt.core.config import DataConfig, RunConfig, load_config
 from tinygpt.core.model import GPT, GPTConfig
-from tinygpt.core.run import save_model_run
 from tinygpt.data.tokenizer import train_tokenizer
+from tinygpt.infer.loader import save_model_run
 
 CLIENTS = (1, 8, 32)
 PROMPT, NEW = 16, 64

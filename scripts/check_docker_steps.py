@@ -163,7 +163,7 @@ def make_run(python: Path, out: Path) -> None:
 import torch
 from tinygpt.core.config import DataConfig, RunConfig
 from tinygpt.core.model import GPT, GPTConfig
-from tinygpt.core.run import save_model_run
+from tinygpt.infer.loader import save_model_run
 from tinygpt.data.tokenizer import train_tokenizer
 tok = train_tokenizer("char", ["abcdefghijklmnopqrstuvwxyz ROMEO:\\n"])
 config = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32)

@@ -413,7 +413,7 @@ def make_images(folder: Path, steps: int = 200) -> list[Path]:
     import tempfile
 
     from tinygpt.cli import main as cli
-    from tinygpt.core.run import load_run
+    from tinygpt.infer.loader import load_run
     from tinygpt.train.plots import _pyplot, attention_figure, plot_run
 
     plt = _pyplot()

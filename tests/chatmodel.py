@@ -12,9 +12,9 @@ import torch
 
 from tinygpt.core.config import DataConfig, RunConfig
 from tinygpt.core.model import GPT, GPTConfig
-from tinygpt.core.run import save_model_run
 from tinygpt.data.template import get_template, save_template
 from tinygpt.data.tokenizer import train_tokenizer
+from tinygpt.infer.loader import save_model_run
 
 TEMPLATE = get_template("default")
 QA = [("hi", "hello there"), ("bye", "see you soon"), ("who are you", "a tiny model")]

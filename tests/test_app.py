@@ -114,8 +114,8 @@ def test_bad_input_is_a_gradio_error(chat_app, app_module):
 
 
 def test_a_model_without_a_chat_template_continues_text(app_module, run, tmp_path):
-    from tinygpt.core.run import load_run
     from tinygpt.infer.engine import Engine
+    from tinygpt.infer.loader import load_run
     from tinygpt.serve.backend import ServedModel
 
     loaded = load_run(run)

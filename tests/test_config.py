@@ -5,15 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tinygpt.cli import main
-from tinygpt.core.config import (
-    RunConfig,
-    TrainConfig,
-    list_presets,
-    load_config,
-    parse_overrides,
-    resolve_config,
-)
+from tinygpt.core.config import RunConfig, TrainConfig, list_presets, load_config, parse_overrides
 from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.resolution import resolve_config
 
 PRESETS = [
     "gpt2-124m",

@@ -262,7 +262,7 @@ def test_per_line_scores_each_line_and_its_closing_end_of_text(tok):
 def test_per_line_from_the_command_line(tmp_path, capsys):
     from tinygpt.cli import main
     from tinygpt.core.config import RunConfig
-    from tinygpt.core.run import save_model_run
+    from tinygpt.infer.loader import save_model_run
 
     torch.manual_seed(0)
     config = RunConfig(model=GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=1, n_embd=8))

@@ -18,11 +18,12 @@ import torch
 from tinygpt.cli import main
 from tinygpt.core.config import RunConfig, load_config
 from tinygpt.core.model import GPT, GPTConfig
-from tinygpt.core.run import RunDir, save_model_run
+from tinygpt.core.run import RunDir
 from tinygpt.data.template import get_template, save_template
 from tinygpt.data.tokenizer import EOT, BPETokenizer, Normalizer, train_tokenizer
 from tinygpt.data.tokenizer.bpe import bytes_to_unicode
 from tinygpt.export.gguf import char_merges, pairs_layout
+from tinygpt.infer.loader import save_model_run
 
 gguf = pytest.importorskip("gguf")
 

@@ -25,12 +25,12 @@ from tinygpt.core.config import (
 )
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.model import GPT, GPTConfig
-from tinygpt.core.run import load_run, save_model_run
 from tinygpt.data.prepare import prepare
 from tinygpt.data.tokenizer import EOT, train_tokenizer
 from tinygpt.export.card import language_of
 from tinygpt.export.hf import save_hf_folder
 from tinygpt.export.report import fmt
+from tinygpt.infer.loader import load_run, save_model_run
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()

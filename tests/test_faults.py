@@ -421,18 +421,18 @@ def test_ctrl_c_before_the_first_step_is_one_line(dataset, tmp_path):
 
 KILL_SCRIPT = """
 import os, random, signal, sys
-from tinygpt.core import checkpoint
+from tinygpt.core import weights
 from tinygpt.cli import main
 mode, when = sys.argv[1], int(sys.argv[2])
 if mode == "mid-save":  # die inside the n-th checkpoint write, after its first file
-    real = checkpoint.fsync_file
+    real = weights.fsync_file
     calls = []
     def dying(path):
         calls.append(path)
         if len(calls) == when:
             os.kill(os.getpid(), signal.SIGKILL)
         return real(path)
-    checkpoint.fsync_file = dying
+    weights.fsync_file = dying
 sys.exit(main(sys.argv[3:]))
 """
 
@@ -537,7 +537,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 def test_a_nan_gradient_is_never_applied_nor_saved(dataset, tmp_path):
-    from tinygpt.core.run import load_run
+    from tinygpt.infer.loader import load_run
 
     run = tmp_path / "run"
     argv = _train_argv(dataset, run, "--max-steps", "10", "--train.checkpoint_interval", "1")

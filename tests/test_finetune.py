@@ -9,14 +9,10 @@ import torch.nn.functional as F
 
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.surgery import add_special_tokens, grow_vocabulary
 from tinygpt.data.template import get_template
 from tinygpt.data.tokenizer import CharTokenizer, train_tokenizer
-from tinygpt.train.finetune import (
-    add_special_tokens,
-    check_encodable,
-    grow_vocabulary,
-    masked_targets,
-)
+from tinygpt.train.finetune import check_encodable, masked_targets
 from tokenizer_text import corpus
 
 V = 40
@@ -194,7 +190,7 @@ def test_masked_targets():
 
 @pytest.mark.parametrize("pos", ["learned", "rope"])
 def test_a_shorter_context_keeps_the_first_positions(pos):
-    from tinygpt.train.finetune import shorten_context
+    from tinygpt.core.surgery import shorten_context
 
     model = tiny(pos=pos)
     idx = torch.randint(0, V, (2, 10), generator=torch.Generator().manual_seed(0))

@@ -23,9 +23,10 @@ from tinygpt.core.checkpoint import WEIGHTS
 from tinygpt.core.config import RunConfig, TrainConfig
 from tinygpt.core.files import sha256_file
 from tinygpt.core.model import GPT, GPTConfig
-from tinygpt.core.run import RunDir, save_model_run
+from tinygpt.core.run import RunDir
 from tinygpt.data.template import load_template
 from tinygpt.data.tokenizer import CharTokenizer, file_hash
+from tinygpt.infer.loader import save_model_run
 
 ALPHABET = string.ascii_letters + string.digits + " .,;:!?'\"-()\n"
 FAST = ["--no-progress", "--train.log_interval", "1", "--train.sample_tokens", "8"]

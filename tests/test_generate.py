@@ -246,8 +246,8 @@ def test_text_generator_on_real_model():
 @pytest.fixture
 def char_run(tmp_path):
     from tinygpt.core.config import RunConfig
-    from tinygpt.core.run import save_model_run
     from tinygpt.data.tokenizer import train_tokenizer
+    from tinygpt.infer.loader import save_model_run
 
     tok = train_tokenizer("char", ["hello world, ahoy there"])
     config = RunConfig()

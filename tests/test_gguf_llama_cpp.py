@@ -20,8 +20,8 @@ import torch
 from tinygpt.cli import main
 from tinygpt.core.config import RunConfig
 from tinygpt.core.model import GPT, GPTConfig
-from tinygpt.core.run import save_model_run
 from tinygpt.data.tokenizer import train_tokenizer
+from tinygpt.infer.loader import save_model_run
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,9 @@ import pytest
 from tinygpt.cli import main
 from tinygpt.core.config import RunConfig
 from tinygpt.core.model import GPT, GPTConfig
-from tinygpt.core.run import save_model_run
 from tinygpt.data.tokenizer import train_tokenizer
 from tinygpt.export import hub
+from tinygpt.infer.loader import save_model_run
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 pytest.importorskip("transformers").logging.set_verbosity_error()

@@ -13,7 +13,7 @@ from test_corpora import fake_index  # noqa: F401  (the fixture: test wheels ins
 from tinygpt.cli import main
 from tinygpt.core.config import RunConfig, TrainConfig
 from tinygpt.core.model import GPT, GPTConfig
-from tinygpt.core.run import RunDir, save_model_run
+from tinygpt.core.run import RunDir
 from tinygpt.data.examples import open_examples, prepare_examples
 from tinygpt.data.instructions import (
     ataturk_records,
@@ -23,6 +23,7 @@ from tinygpt.data.instructions import (
     locative,
 )
 from tinygpt.data.tokenizer import train_tokenizer
+from tinygpt.infer.loader import save_model_run
 
 
 def _records(path) -> list[dict]:

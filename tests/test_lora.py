@@ -16,22 +16,23 @@ from safetensors import safe_open
 
 import tinygpt
 from tinygpt.cli import main
-from tinygpt.core.checkpoint import WEIGHTS, load_weights
+from tinygpt.core.checkpoint import WEIGHTS
 from tinygpt.core.config import RunConfig, TrainConfig
 from tinygpt.core.errors import TinyGPTError
-from tinygpt.core.model import GPT, GPTConfig
-from tinygpt.core.run import RunDir, load_run, save_model_run
-from tinygpt.data.tokenizer import CharTokenizer
-from tinygpt.train.loop import build_optimizer
-from tinygpt.train.lora import (
+from tinygpt.core.lora import (
     LoraSettings,
     apply_lora,
-    build_adapted,
     count_parameters,
     merge_lora,
     parse_targets,
     valid_targets,
 )
+from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.core.run import RunDir
+from tinygpt.core.weights import load_weights
+from tinygpt.data.tokenizer import CharTokenizer
+from tinygpt.infer.loader import build_adapted, load_run, load_tokenizer, save_model_run
+from tinygpt.train.loop import build_optimizer
 
 ALPHABET = string.ascii_letters + string.digits + " .,;:!?'\"-()\n"
 FAST = ["--no-progress", "--train.log_interval", "1", "--train.sample_tokens", "8"]
@@ -166,7 +167,7 @@ def test_a_checkpoint_of_an_adapted_model_holds_only_what_trains(tmp_path):
         + [f"blocks.{i}.attn.{m}" for i in range(2) for m in ("proj.lora_A.o", "proj.lora_B.o")]
         + ["tok_emb.rows", "lm_head.rows"]
     )
-    from tinygpt.core.checkpoint import save_weights
+    from tinygpt.core.weights import save_weights
 
     save_weights(model, tmp_path / WEIGHTS)
     other = _model(**GPT2)  # the same base, new adapters: loading sets them
@@ -385,7 +386,7 @@ def test_a_base_that_moved_or_changed_is_refused(base, questions, tmp_path, caps
     # the base retrained in place: the same checkpoint name, other weights
     shutil.move(tmp_path / "elsewhere", moved / "base")
     config = RunDir(moved / "base").read_config()
-    tok = RunDir(moved / "base").load_tokenizer()
+    tok = load_tokenizer(RunDir(moved / "base"))
     torch.manual_seed(7)
     save_model_run(moved / "base", config, GPT(config.model), tok)
     for argv in (["sample", str(moved / "lora")], ["report", str(moved / "lora")],

@@ -33,9 +33,9 @@ from chatmodel import QA, TEMPLATE, chat_tokenizer, train_chat_run
 from tinygpt.cli import main
 from tinygpt.core.config import RunConfig
 from tinygpt.core.model import GPT, GPTConfig
-from tinygpt.core.run import save_model_run
 from tinygpt.data.tokenizer import train_tokenizer
 from tinygpt.infer.engine import Engine
+from tinygpt.infer.loader import save_model_run
 from tinygpt.serve import Limits, create_app, start
 from tinygpt.serve.protocol import APIError, parse_body
 

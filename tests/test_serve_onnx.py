@@ -244,8 +244,8 @@ def test_the_backend_by_hand(folders, tok):
     assert [e.text for e in events] == list("see ") and events[-1].finish_reason == "length"
     assert events[-1].usage.completion_tokens == 4
     # no stop ids: past the end of text, exactly max_tokens, as the engine generates them
-    from tinygpt.core.run import load_run
     from tinygpt.infer.engine import Engine
+    from tinygpt.infer.loader import load_run
 
     plain = tok.encode("hi")
     req = backend.submit(plain, max_tokens=12, temperature=0, stop_token_ids=())

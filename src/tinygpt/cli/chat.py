@@ -140,8 +140,8 @@ class ChatSession:
 
 def run_chat(args: argparse.Namespace) -> int:
     from tinygpt.core.run import RunDir
-    from tinygpt.data.template import load_template
     from tinygpt.infer.generate import check_sampling, load
+    from tinygpt.infer.loader import load_text_side
 
     sampling = dict(
         max_new_tokens=args.max_new_tokens,
@@ -152,7 +152,7 @@ def run_chat(args: argparse.Namespace) -> int:
     )
     check_sampling(**sampling)
     run = RunDir(args.run).require()
-    if load_template(run.path) is None:
+    if load_text_side(run)[1] is None:
         raise TinyGPTError(
             f"{args.run} has no chat template: it was only pre-trained. Fine-tune it on"
             f" conversations first (tinygpt finetune {args.run} --input FILE.jsonl --out RUN),"

@@ -1,5 +1,5 @@
 """`tinygpt finetune` and `tinygpt merge`: argument parsing and the closing report; the work
-is `tinygpt.train.finetune.finetune` and `tinygpt.train.lora.merge_run`."""
+is `tinygpt.train.finetune.finetune` and `tinygpt.export.merge.merge_run`."""
 
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def lora_settings(args: argparse.Namespace) -> object:
             verb = "applies" if len(given) == 1 else "apply"
             raise TinyGPTError(f"{', '.join(given)} {verb} to LoRA only; add --lora")
         return None
-    from tinygpt.train.lora import LoraSettings, parse_targets
+    from tinygpt.core.lora import LoraSettings, parse_targets
 
     return LoraSettings(
         rank=args.lora_rank,
@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def merge_command(args: argparse.Namespace) -> int:
-    from tinygpt.train.lora import merge_run
+    from tinygpt.export.merge import merge_run
 
     ckpt = merge_run(
         args.run,

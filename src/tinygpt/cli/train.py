@@ -20,7 +20,7 @@ def setting(flag: str, name: str):
 
 def register(sub: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
-    from tinygpt.core.config import add_config_arguments, settings_help
+    from tinygpt.core.resolution import add_config_arguments, settings_help
 
     p = sub.add_parser(
         "train",
@@ -119,8 +119,9 @@ def push_after(args: argparse.Namespace, out: Path | str) -> None:
 
 
 def resolve(args: argparse.Namespace):
-    """The RunConfig this command line asks for (`tinygpt.core.config.resolve_config`)."""
-    from tinygpt.core.config import BUDGETS, resolve_config
+    """The RunConfig this command line asks for (`tinygpt.core.resolution.resolve_config`)."""
+    from tinygpt.core.config import BUDGETS
+    from tinygpt.core.resolution import resolve_config
 
     settings = {f"train.{flag}": getattr(args, flag) for flag in ("device", "threads", "seed")}
     settings["train.compile"] = args.compile

@@ -10,13 +10,14 @@ A configuration is resolved in layers, each overriding the one before:
 defaults → preset (`presets/<name>.toml`) → `--config FILE` → dotted overrides
 (`--model.n_layer 6`). Unknown keys are errors that name the closest valid key. The resolved
 configuration is written to `RUN/config.toml`, from which every later command rebuilds it.
+The command line's further rules (dedicated flags, budgets, resuming a run) are
+`tinygpt.core.resolution`'s.
 
 This module knows nothing about tensors, files of tokens or the training loop.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import math
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.files import read_text
 from tinygpt.core.numbers import Range, check_fields, number
 
 if sys.version_info >= (3, 11):
@@ -409,8 +411,6 @@ def _build(merged: dict[str, Any]) -> RunConfig:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    from tinygpt.core.files import read_text
-
     text = read_text(path, "config file")
     try:
         return tomllib.loads(text)
@@ -509,60 +509,6 @@ def load_config(
     return _build(merged)
 
 
-def resolve_config(
-    preset: str | None = None,
-    config_file: str | Path | None = None,
-    overrides: Overrides = (),
-    *,
-    settings: Mapping[str, Any] | None = None,
-    budgets: Mapping[str, Any] | None = None,
-    resume_run: str | Path | None = None,
-) -> RunConfig:
-    """The configuration a training command asks for, with the rules the CLI promises.
-
-    - `settings`: typed values of dedicated flags (`{"train.seed": 3}`); None values are
-      skipped; they apply after the dotted `overrides`.
-    - `budgets`: `max_steps`/`max_tokens`/`max_time`/`max_epochs` given on the command line.
-      When any is given, they *replace* the preset's budget (the others become 0) instead
-      of adding a second budget to it.
-    - `resume_run`: a run folder being resumed. Without `preset` or `config_file` the run's
-      own `config.toml` is the starting point, so a resumed run keeps its settings.
-    """
-    if resume_run is not None and not (preset or config_file):
-        from tinygpt.core.run import RunDir
-
-        own = RunDir(resume_run).config_path
-        if own.is_file():
-            config_file = own
-    merged = dict(parse_overrides(overrides))
-    extra = {k: v for k, v in (settings or {}).items() if v is not None}
-    given = {k: v for k, v in (budgets or {}).items() if v is not None}
-    unknown = set(budgets or {}) - set(BUDGETS)
-    if unknown:
-        raise TinyGPTError(
-            f"unknown budget {sorted(unknown)[0]!r}; budgets are {', '.join(BUDGETS)}"
-        )
-    if given:
-        extra.update({f"train.{name}": given.get(name, 0) for name in BUDGETS})
-    for section, values in parse_overrides(extra).items():
-        merged.setdefault(section, {}).update(values)
-    return load_config(
-        preset, config_file, {f"{s}.{k}": v for s, d in merged.items() for k, v in d.items()}
-    )
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--preset` and `--config`; dotted overrides are collected by `parse_known_args`."""
-    parser.add_argument(
-        "--preset",
-        default=None,
-        help=f"named preset ({', '.join(list_presets())}); default {DEFAULT_PRESET}",
-    )
-    parser.add_argument(
-        "--config", default=None, metavar="FILE", help="a config.toml to start from"
-    )
-
-
 # ---------------------------------------------------------------------------- TOML writing
 
 
@@ -599,18 +545,3 @@ def dumps_toml(data: dict[str, Any]) -> str:
             lines += ["", f"[{key}]"]
             lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
     return "\n".join(lines) + "\n"
-
-
-def settings_help(config: RunConfig | None = None) -> str:
-    """Every dotted setting with its value in `config` (default: the default preset)."""
-    config = config or load_config()
-    lines = ["settings (override with --section.key VALUE; values of the default preset):"]
-    for name in SECTIONS:
-        section = getattr(config, name)
-        items = [
-            f"{name}.{f.name}={getattr(section, f.name)!r}" for f in dataclasses.fields(section)
-        ]
-        lines.append("  " + ", ".join(items))
-    import textwrap
-
-    return "\n".join(textwrap.fill(line, 96, subsequent_indent="    ") for line in lines)

@@ -9,9 +9,10 @@ RUN/
   config.toml       the resolved RunConfig (model, data, train sections)
   tokenizer.json    a byte-for-byte copy of the dataset's tokenizer (HF-compatible)
   chat_template.json  the chat template of a fine-tuned run (`tinygpt.data.template`), if it has one
-  adapter.json      a LoRA run's adapter (`tinygpt.train.lora`): rank, alpha, targets, the rows
+  adapter.json      a LoRA run's adapter (`tinygpt.core.lora`): rank, alpha, targets, the rows
                     that train, and its base (run folder, checkpoint, weights sha256); its
-                    checkpoints then hold only the adapter, and `load_run` adds the base
+                    checkpoints then hold only the adapter, and the run loader
+                    (`tinygpt.infer.loader`) adds the base
   run.json          provenance: versions, command, device, and the record of the dataset
                     the run was trained on ("dataset": path, key, tokenizer hash, source);
                     for a fine-tuned run, where it started ("finetune": base, checkpoint,
@@ -30,7 +31,9 @@ RUN/
 
 The dataset is recorded once, in `run.json`; `config.toml` keeps the data settings the user
 gave. Writes are atomic (`tinygpt.core.files`). What a checkpoint folder holds is
-`tinygpt.core.checkpoint`'s business; how a model is trained is `tinygpt.train.loop`'s.
+`tinygpt.core.checkpoint`'s business (writing one, with torch, `tinygpt.core.weights`'); turning
+a run into a model, tokenizer and chat template is the run loader's (`tinygpt.infer.loader`);
+how a model is trained is `tinygpt.train.loop`'s. This module never imports torch.
 """
 
 from __future__ import annotations
@@ -41,13 +44,19 @@ import json
 import logging
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tinygpt.core.checkpoint import DamagedCheckpoint, discard, is_complete, verify, write_error
 from tinygpt.core.config import RunConfig
 from tinygpt.core.errors import TinyGPTError
-from tinygpt.core.files import atomic_copy, atomic_write_json, atomic_write_text, kind_of
+from tinygpt.core.files import (
+    atomic_copy,
+    atomic_write_json,
+    atomic_write_text,
+    kind_of,
+)
+from tinygpt.core.files import remove_leftovers as remove_leftovers_in
 
 CONFIG = "config.toml"
 TOKENIZER = "tokenizer.json"
@@ -202,9 +211,7 @@ class RunDir:
     def remove_leftovers(self) -> list[Path]:
         """Remove what killed writes left behind: hidden temporary and superseded files and
         checkpoint folders (`.NAME.tmp-PID`, `.NAME.old-PID`) of processes that are gone."""
-        from tinygpt.core.files import remove_leftovers
-
-        return [*remove_leftovers(self.path), *remove_leftovers(self.checkpoints_dir)]
+        return [*remove_leftovers_in(self.path), *remove_leftovers_in(self.checkpoints_dir)]
 
     # ----------------------------------------------------------------- config and tokenizer
 
@@ -214,11 +221,6 @@ class RunDir:
     def write_config(self, config: RunConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_path, config.to_toml())
-
-    def load_tokenizer(self) -> Any:
-        from tinygpt.data.tokenizer import load_tokenizer
-
-        return load_tokenizer(self.tokenizer_path)
 
     def write_tokenizer(self, tokenizer_file: Path) -> None:
         """Copy a `tokenizer.json` byte for byte, so its hash stays the dataset's."""
@@ -263,7 +265,7 @@ class RunDir:
         return self.adapter_path.is_file()
 
     def read_adapter(self) -> dict[str, Any] | None:
-        """adapter.json (what the adapter is and where its base is; `tinygpt.train.lora`)."""
+        """adapter.json (what the adapter is and where its base is; `tinygpt.infer.loader`)."""
         return _read_json(self.adapter_path)
 
     def write_adapter(self, record: dict[str, Any]) -> None:
@@ -357,8 +359,6 @@ class RunDir:
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoint folders, oldest first."""
-        from tinygpt.core.checkpoint import is_complete
-
         folder = self.checkpoints_dir
         if not folder.is_dir():
             return []
@@ -369,8 +369,6 @@ class RunDir:
 
     def pointer(self, name: str) -> Path | None:
         """The checkpoint the pointer file `latest` or `best` names, if it is complete."""
-        from tinygpt.core.checkpoint import is_complete
-
         file = self.checkpoints_dir / name
         if not file.is_file():
             return None
@@ -386,8 +384,6 @@ class RunDir:
     def verified(self, folder: Path, names: tuple[str, ...] | None = None) -> dict[str, Any]:
         """The state of checkpoint `folder` once its files (`names`, or all) match what was
         saved; a damaged one is refused with the newest earlier checkpoint that verifies."""
-        from tinygpt.core.checkpoint import DamagedCheckpoint, verify
-
         try:
             return verify(folder, names)
         except DamagedCheckpoint as exc:
@@ -431,44 +427,18 @@ class RunDir:
             f"no checkpoint {which!r} in {self.path}; use best, latest or one of: {names}"
         )
 
-    def save_checkpoint(
-        self,
-        step: int,
-        model: Any,
-        *,
-        optimizer: Any = None,
-        state: dict[str, Any] | None = None,
-        tensors: dict[str, Any] | None = None,
-        is_best: bool = False,
-        keep_last: int = 0,
-    ) -> Path:
-        """Write `checkpoints/step-NNNNNN/`, then move the pointers, then rotate.
-
-        `keep_last` > 0 deletes older step folders beyond the newest `keep_last`, never the
-        ones `best` or `latest` point at.
-        """
-        from tinygpt.core.checkpoint import write_checkpoint, write_error
-
-        final = write_checkpoint(
-            self.checkpoints_dir / step_name(step),
-            model,
-            optimizer=optimizer,
-            state={"step": step, **(state or {})},
-            tensors=tensors,
-        )
+    def point_at(self, checkpoint: Path, *, is_best: bool = False) -> None:
+        """Point `latest` (and, if `is_best`, `best`) at the complete `checkpoint` folder."""
         try:
-            atomic_write_text(self.checkpoints_dir / "latest", final.name + "\n")
+            atomic_write_text(self.checkpoints_dir / "latest", checkpoint.name + "\n")
             if is_best:
-                atomic_write_text(self.checkpoints_dir / "best", final.name + "\n")
+                atomic_write_text(self.checkpoints_dir / "best", checkpoint.name + "\n")
         except OSError as exc:
-            raise write_error(exc, final, "the checkpoint itself is complete.") from None
-        if keep_last:
-            self._rotate(keep_last)
-        return final
+            raise write_error(exc, checkpoint, "the checkpoint itself is complete.") from None
 
-    def _rotate(self, keep_last: int) -> None:
-        from tinygpt.core.checkpoint import discard
-
+    def rotate(self, keep_last: int) -> None:
+        """Delete the step folders older than the newest `keep_last`, never the ones `best`
+        or `latest` point at."""
         protected = {p for p in (self.pointer("best"), self.pointer("latest")) if p}
         steps = self.checkpoints()
         for old in steps[: max(0, len(steps) - keep_last)]:
@@ -516,65 +486,3 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)  # shortest text that reads back to the same float: exact
     return str(value)
-
-
-# ------------------------------------------------------------------------- loading a model
-
-
-@dataclass
-class LoadedRun:
-    """A trained model ready for sampling or evaluation."""
-
-    config: RunConfig
-    model: Any  # tinygpt.core.model.GPT
-    tokenizer: Any
-    run_dir: Path
-    checkpoint_dir: Path
-
-    @property
-    def step(self) -> int:
-        from tinygpt.core.checkpoint import read_state
-
-        return int(read_state(self.checkpoint_dir).get("step", 0))
-
-
-def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:
-    """Rebuild the model of a run folder from its config, tokenizer and a checkpoint. A LoRA
-    run's checkpoint holds an adapter: its base is loaded (and checked) and the adapter folded
-    into its weights (`tinygpt.train.lora.load_merged`), so every reader gets a plain model."""
-    from tinygpt.core.checkpoint import WEIGHTS, load_weights
-    from tinygpt.core.model import GPT
-    from tinygpt.core.runtime import check_model_fits
-
-    run = RunDir(run_dir)
-    ckpt = run.resolve_checkpoint(checkpoint)
-    run.verified(ckpt, (WEIGHTS,))
-    config = run.read_config()
-    tokenizer = run.load_tokenizer()
-    if tokenizer.vocab_size > config.model.vocab_size:
-        raise TinyGPTError(
-            f"{run.tokenizer_path} has {tokenizer.vocab_size:,} ids but the run's model has a"
-            f" vocabulary of {config.model.vocab_size:,}: the tokenizer is not the one the run"
-            " was trained with; put that one back"
-        )
-    check_model_fits(config.model, device, training=False)
-    if run.is_lora():
-        from tinygpt.train.lora import load_merged
-
-        model = load_merged(run, ckpt, config.model)
-    else:
-        model = GPT(config.model)
-        load_weights(model, ckpt / WEIGHTS)
-    model.to(device).eval()
-    return LoadedRun(config, model, tokenizer, run.path, ckpt)
-
-
-def save_model_run(
-    run_dir: str | Path, config: RunConfig, model: Any, tokenizer: Any, step: int = 0
-) -> Path:
-    """The minimal run folder (config, tokenizer, one checkpoint marked best and latest)."""
-    run = RunDir(run_dir)
-    run.write_config(config)
-    run.path.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(run.tokenizer_path)
-    return run.save_checkpoint(step, model, state={"tokens": 0}, is_best=True)

@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 
 from tinygpt.core.config import GPTConfig, TrainConfig
 from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.info import param_breakdown
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -102,8 +104,6 @@ def memory_bytes(device: str) -> int | None:
 def check_model_fits(model: GPTConfig, device: str, *, training: bool) -> None:
     """Refuse a model whose fp32 weights (and, for training, gradients and AdamW's two
     moments: 16 bytes a parameter) exceed the device's memory, before allocating any of it."""
-    from tinygpt.core.info import param_breakdown
-
     params = param_breakdown(model)["total"]
     need = params * (16 if training else 4)
     have = memory_bytes(device)
@@ -143,8 +143,6 @@ def start_distributed(device: str) -> Dist:
     if world <= 1:
         return Dist()
     timeout_s = float(os.environ.get("TINYGPT_DIST_TIMEOUT", "600"))
-    import torch.distributed as tdist
-
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if backend == "nccl":
@@ -159,8 +157,6 @@ def close_distributed(dist: Dist, *, ok: bool) -> None:
     other ranks: after an error the others may never arrive, and the barrier would hang."""
     if not dist.enabled:
         return
-    import torch.distributed as tdist
-
     if not tdist.is_initialized():
         return
     if ok:

@@ -424,8 +424,8 @@ def export_run_gguf(
 ) -> Path:
     """Write one checkpoint of a run as a GGUF file; a chat run's template and end-of-turn
     token go with it. Returns the file's path."""
-    from tinygpt.core.run import RunDir, load_run
-    from tinygpt.data.template import load_template
+    from tinygpt.core.run import RunDir
+    from tinygpt.infer.loader import load_run
 
     run_folder = RunDir(run_dir)
     ckpt = run_folder.resolve_checkpoint(checkpoint)  # not a run / no checkpoint: clear error
@@ -434,8 +434,8 @@ def export_run_gguf(
     config = run_folder.read_config()
     gguf_architecture(config.model)  # before loading any weights
     check_destination_file(Path(out), force)
-    template = load_template(run_dir)
     run = load_run(run_dir, checkpoint=ckpt.name, device="cpu")
+    template = run.template
     return write_gguf(
         run.model,
         run.tokenizer,

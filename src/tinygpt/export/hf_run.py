@@ -65,10 +65,10 @@ def export_run(
     id in generation_config.json. `license`, `language` and `repo_id` go into the card.
     """
     from tinygpt.core.checkpoint import read_state
-    from tinygpt.core.run import RunDir, load_run
-    from tinygpt.data.template import load_template
+    from tinygpt.core.run import RunDir
     from tinygpt.export.card import model_card
     from tinygpt.export.hf import check_destination, save_hf_folder, twin_family
+    from tinygpt.infer.loader import load_run
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     run_folder = RunDir(run_dir)
@@ -76,11 +76,9 @@ def export_run(
     check_out_of_run(run_dir, out_dir, run_folder.hf_export_dir)
     family = twin_family(run_folder.read_config().model)  # before loading any weights
     check_destination(out_dir, force)
-    if chat_template is None:
-        template = load_template(run_dir)  # a fine-tuned chat run has one
-        if template is not None:
-            chat_template, end_of_turn = template.jinja(), template.end_of_turn
     run = load_run(run_dir, checkpoint=ckpt.name, device="cpu")
+    if chat_template is None and run.template is not None:  # a fine-tuned chat run has one
+        chat_template, end_of_turn = run.template.jinja(), run.template.end_of_turn
     card = model_card(
         run_dir,
         config=run.config.model,
@@ -171,9 +169,10 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
     from tinygpt.core import __version__
     from tinygpt.core.config import DataConfig, RunConfig
     from tinygpt.core.files import fsync_dir, temp_sibling
-    from tinygpt.core.run import RunDir, save_model_run
+    from tinygpt.core.run import RunDir
     from tinygpt.data.template import save_template, template_for_jinja
     from tinygpt.export.hf import load_hf
+    from tinygpt.infer.loader import save_model_run
 
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     if not (hf_dir / "config.json").is_file():

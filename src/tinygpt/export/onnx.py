@@ -484,9 +484,9 @@ def export_run_onnx(
     """`tinygpt export RUN --format onnx`: one checkpoint of a run as an ONNX export folder.
     A fine-tuned chat run's template goes into tokenizer_config.json, as for transformers."""
     from tinygpt.core.checkpoint import read_state
-    from tinygpt.core.run import RunDir, load_run
-    from tinygpt.data.template import load_template
+    from tinygpt.core.run import RunDir
     from tinygpt.export.hf_run import check_out_of_run
+    from tinygpt.infer.loader import load_run
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     ckpt = RunDir(run_dir).resolve_checkpoint(checkpoint)
@@ -495,8 +495,8 @@ def export_run_onnx(
         raise TinyGPTError(
             f"--quantize {quantize} is not available for ONNX; choose {', '.join(QUANTIZE)}"
         )
-    template = load_template(run_dir)
     run = load_run(run_dir, checkpoint=ckpt.name, device="cpu")
+    template = run.template
     source = {
         "run": run_dir.resolve().name,
         "checkpoint": ckpt.name,

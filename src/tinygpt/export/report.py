@@ -35,7 +35,7 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
     run_info = run.read_info()
     adapter = None
     if run.is_lora():  # its model is base + adapter: a base that moved or changed is refused
-        from tinygpt.train.lora import locate_base, read_adapter_record
+        from tinygpt.infer.loader import locate_base, read_adapter_record
 
         locate_base(run)
         adapter = read_adapter_record(run)
@@ -111,8 +111,9 @@ def _tokenizer_summary(run: RunDir) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     from tinygpt.data.tokenizer import file_hash
+    from tinygpt.infer.loader import load_tokenizer
 
-    tok = run.load_tokenizer()
+    tok = load_tokenizer(run)
     return {
         "kind": tok.kind,
         "vocab_size": tok.vocab_size,

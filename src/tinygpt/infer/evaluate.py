@@ -603,9 +603,10 @@ def evaluate_run(
 ) -> LossResult:
     """Load a run and score it (module docstring); with `save`, write RUN/eval/results.json.
     `per_line` scores each line of the text file `input` on its own (`score_lines`)."""
-    from tinygpt.core.run import RunDir, load_run
+    from tinygpt.core.run import RunDir
     from tinygpt.core.runtime import resolve_device
     from tinygpt.data.prepare import largest_id
+    from tinygpt.infer.loader import load_run
 
     run_dir = RunDir(run_dir).require().path
     if per_line and (not input or data):
@@ -910,9 +911,10 @@ def evaluate_run_generation(
     (`evaluate_generation`); `samples` > 0 writes that many samples to samples/. Returns the
     figures; `report` receives a line for each file written.
     """
-    from tinygpt.core.run import RunDir, load_run
+    from tinygpt.core.run import RunDir
     from tinygpt.core.runtime import resolve_device
     from tinygpt.infer.generate import TextGenerator
+    from tinygpt.infer.loader import load_run
 
     say = report or (lambda line: None)
     if prompts_file and make:

@@ -8,7 +8,7 @@ The token loop (`generate_tokens`) knows nothing about text or tokenizers: it se
 model. `TextGenerator` adds the tokenizer through `tinygpt.infer.textgen` (prompt encoding,
 UTF-8-safe streaming, stop strings: the torch-free text side, which the ONNX backend
 `tinygpt.infer.onnx_runtime` shares). It does not know how runs are stored; `load` asks
-`tinygpt.core.run.load_run` for that.
+`tinygpt.infer.loader.load_run` for that.
 
 How the cache is used. The first step feeds the prompt (prefill, optionally in chunks of
 `prefill_chunk` tokens onto the cache); every later step feeds only the newest token (decode).
@@ -42,6 +42,7 @@ from torch import Tensor
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.model import GPT
 from tinygpt.core.runtime import resolve_device
+from tinygpt.infer.loader import load_run
 from tinygpt.infer.textgen import (  # also importable from here
     BaseTextGenerator,
     RowText,
@@ -355,8 +356,5 @@ class TextGenerator(BaseTextGenerator):
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> TextGenerator:
     """Load a trained run folder into a `TextGenerator` (see its docstring for the API),
     with the run's chat template when it has one."""
-    from tinygpt.core.run import load_run
-    from tinygpt.data.template import load_template
-
     run = load_run(run_dir, checkpoint=checkpoint, device=resolve_device(device))
-    return TextGenerator(run.model, run.tokenizer, load_template(run.run_dir))
+    return TextGenerator(run.model, run.tokenizer, run.template)

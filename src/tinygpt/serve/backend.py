@@ -131,7 +131,7 @@ def open_model(
     `OnnxBackend` (one request at a time; `threads` sets onnxruntime's, `device` must be cpu
     or auto, `checkpoint` and `max_batch` do not apply). The model's name is the folder's
     name unless `name` is given; the chat template is the one the run saved
-    (`tinygpt.data.template.load_template`) or the one the export carries, if any.
+    (`tinygpt.infer.loader.load_run` gives it) or the one the export carries, if any.
     """
     from tinygpt.core.run import RunDir
     from tinygpt.infer.onnx_runtime import is_onnx_folder
@@ -152,24 +152,16 @@ def open_model(
             )
         return open_onnx(folder, max_queue=max_queue, timeout=timeout, name=name, threads=threads)
     run.require()
-    from tinygpt.core.run import load_run
     from tinygpt.core.runtime import resolve_device
-    from tinygpt.data.template import load_template
     from tinygpt.infer.engine import Engine
+    from tinygpt.infer.loader import load_run
 
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
     loaded = load_run(folder, checkpoint=checkpoint, device=resolve_device(device))
-    template = load_template(folder)
-    if template is not None:
-        missing = [s for s in template.special_tokens if s not in loaded.tokenizer.special_tokens]
-        if missing:
-            raise TinyGPTError(
-                f"{folder} has chat template {template.name!r} but its tokenizer lacks "
-                f"{', '.join(missing)}; the run's files do not belong together"
-            )
+    template = loaded.template
     engine = Engine(
         loaded.model,
         loaded.tokenizer,

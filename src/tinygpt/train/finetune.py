@@ -54,105 +54,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 
 from tinygpt.core.errors import TinyGPTError
-
-DEFAULT_NOISE = 0.1
-
-
-def _fresh_rows(weight: Tensor, rows: int, generator: torch.Generator, noise: float) -> Tensor:
-    """`rows` new rows for `weight` (V, C): its column means plus noise scaled by its column
-    standard deviations. Drawn on the CPU, so a seed gives the same rows on every device."""
-    w = weight.detach().float().cpu()
-    mean, std = w.mean(dim=0), w.std(dim=0)  # (C,), (C,)
-    eps = torch.randn(rows, w.size(1), generator=generator)  # (rows, C)
-    return (mean + noise * std * eps).to(device=weight.device, dtype=weight.dtype)
-
-
-def _grown(weight: Tensor, new_rows: Tensor) -> nn.Parameter:
-    """A parameter holding `weight`'s rows (bit for bit) followed by `new_rows`."""
-    return nn.Parameter(
-        torch.cat([weight.detach(), new_rows], dim=0), requires_grad=weight.requires_grad
-    )
-
-
-@torch.no_grad()
-def grow_vocabulary(
-    model: Any, new_vocab_size: int, seed: int = 0, *, noise: float = DEFAULT_NOISE
-) -> None:
-    """Give `model` (a `tinygpt.core.model.GPT`) `new_vocab_size` token ids, in place.
-
-    The token embedding and the LM head gain rows; the existing rows are kept bit for bit;
-    the new ones start at the mean of the existing rows plus noise (module docstring). Tied
-    weights stay one tensor; `model.config.vocab_size` becomes `new_vocab_size`. The same
-    seed gives the same new rows. Build the optimizer after this: it must see the new
-    parameters.
-    """
-    emb, head = model.tok_emb, model.lm_head
-    old = emb.weight.size(0)
-    if new_vocab_size < old:
-        raise TinyGPTError(
-            f"cannot shrink the vocabulary from {old} to {new_vocab_size} ids; the model's "
-            "existing tokens keep their rows"
-        )
-    if new_vocab_size == old:
-        return
-    if getattr(head, "bias", None) is not None:
-        raise TinyGPTError("the LM head has a bias; growing its vocabulary is not supported")
-    tied = head.weight is emb.weight
-    generator = torch.Generator().manual_seed(seed)
-    n = new_vocab_size - old
-    emb.weight = _grown(emb.weight, _fresh_rows(emb.weight, n, generator, noise))
-    emb.num_embeddings = new_vocab_size
-    if tied:
-        head.weight = emb.weight
-    else:
-        head.weight = _grown(head.weight, _fresh_rows(head.weight, n, generator, noise))
-    head.out_features = new_vocab_size
-    model.config = dataclasses.replace(model.config, vocab_size=new_vocab_size)
-
-
-@torch.no_grad()
-def add_special_tokens(
-    model: Any,
-    tokenizer: Any,
-    tokens: Sequence[str],
-    seed: int = 0,
-    *,
-    noise: float = DEFAULT_NOISE,
-) -> Any:
-    """The tokenizer with `tokens` as special tokens (those it lacks get new ids after its
-    last), and `model` given rows for them; returns the new tokenizer.
-
-    Usually the new ids lie past the model's last row and `grow_vocabulary` adds them. A model
-    whose vocabulary was padded past its tokenizer's (an imported one may be) already has rows
-    for some of them, rows no text ever trained; those are reset the same way (mean of the
-    rows of the tokenizer's existing ids, plus noise), so that every new token starts alike.
-    """
-    rows = model.tok_emb.weight.size(0)
-    if tokenizer.vocab_size > rows:
-        raise TinyGPTError(
-            f"the tokenizer has {tokenizer.vocab_size} ids but the model only {rows} rows; "
-            "they do not belong together"
-        )
-    grown = tokenizer.with_special_tokens(tokens)
-    if grown is tokenizer:
-        return tokenizer
-    old_ids = tokenizer.vocab_size
-    reused = range(old_ids, min(grown.vocab_size, rows))
-    if len(reused):
-        generator = torch.Generator().manual_seed(seed)
-        weights = [model.tok_emb.weight]
-        if model.lm_head.weight is not model.tok_emb.weight:
-            weights.append(model.lm_head.weight)
-        for w in weights:
-            w[old_ids : old_ids + len(reused)] = _fresh_rows(
-                w[:old_ids], len(reused), generator, noise
-            )
-        seed += 1  # the rows grown below draw other noise
-    grow_vocabulary(model, max(rows, grown.vocab_size), seed, noise=noise)
-    return grown
+from tinygpt.core.surgery import add_special_tokens, shorten_context
 
 
 def check_encodable(tokenizer: Any, texts: Iterable[str]) -> Counter[str]:
@@ -196,31 +100,6 @@ def masked_targets(ids: Sequence[int], mask: Sequence[int]) -> list[int]:
     if len(ids) != len(mask):
         raise TinyGPTError(f"{len(ids)} ids but {len(mask)} mask entries; they must match")
     return [i if m else -1 for i, m in zip(ids[1:], mask[1:])]
-
-
-@torch.no_grad()
-def shorten_context(model: Any, block_size: int) -> None:
-    """Give `model` a context of `block_size` tokens (no longer than its own), in place: a
-    learned position table keeps its first `block_size` rows; rotary tables are cut the same
-    way (they depend only on the position)."""
-    old = model.config.block_size
-    if block_size > old:
-        raise TinyGPTError(
-            f"model.block_size {block_size} is longer than the base's context ({old}); "
-            "fine-tuning can only keep or shorten it"
-        )
-    if block_size == old:
-        return
-    if model.pos_emb is not None:
-        table = model.pos_emb.weight
-        model.pos_emb = nn.Embedding(block_size, table.size(1), device=table.device)
-        model.pos_emb.weight = nn.Parameter(
-            table.detach()[:block_size].clone(), requires_grad=table.requires_grad
-        )
-    if getattr(model, "rope_cos", None) is not None:
-        model.rope_cos = model.rope_cos[:block_size]
-        model.rope_sin = model.rope_sin[:block_size]
-    model.config = dataclasses.replace(model.config, block_size=block_size)
 
 
 # ------------------------------------------------------------------------- the set-up
@@ -315,10 +194,11 @@ def finetune_config(
     """The configuration of a fine-tune: the base's model settings (`model.dropout` and a
     shorter `model.block_size` may be overridden, nothing else), the `finetune` preset's
     training settings with the dotted `overrides`, `settings` and `budgets` on top
-    (`tinygpt.core.config.resolve_config`); a LoRA fine-tune starts from `finetune-lora`.
+    (`tinygpt.core.resolution.resolve_config`); a LoRA fine-tune starts from `finetune-lora`.
     Resuming (`resume_run`) starts from the run's own config.toml and changes no model
     setting."""
-    from tinygpt.core.config import RunConfig, parse_overrides, resolve_config
+    from tinygpt.core.config import RunConfig, parse_overrides
+    from tinygpt.core.resolution import resolve_config
 
     parsed = parse_overrides(overrides)
     model_over = parsed.pop("model", {})
@@ -421,8 +301,9 @@ def _data(
         prepare_examples,
         resolve_format,
     )
-    from tinygpt.data.template import get_template, load_template
+    from tinygpt.data.template import get_template
     from tinygpt.data.tokenizer import file_hash
+    from tinygpt.infer.loader import load_text_side
 
     given = [x for x in (data_dir, input, corpus) if x]
     if len(given) != 1:
@@ -435,7 +316,7 @@ def _data(
         input, corpus = corpus, None
         if fmt not in ("auto", "messages"):
             raise TinyGPTError(f"{input} holds messages records; drop --format {fmt}")
-    base_template = load_template(base.run.path)
+    _, base_template = load_text_side(base.run)
     base_hash = file_hash(base.run.tokenizer_path)
     if data_dir is not None and is_examples(data_dir):
         examples = open_examples(data_dir)
@@ -549,18 +430,19 @@ def finetune(
     command line's budgets, `settings` dedicated flags (`{"train.seed": 3}`); `report`
     receives notes (skipped records, dropped examples, the vocabulary's growth).
 
-    `lora` (a `tinygpt.train.lora.LoraSettings`) trains low-rank adapters beside the frozen base
-    instead of every weight (`tinygpt.train.lora`); the run then stores only the adapter and a
+    `lora` (a `tinygpt.core.lora.LoraSettings`) trains low-rank adapters beside the frozen base
+    instead of every weight (`tinygpt.core.lora`); the run then stores only the adapter and a
     pointer to its base.
 
     `resume=True` continues the fine-tune in `out_dir` from its latest checkpoint (the base,
     when given, must be the one the run started from; LoRA settings, when given, the run's
     own). `force` fine-tunes into a folder that holds other files."""
+    from tinygpt.core.lora import apply_lora, count_parameters
     from tinygpt.core.model import GPT
     from tinygpt.core.run import RunDir
     from tinygpt.core.runtime import Runtime, check_model_fits, seed_all
     from tinygpt.data.tokenizer import file_hash, load_tokenizer
-    from tinygpt.train import lora as lora_mod
+    from tinygpt.infer.loader import base_record, build_adapted, write_adapter_record
     from tinygpt.train.loop import Hooks, build_optimizer, fit, restore, resume_point
 
     t_start = time.perf_counter()
@@ -662,7 +544,7 @@ def finetune(
         tokenizer = load_tokenizer(data.tokenizer_path)
         adapted = None
         if resume and lora is not None:
-            model, notes = lora_mod.build_adapted(run, config.model, tc.seed), {}
+            model, notes = build_adapted(run, config.model, tc.seed), {}
             adapted = model.lora
         elif resume:
             model, notes = GPT(config.model), {}
@@ -672,9 +554,9 @@ def finetune(
             config.model = model.config
             if lora is not None:
                 rows_from = notes.get("rows_from")
-                adapted = lora_mod.apply_lora(model, lora, rows_from=rows_from, seed=tc.seed)
+                adapted = apply_lora(model, lora, rows_from=rows_from, seed=tc.seed)
         notes.pop("rows_from", None)
-        trainable, total = lora_mod.count_parameters(model)
+        trainable, total = count_parameters(model)
         if adapted is not None:
             rows = config.model.vocab_size - adapted.rows_from
             say(
@@ -708,10 +590,10 @@ def finetune(
             }  # fmt: skip
             _begin_run(run, config, data, tmpl, model, rt, ft, state, command)
             if adapted is not None and state is None:
-                base_rec = lora_mod.base_record(
+                base_rec = base_record(
                     run.path, based.run.path, based.checkpoint, ft["weights_sha256"]
                 )
-                lora_mod.write_adapter_record(run, adapted, base_rec, (trainable, total))
+                write_adapter_record(run, adapted, base_rec, (trainable, total))
             log.info(
                 "fine-tune %s of %s (%s): %s parameters, %s trainable, %s data, device %s",
                 run.path, based.given, based.checkpoint.name, f"{total:,}", f"{trainable:,}",
@@ -751,7 +633,8 @@ def finetune(
 def _resumed_lora(run: Any, given: Any) -> Any:
     """The LoRA settings a resumed fine-tune continues with: the run's own (None for a full
     fine-tune). Settings given anew must be those; LoRA on a full fine-tune is refused."""
-    from tinygpt.train.lora import LoraSettings, read_adapter_record
+    from tinygpt.core.lora import LoraSettings
+    from tinygpt.infer.loader import read_adapter_record
 
     if not run.is_lora():
         if given is not None:
@@ -781,7 +664,7 @@ def _start_model(
     template's special tokens (checked against the data's tokenizer); the notes for run.json
     (and `rows_from`, the first new row, for LoRA)."""
     from tinygpt.core.model import GPT
-    from tinygpt.train.lora import load_base_weights
+    from tinygpt.infer.loader import load_base_weights, load_tokenizer
 
     shape = {"block_size": base_config.model.block_size, "vocab_size": base_config.model.vocab_size}
     model = GPT(dataclasses.replace(config.model, **shape))
@@ -790,7 +673,7 @@ def _start_model(
     notes: dict[str, Any] = {}
     if template is None:
         return model, notes
-    base_tok = based.run.load_tokenizer()
+    base_tok = load_tokenizer(based.run)
     grown = add_special_tokens(model, base_tok, template.special_tokens, seed=config.train.seed)
     if (grown.vocab_size, grown.special_tokens) != (tokenizer.vocab_size, tokenizer.special_tokens):
         raise TinyGPTError(

@@ -54,17 +54,12 @@ from typing import Any
 import torch
 
 from tinygpt.core import __version__
-from tinygpt.core.checkpoint import (
-    FORMAT_VERSION,
-    WEIGHTS,
-    load_optimizer_state,
-    load_weights,
-    read_tensors,
-)
+from tinygpt.core.checkpoint import FORMAT_VERSION, WEIGHTS
 from tinygpt.core.config import SAMPLE_TOP_K, RunConfig, TrainConfig
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.run import RunDir
 from tinygpt.core.runtime import Dist, Runtime, check_model_fits, restore_rng, rng_state, seed_all
+from tinygpt.core.weights import load_optimizer_state, load_weights, read_tensors, save_checkpoint
 
 log = logging.getLogger("tinygpt.train.loop")
 PROGRESS_EVERY_S = 10.0  # without a terminal, a progress line this often
@@ -335,7 +330,8 @@ def save(
     tensors.update(batch_tensors)
     if rt.scaler:
         tensors["grad_scaler"] = rt.scaler.state_dict()
-    path = run.save_checkpoint(
+    path = save_checkpoint(
+        run,
         state.step,
         model,
         optimizer=optimizer,

@@ -260,7 +260,7 @@ def plot_attention(
     device: str = "cpu",
 ) -> Path:
     """Save the attention grid of a run for `prompt` (default RUN/attention.png)."""
-    from tinygpt.core.run import load_run
+    from tinygpt.infer.loader import load_run
 
     plt = _pyplot()
     run = load_run(run_dir, checkpoint=checkpoint, device=device)
