@@ -63,22 +63,19 @@ MAX_FUNCTION_LINES = 80
 # Modules still being brought within the rules; each entry must still offend (the test
 # fails when one is fixed but left listed), so these sets only shrink.
 KNOWN_LOCAL = {
-    "core/checkpoint.py", "core/config.py", "core/run.py", "core/runtime.py",
-    "data/corpora.py", "data/examples.py", "data/instructions.py", "data/prepare.py",
-    "data/tokenizer/__init__.py", "data/tokenizer/gpt2.py", "export/card.py",
+    "core/checkpoint.py", "core/config.py", "core/run.py", "core/runtime.py", "export/card.py",
     "export/gguf.py", "export/hf.py", "export/hf_run.py", "export/hub.py", "export/onnx.py",
     "export/report.py", "infer/evaluate.py", "infer/generate.py", "infer/onnx_runtime.py",
     "infer/textgen.py", "serve/backend.py", "train/finetune.py", "train/loop.py",
     "train/lora.py", "train/plots.py",
 }  # fmt: skip
 KNOWN_BIG = {
-    "core/config.py", "data/corpora.py", "data/examples.py", "data/prepare.py",
-    "data/tokenizer/bpe.py", "export/hf.py", "infer/evaluate.py", "serve/app.py",
+    "core/config.py", "export/hf.py", "infer/evaluate.py", "serve/app.py",
     "serve/protocol.py", "train/finetune.py", "train/loop.py", "train/lora.py",
 }  # fmt: skip
 KNOWN_LONG = {
     "cli/evaluate.py", "cli/export.py", "cli/finetune.py", "cli/tokenizer.py",
-    "data/examples.py", "data/prepare.py", "data/tokenizer/bpe.py", "export/card.py",
+    "export/card.py",
     "export/onnx.py", "export/report.py", "infer/generate.py", "infer/onnx_runtime.py",
     "serve/protocol.py", "train/finetune.py", "train/loop.py",
 }  # fmt: skip
