@@ -394,7 +394,7 @@ def prepare_dataset(
     """Prepare `source` into folder `out` (or a cache folder keyed by the inputs and flags
     when `out` is None) and say whether an earlier result was reused.
 
-    `source` is anything `tinygpt.data.corpora.open_source` accepts. `tokenizer` is "char", "bpe",
+    `source` is anything `tinygpt.data.sources.open_source` accepts. `tokenizer` is "char", "bpe",
     "gpt2" (GPT-2's vocabulary; `vocab_size` and `backend` are then ignored) or the path of a
     tokenizer.json to reuse. `lowercase` ("default" or "tr") and `normalize_whitespace` give
     the tokenizer a normalizer (see `tinygpt.data.tokenizer.normalize`); a BPE merges only pairs
