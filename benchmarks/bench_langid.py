@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common import machine_line
 from tinygpt.data.cleaning import split_sentences
-from tinygpt.data.corpora import iter_documents
+from tinygpt.data.sources import iter_documents
 
 RESULTS = Path(__file__).parent / "results" / "langid.md"
 

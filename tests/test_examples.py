@@ -19,14 +19,13 @@ from tinygpt.core.runtime import Dist
 from tinygpt.data.batches import ExampleBatches
 from tinygpt.data.examples import (
     ExampleSplit,
-    detect_shape,
     fit_to_context,
     open_examples,
     prepare_examples,
     read_conversations,
     resolve_format,
-    to_messages,
 )
+from tinygpt.data.records import detect_shape, to_messages
 from tinygpt.data.template import get_template
 from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.infer.evaluate import ExampleEvaluator

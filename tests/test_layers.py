@@ -63,21 +63,18 @@ MAX_FUNCTION_LINES = 80
 # Modules still being brought within the rules; each entry must still offend (the test
 # fails when one is fixed but left listed), so these sets only shrink.
 KNOWN_LOCAL = {
-    "data/corpora.py", "data/examples.py", "data/instructions.py", "data/prepare.py",
-    "data/tokenizer/__init__.py", "data/tokenizer/gpt2.py", "export/card.py",
-    "export/gguf.py", "export/hf.py", "export/hf_run.py", "export/hub.py", "export/onnx.py",
+    "export/card.py", "export/gguf.py", "export/hf.py", "export/hf_run.py", "export/hub.py", "export/onnx.py",
     "export/report.py", "infer/evaluate.py", "infer/onnx_runtime.py",
     "infer/textgen.py", "serve/backend.py", "train/finetune.py", "train/loop.py",
     "train/plots.py",
 }  # fmt: skip
 KNOWN_BIG = {
-    "data/corpora.py", "data/examples.py", "data/prepare.py",
-    "data/tokenizer/bpe.py", "export/hf.py", "infer/evaluate.py", "serve/app.py",
+    "export/hf.py", "infer/evaluate.py", "serve/app.py",
     "serve/protocol.py", "train/finetune.py", "train/loop.py",
 }  # fmt: skip
 KNOWN_LONG = {
     "cli/evaluate.py", "cli/export.py", "cli/finetune.py", "cli/tokenizer.py",
-    "data/examples.py", "data/prepare.py", "data/tokenizer/bpe.py", "export/card.py",
+    "export/card.py",
     "export/onnx.py", "export/report.py", "infer/generate.py", "infer/onnx_runtime.py",
     "serve/protocol.py", "train/finetune.py", "train/loop.py",
 }  # fmt: skip

@@ -23,11 +23,11 @@ from tinygpt.data.tokenizer import (
 from tinygpt.data.tokenizer.bpe import (
     PATTERNS,
     MergeStats,
-    _tie_keys,
     bytes_to_unicode,
     count_chunks,
     learn_merges,
 )
+from tinygpt.data.tokenizer.merges import _tie_keys
 from tokenizer_text import corpus
 
 

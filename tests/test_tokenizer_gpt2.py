@@ -15,7 +15,7 @@ import pytest
 
 from tinygpt.cli import main
 from tinygpt.core.errors import TinyGPTError
-from tinygpt.data import corpora
+from tinygpt.data import cache
 from tinygpt.data.tokenizer import EOT, gpt2_tokenizer, load_tokenizer, train_tokenizer
 from tinygpt.data.tokenizer import gpt2 as gpt2_mod
 from tinygpt.data.tokenizer.bpe import PATTERNS, bytes_to_unicode
@@ -109,7 +109,7 @@ def fake_index(rank_file, tmp_path, monkeypatch):
         target.write_bytes((folder / target.name).read_bytes())
         return target
 
-    monkeypatch.setattr(corpora, "pip_download", fake_download)
+    monkeypatch.setattr(gpt2_mod, "pip_download", fake_download)
     return calls
 
 
@@ -209,7 +209,7 @@ def test_wrong_ranks_hash_is_refused(fake_index, monkeypatch):
 
 def test_local_file_named_by_environment(rank_file, small_ranks, monkeypatch):
     monkeypatch.setenv("TINYGPT_GPT2_TIKTOKEN", str(rank_file))
-    monkeypatch.setattr(corpora, "pip_download", None)  # must not be called
+    monkeypatch.setattr(gpt2_mod, "pip_download", None)  # must not be called
     assert gpt2_tokenizer().vocab_size == len(small_ranks) + 1
     monkeypatch.setenv("TINYGPT_GPT2_TIKTOKEN", str(rank_file.parent / "missing.tiktoken"))
     gpt2_mod.gpt2_tokenizer_file().unlink()
@@ -221,7 +221,7 @@ def test_copy_in_the_cache_folder_works_offline(rank_file, small_ranks, monkeypa
     cached = gpt2_mod.cached_ranks_path()
     cached.parent.mkdir(parents=True)
     cached.write_bytes(rank_file.read_bytes())
-    monkeypatch.setattr(corpora, "pip_download", None)  # must not be called
+    monkeypatch.setattr(gpt2_mod, "pip_download", None)  # must not be called
     assert gpt2_tokenizer().vocab_size == len(small_ranks) + 1
 
 
@@ -232,7 +232,7 @@ def test_offline_without_cache_is_one_line(rank_file, tmp_path, monkeypatch, cap
         seen.append(cmd)
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution\n")
 
-    monkeypatch.setattr(corpora.subprocess, "run", offline)
+    monkeypatch.setattr(cache.subprocess, "run", offline)
     (tmp_path / "in.txt").write_text("Some text to prepare.\n" * 20)
     argv = ["prepare", "--input", str(tmp_path / "in.txt"), "--tokenizer", "gpt2"]
     assert main([*argv, "--out", str(tmp_path / "data")]) == 2

