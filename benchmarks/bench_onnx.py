@@ -294,8 +294,8 @@ def quality(run_dir: Path, root: Path, threads: int) -> list[str]:
     from tinygpt.core.run import RunDir
     from tinygpt.data.prepare import open_dataset
     from tinygpt.export.onnx import export_run_onnx
-    from tinygpt.infer.evaluate import evaluate
     from tinygpt.infer.loader import load_run
+    from tinygpt.infer.scoring import evaluate
 
     run = load_run(run_dir)
     data = RunDir(run_dir).dataset_dir()

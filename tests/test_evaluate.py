@@ -17,7 +17,8 @@ from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.model import GPT, GPTConfig
 from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.infer import evaluate as ev
-from tinygpt.infer.evaluate import evaluate, spread_windows, windows
+from tinygpt.infer import scoring
+from tinygpt.infer.scoring import evaluate, spread_windows, windows
 
 
 def _scored_targets(n, block, stride=None):
@@ -113,7 +114,7 @@ def tok():
 
 
 def test_byte_lengths(tok):
-    assert ev.token_byte_lengths(tok).tolist() == [1, 1, 1, 2, 2, 4, 0]
+    assert scoring.token_byte_lengths(tok).tolist() == [1, 1, 1, 2, 2, 4, 0]
 
 
 def test_uniform_model_bpb_is_hand_checkable(tok):
@@ -121,7 +122,7 @@ def test_uniform_model_bpb_is_hand_checkable(tok):
     tokens = ev.encode_documents(docs, tok)
     # a é ␣ ğ <eot> 😀 a <eot>: the targets are everything after the first token.
     assert tokens.tolist() == [2, 3, 1, 4, 6, 5, 2, 6]
-    r = ev.score_tokens(Uniform(tok.vocab_size), tokens, tok, block_size=3)
+    r = scoring.score_tokens(Uniform(tok.vocab_size), tokens, tok, block_size=3)
     V = tok.vocab_size
     assert r.tokens == 7
     assert r.bytes == 2 + 1 + 2 + 0 + 4 + 1 + 0  # é ␣ ğ eot 😀 a eot
@@ -133,12 +134,12 @@ def test_uniform_model_bpb_is_hand_checkable(tok):
 def test_eot_target_loss_counts_but_has_no_bytes(tok):
     # Only targets are [eot]: all of the loss, none of the bytes.
     tokens = np.array([2, 6])
-    r = ev.score_tokens(Peaked(tok.vocab_size, 6, 0.5), tokens, tok, block_size=4)
+    r = scoring.score_tokens(Peaked(tok.vocab_size, 6, 0.5), tokens, tok, block_size=4)
     assert r.tokens == 1 and r.bytes == 0
     assert r.val_loss == pytest.approx(math.log(2))
     assert math.isnan(r.val_bpb)
     tokens = np.array([2, 6, 3])  # eot then é: 2 bytes carry both targets' loss
-    r = ev.score_tokens(Peaked(tok.vocab_size, 6, 0.5), tokens, tok, block_size=4)
+    r = scoring.score_tokens(Peaked(tok.vocab_size, 6, 0.5), tokens, tok, block_size=4)
     q = 0.5 / (tok.vocab_size - 1)
     assert r.bytes == 2
     assert r.val_bpb == pytest.approx((math.log(2) - math.log(q)) / math.log(2) / 2)
@@ -146,10 +147,10 @@ def test_eot_target_loss_counts_but_has_no_bytes(tok):
 
 def test_stride_and_max_tokens_count_the_scored_bytes(tok):
     tokens = np.array([2, 3, 4, 5, 2, 3, 4, 5, 6, 2])
-    full = ev.score_tokens(Uniform(7), tokens, tok, block_size=4)
-    strided = ev.score_tokens(Uniform(7), tokens, tok, block_size=4, stride=2)
+    full = scoring.score_tokens(Uniform(7), tokens, tok, block_size=4)
+    strided = scoring.score_tokens(Uniform(7), tokens, tok, block_size=4, stride=2)
     assert full.bytes == strided.bytes == 2 + 2 + 4 + 1 + 2 + 2 + 4 + 0 + 1
-    capped = ev.score_tokens(Uniform(7), tokens, tok, block_size=4, max_tokens=3)
+    capped = scoring.score_tokens(Uniform(7), tokens, tok, block_size=4, max_tokens=3)
     assert capped.tokens == 3 and capped.bytes == 2 + 2 + 4
 
 
@@ -158,7 +159,7 @@ def test_stride_and_max_tokens_count_the_scored_bytes(tok):
 def test_uniform_bpb_property(ids, block):
     tok = CharTokenizer(["\n", " ", "a", "é", "ğ", "😀"])
     tokens = np.array(ids)
-    r = ev.score_tokens(Uniform(7), tokens, tok, block_size=block)
+    r = scoring.score_tokens(Uniform(7), tokens, tok, block_size=block)
     n_bytes = sum(len(tok.token_bytes(i)) for i in ids[1:])
     assert r.bytes == n_bytes and r.tokens == len(ids) - 1
     if n_bytes:
@@ -169,11 +170,11 @@ def test_bad_inputs(tok):
     with pytest.raises(TinyGPTError, match="empty"):
         ev.encode_documents(["", ""], tok)
     with pytest.raises(TinyGPTError, match="at least 2"):
-        ev.score_tokens(Uniform(7), np.array([2]), tok, block_size=4)
+        scoring.score_tokens(Uniform(7), np.array([2]), tok, block_size=4)
     with pytest.raises(TinyGPTError, match="--stride"):
-        ev.score_tokens(Uniform(7), np.array([2, 3, 4]), tok, block_size=4, stride=9)
+        scoring.score_tokens(Uniform(7), np.array([2, 3, 4]), tok, block_size=4, stride=9)
     with pytest.raises(TinyGPTError, match="--max-tokens"):
-        ev.score_tokens(Uniform(7), np.array([2, 3, 4]), tok, block_size=4, max_tokens=0)
+        scoring.score_tokens(Uniform(7), np.array([2, 3, 4]), tok, block_size=4, max_tokens=0)
 
 
 def test_text_scores_identical_is_100():
@@ -244,7 +245,7 @@ def test_per_line_scores_each_line_and_its_closing_end_of_text(tok):
     """Uniform over 7 ids: every scored target costs ln 7. Line "aé" is [eot, a, é, eot]:
     3 targets (a, é, the closing eot), 1 + 2 + 0 bytes."""
     lines = ["aé", " ğ😀 a", "a" * 30]  # the last is longer than the context: windows
-    result = ev.score_lines(Uniform(7), lines, tok, block_size=8, batch_size=2)
+    result = scoring.score_lines(Uniform(7), lines, tok, block_size=8, batch_size=2)
     targets = sum(len(line) + 1 for line in lines)
     assert result.tokens == targets and result.lines == 3
     assert result.val_loss == pytest.approx(math.log(7))
@@ -252,11 +253,11 @@ def test_per_line_scores_each_line_and_its_closing_end_of_text(tok):
     assert result.val_bpb == pytest.approx(targets * math.log(7) / math.log(2) / result.bytes)
     # a line's context is only its own: the same line scores the same wherever it is
     peaked = Peaked(7, favourite=2, p=0.5)
-    a = ev.score_lines(peaked, ["a a", "ğ"], tok, block_size=8)
-    b = ev.score_lines(peaked, ["ğ", "a a"], tok, block_size=8)
+    a = scoring.score_lines(peaked, ["a a", "ğ"], tok, block_size=8)
+    b = scoring.score_lines(peaked, ["ğ", "a a"], tok, block_size=8)
     assert a.nll == pytest.approx(b.nll)
     with pytest.raises(TinyGPTError, match="no lines of text"):
-        ev.score_lines(Uniform(7), [], tok, block_size=8)
+        scoring.score_lines(Uniform(7), [], tok, block_size=8)
 
 
 def test_per_line_from_the_command_line(tmp_path, capsys):

@@ -28,7 +28,7 @@ from tinygpt.data.examples import (
 from tinygpt.data.records import detect_shape, to_messages
 from tinygpt.data.template import get_template
 from tinygpt.data.tokenizer import CharTokenizer
-from tinygpt.infer.evaluate import ExampleEvaluator
+from tinygpt.infer.scoring import ExampleEvaluator
 from tinygpt.train.finetune import masked_targets
 
 ALPHABET = string.ascii_letters + string.digits + " .,;:!?'\"-()\n"

@@ -26,9 +26,9 @@ from tinygpt.cli import main
 from tinygpt.core.model import GPT, GPTConfig
 from tinygpt.data.prepare import open_dataset, prepare
 from tinygpt.data.tokenizer import CharTokenizer
-from tinygpt.infer.evaluate import evaluate
 from tinygpt.infer.generate import TextGenerator, apply_repetition_penalty, filter_logits
 from tinygpt.infer.loader import load_run
+from tinygpt.infer.scoring import evaluate
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -382,11 +382,11 @@ def test_a_signal_during_the_final_evaluation_saves(dataset, tmp_path):
     run = tmp_path / "run"
     script = SIGNAL_SCRIPT.replace(
         "from tinygpt.launch import entry",
-        "import time\nfrom tinygpt.infer import evaluate\nfrom tinygpt.launch import entry\n"
-        "real, flag = evaluate.SplitEvaluator.final, sys.argv[-1]\n"
+        "import time\nfrom tinygpt.infer import scoring\nfrom tinygpt.launch import entry\n"
+        "real, flag = scoring.SplitEvaluator.final, sys.argv[-1]\n"
         "def slow(self, model):\n    open(flag, 'w').close()\n    time.sleep(60)\n"
         "    return real(self, model)\n"
-        "evaluate.SplitEvaluator.final = slow\n",
+        "scoring.SplitEvaluator.final = slow\n",
     ).replace('sys.argv = ["tinygpt", *sys.argv[1:]]', 'sys.argv = ["tinygpt", *sys.argv[1:-1]]')
     flag = tmp_path / "in-final-eval"
     argv = [

@@ -818,7 +818,7 @@ class _FixedEvaluator:
         return 1.0
 
     def final(self, model):
-        from tinygpt.infer.evaluate import EvalResult
+        from tinygpt.infer.scoring import EvalResult
 
         return EvalResult(nll=1.0, tokens=1)
 

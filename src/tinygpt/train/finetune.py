@@ -27,7 +27,7 @@ What comes from where:
   formats are prepared into an examples folder (cached and reused) and drawn whole,
   shuffled and padded (`tinygpt.data.batches.ExampleBatches`); by default only the assistant's
   tokens are scored (`train_on_prompt` scores all), and validation always scores the
-  assistant's tokens of the held-out examples (`tinygpt.infer.evaluate.ExampleEvaluator`).
+  assistant's tokens of the held-out examples (`tinygpt.infer.scoring.ExampleEvaluator`).
 
 New rows of the embedding (and of an untied head) start at the mean of the existing rows plus
 a little Gaussian noise. The mean (Hewitt 2021, "Initializing new word embeddings for
@@ -687,7 +687,7 @@ def _feed(
     windows of text, as pre-training draws them."""
     from tinygpt.data.batches import ExampleBatches, RandomWindows
     from tinygpt.data.examples import fit_to_context
-    from tinygpt.infer.evaluate import ExampleEvaluator, SplitEvaluator
+    from tinygpt.infer.scoring import ExampleEvaluator, SplitEvaluator
     from tinygpt.train.loop import TextSampler, accumulation, check_data
 
     tc, block = config.train, config.model.block_size

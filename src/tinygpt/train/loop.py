@@ -1125,7 +1125,7 @@ def train(
     from tinygpt.data.batches import RandomWindows
     from tinygpt.data.prepare import check_fits, open_dataset
     from tinygpt.data.tokenizer import file_hash
-    from tinygpt.infer.evaluate import SplitEvaluator
+    from tinygpt.infer.scoring import SplitEvaluator
 
     t_start = time.perf_counter()
     config = copy.deepcopy(config)
