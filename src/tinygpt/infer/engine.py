@@ -3,11 +3,12 @@
 Owns: the bounded queue of requests, the running batch (one row of a preallocated KV cache
 per request), the decoding loop in one background thread, per-request sampling settings
 and random generator, streaming of text pieces, finishing (stop strings, end-of-text ids,
-max_tokens, a time limit, cancellation), usage counts and logprobs. How a token is chosen
-and where a full row's window slides are `tinygpt.infer.sampler`'s rules, the same as for
-`tinygpt.infer.generate` and the ONNX backend: a request gives the text that
-`tinygpt.load(run).generate` gives its prompt with the same settings and seed. It knows nothing about HTTP, JSON or chat templates: a server turns its requests
-into `Engine.submit` calls and the events back into its own shapes.
+max_tokens, a time limit, cancellation), usage counts and logprobs. It knows nothing about
+HTTP, JSON or chat templates: a server turns its requests into `Engine.submit` calls and the
+events back into its own shapes. How a token is chosen and where a full row's window slides
+are `tinygpt.infer.sampler`'s rules, the same as for `tinygpt.infer.generate` and the ONNX
+backend: a request gets the text that `tinygpt.load(run).generate` gives its prompt with the
+same settings and seed.
 
 How a step goes. Requests wait in a queue; between two decoding steps, as many as there are
 free rows join: their prompts are prefilled together (left-padded, `attention_mask`) into

@@ -16,8 +16,9 @@ How the cache is used. The first step feeds the prompt (prefill, optionally in c
 `prefill_chunk` tokens onto the cache); every later step feeds only the newest token (decode).
 When the sequence grows past the model's context (block_size), the window slides
 (`tinygpt.infer.sampler.window_start`): the cache is emptied and refilled with the last
-block_size tokens, so each step sees exactly the tokens the no-cache path sees (it feeds the last block_size tokens every step). The two
-paths therefore give the same greedy tokens for learned and rotary positions alike.
+block_size tokens, so each step sees exactly the tokens the no-cache path sees (it feeds the
+last block_size tokens every step). The two paths therefore give the same greedy tokens for
+learned and rotary positions alike.
 
 Different prompts in one batch are left-padded (`attention_mask`, 1 for real tokens): every
 row keeps its own positions, cache length and window, so each row is continued as it would
