@@ -23,8 +23,8 @@ from tinygpt.infer.engine import (
     PromptTooLong,
     QueueFull,
     SamplingParams,
-    sample_rows,
 )
+from tinygpt.infer.generate import generate_ids
 
 VARIANTS = {
     "gpt2": dict(),
@@ -161,15 +161,25 @@ def test_end_of_text_and_other_stop_ids(tok):
     assert engine._new_row(engine.submit("a")).stop_ids == {tok.eot_id}
 
 
-def test_context_limits(tok):
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_context_limits(tok, chunk):
+    """A prompt must leave room for one token; a completion runs past the context, its
+    window sliding as in `tinygpt.infer.generate` (the same greedy tokens), also for a row
+    that slides while others in the batch do not."""
     model = make_model(tok)  # context 64
     ids = tok.encode("ab" * 40)
-    res = alone(model, tok, ids[:61], max_tokens=10, temperature=0.0, stop_token_ids=())
-    assert res.finish_reason == "length" and res.usage.completion_tokens == 3
-    assert res.usage.total_tokens == 64
-    res = alone(model, tok, ids[:63], max_tokens=10, temperature=0.0, stop_token_ids=())
-    assert res.usage.completion_tokens == 1
-    engine = Engine(model, tok, start=False)
+    engine = Engine(model, tok, max_batch=3, prefill_chunk=chunk, start=False)
+    settings = dict(max_tokens=10, temperature=0.0, stop_token_ids=())
+    reqs = [engine.submit(ids[:n], **settings) for n in (61, 63, 20)]
+    run_all(engine, reqs)
+    for req, n in zip(reqs, (61, 63, 20)):
+        res = req.result()
+        assert res.finish_reason == "length" and res.usage == type(res.usage)(n, 10)
+        expected = generate_ids(model, ids[:n], max_new_tokens=10, temperature=0.0)[0]
+        assert list(res.token_ids) == expected
+        assert expected == generate_ids(
+            model, ids[:n], max_new_tokens=10, temperature=0.0, use_cache=False
+        )[0]
     for n in (64, 80):
         with pytest.raises(
             PromptTooLong, match=f"prompt is {n} tokens long, but the model's context is 64"
@@ -177,6 +187,10 @@ def test_context_limits(tok):
             engine.submit(ids[:n])
     res = alone(model, tok, "a", max_tokens=5, temperature=0.0, stop_token_ids=())
     assert (res.finish_reason, res.usage) == ("length", type(res.usage)(1, 5))
+    # sampling past the context, with a repetition penalty: the text of the generate path
+    kw = dict(temperature=1.0, top_p=0.9, repetition_penalty=1.3, seed=5)
+    res = alone(model, tok, ids[:60], max_tokens=30, stop_token_ids=(), **kw)
+    assert list(res.token_ids) == generate_ids(model, ids[:60], max_new_tokens=30, **kw)[0]
 
 
 def test_cancel_frees_the_row_for_the_next_request(tok):
@@ -324,30 +338,6 @@ def test_padded_vocabulary_is_never_sampled(tok):
     assert max(res.token_ids) < tok.vocab_size
 
 
-def test_sample_rows_known_answers():
-    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
-    logits = probs.log().expand(100, 4)
-    u = (torch.arange(100) + 0.5) / 100  # mid-points: no draw sits on a boundary
-    one = torch.ones(100)
-
-    def counts(**kw):
-        t = sample_rows(
-            logits,
-            kw.get("temperature", one),
-            kw.get("top_k", torch.full((100,), 4)),
-            kw.get("top_p", one),
-            u,
-        )
-        return torch.bincount(t, minlength=4).tolist()
-
-    assert counts() == [50, 30, 15, 5]  # inverse CDF: the draws split as the probabilities
-    assert counts(top_k=torch.full((100,), 2)) == [62, 38, 0, 0]  # 0.5/0.8 and 0.3/0.8
-    assert counts(top_p=torch.full((100,), 0.6)) == [62, 38, 0, 0]
-    assert counts(temperature=torch.zeros(100)) == [100, 0, 0, 0]  # greedy
-    flat = counts(temperature=torch.full((100,), 1e6))  # a flat distribution
-    assert all(24 <= c <= 26 for c in flat)
-
-
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -356,6 +346,7 @@ def test_sample_rows_known_answers():
         (dict(temperature=-1), "temperature = -1 must not be negative"),
         (dict(top_p=0.0), r"top_p = 0.0 must be in \(0, 1\]"),
         (dict(top_k=0), "top_k = 0 must be at least 1"),
+        (dict(repetition_penalty=0), "repetition_penalty = 0 must be a positive number"),
         (dict(top_logprobs=21), r"top_logprobs must be in \[0, 20\]"),
         (dict(timeout=0), "timeout must be positive"),
     ],

@@ -1,4 +1,5 @@
-"""Generation: KV cache equals no cache, sampling filters, seeds, stopping, streaming, CLI."""
+"""Generation: KV cache equals no cache, seeds, stopping, streaming, CLI. (The sampling
+rules themselves are tested in tests/test_sampling.py.)"""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ from tinygpt.core.model import GPT, GPTConfig
 from tinygpt.infer.generate import (
     StreamDecoder,
     TextGenerator,
-    apply_repetition_penalty,
-    filter_logits,
     generate_ids,
     generate_tokens,
 )
@@ -132,41 +131,6 @@ def test_stops_at_any_stop_id_and_ended_rows_repeat_it():
     rows = torch.stack(steps, 1).tolist()
     first = rows[0].index(end)
     assert rows[0][first:] == [end] * (len(rows[0]) - first)  # repeated once ended
-
-
-def test_top_k_known_logits():
-    logits = torch.tensor([[1.0, 4.0, 3.0, 2.0], [0.0, -1.0, 5.0, 5.0]])
-    out = filter_logits(logits, top_k=2)
-    inf = float("-inf")
-    assert out.tolist() == [[inf, 4.0, 3.0, inf], [inf, inf, 5.0, 5.0]]
-
-
-def test_top_p_known_logits():
-    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
-    logits = probs.log()
-    keep = lambda p: torch.isfinite(filter_logits(logits, top_p=p)).tolist()[0]  # noqa: E731
-    assert keep(0.5) == [True, False, False, False]
-    assert keep(0.6) == [True, True, False, False]
-    assert keep(0.8) == [True, True, False, False]  # 0.5 + 0.3 reaches 0.8
-    assert keep(0.81) == [True, True, True, False]
-    assert keep(1.0) == [True, True, True, True]
-    assert keep(0.01) == [True, False, False, False]  # the most likely always stays
-    # Order of the vocabulary does not matter.
-    shuffled = probs[:, [2, 0, 3, 1]].log()
-    assert torch.isfinite(filter_logits(shuffled, top_p=0.6)).tolist()[0] == [
-        False,
-        True,
-        False,
-        True,
-    ]
-
-
-def test_repetition_penalty_known_answer():
-    logits = torch.tensor([[2.0, -1.0, 3.0, 0.5]])
-    seen = torch.tensor([[0, 1, 1]])  # duplicates are penalised once
-    out = apply_repetition_penalty(logits, seen, 2.0)
-    assert out.tolist() == [[1.0, -2.0, 3.0, 0.5]]
-    assert apply_repetition_penalty(logits, seen, 1.0) is logits
 
 
 @pytest.mark.parametrize(
@@ -379,6 +343,9 @@ def test_text_generator_batch_of_prompts():
     assert many == gen.generate(
         prompts[:2], num_samples=2, seed=1, max_new_tokens=5, temperature=1.0
     )
+    # row r draws from the seed's child r: the first row is the first prompt's sample alone
+    alone_sample = gen.generate(prompts[0], seed=1, max_new_tokens=5, temperature=1.0)
+    assert many[0][0] == alone_sample != many[0][1]
     stop = [alone[0][3:5], alone[2][:2]]
     cut = [t[: min((t.find(s) for s in stop if s in t), default=len(t))] for t in alone]
     assert len(cut[0]) <= 3 and cut[2] == ""

@@ -7,6 +7,8 @@ run served by the PyTorch engine is the twin: greedy answers of the ONNX server 
 run's. The rest is checked with the official `openai` client (whole and streamed answers,
 stop strings, seeds, n, usage), raw HTTP (logprobs refused, the queue's 503, /info), the
 backend by hand (cancellation, time limit, closing) and the command in a subprocess.
+Both runtimes choose tokens by one rule (`tinygpt.infer.sampler`), so seeded answers agree
+too.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def test_greedy_answers_equal_the_runs(onnx_server, run_server, client):
         assert mine.usage.model_dump(exclude_none=True) == twin["usage"]
 
 
-def test_streaming_stop_strings_seeds_n_and_usage(client, tok):
+def test_streaming_stop_strings_seeds_n_and_usage(client, run_server, tok):
     messages = [{"role": "user", "content": "who are you"}]
     whole = client.chat.completions.create(model="chatty-onnx", messages=messages, temperature=0)
     parts = list(
@@ -153,6 +155,9 @@ def test_streaming_stop_strings_seeds_n_and_usage(client, tok):
     kw = dict(model="chatty-onnx", prompt="x", max_tokens=16, temperature=1.5)
     one = client.completions.create(seed=11, **kw)
     assert client.completions.create(seed=11, **kw).choices[0].text == one.choices[0].text
+    # ... and the run's: one sampler for both (`tinygpt.infer.sampler`)
+    twin = ask("x", run_server.url, **{**kw, "model": "chatty"}, seed=11)
+    assert twin["choices"][0]["text"] == one.choices[0].text
     two = client.completions.create(seed=10, n=2, **kw)
     assert [c.index for c in two.choices] == [0, 1]
     assert two.choices[1].text == one.choices[0].text
@@ -257,11 +262,17 @@ def test_the_backend_by_hand(folders, tok):
     with Engine(loaded.model, loaded.tokenizer, max_batch=1) as engine:
         twin = engine.submit(plain, max_tokens=12, temperature=0, stop_token_ids=())
         assert twin.result(timeout=10).token_ids == mine.token_ids
-    # the context ends an answer: prompt and completion never pass it
+    # past the context the window slides, as in the engine: the same tokens, greedy and
+    # sampled with the same seed
     long = tok.encode("a" * (CONTEXT - 3))
-    req = backend.submit(long, max_tokens=30, temperature=0, stop_token_ids=())
-    backend.step()
-    assert req.result(timeout=1).usage.completion_tokens == 3
+    for kw in (dict(temperature=0), dict(temperature=1.2, repetition_penalty=1.3, seed=4)):
+        req = backend.submit(long, max_tokens=30, stop_token_ids=(), **kw)
+        backend.step()
+        mine = req.result(timeout=1)
+        assert mine.finish_reason == "length" and mine.usage.completion_tokens == 30
+        with Engine(loaded.model, loaded.tokenizer, max_batch=1) as engine:
+            twin = engine.submit(long, max_tokens=30, stop_token_ids=(), **kw)
+            assert twin.result(timeout=10).token_ids == mine.token_ids
     # cancelled while waiting, timed out, refused, closed
     gone = backend.submit(ids, max_tokens=5)
     gone.cancel()

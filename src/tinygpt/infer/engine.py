@@ -1,11 +1,14 @@
 """Continuous batching: many generation requests share one forward pass per decoding step.
 
 Owns: the bounded queue of requests, the running batch (one row of a preallocated KV cache
-per request), the decoding loop in one background thread, per-request sampling (its own
-temperature, top-k, top-p and random generator), streaming of text pieces, finishing (stop
-strings, end-of-text ids, max_tokens, the context, a time limit, cancellation), usage counts
-and logprobs. It knows nothing about HTTP, JSON or chat templates: a server turns its requests
-into `Engine.submit` calls and the events back into its own shapes.
+per request), the decoding loop in one background thread, per-request sampling settings
+and random generator, streaming of text pieces, finishing (stop strings, end-of-text ids,
+max_tokens, a time limit, cancellation), usage counts and logprobs. It knows nothing about
+HTTP, JSON or chat templates: a server turns its requests into `Engine.submit` calls and the
+events back into its own shapes. How a token is chosen and where a full row's window slides
+are `tinygpt.infer.sampler`'s rules, the same as for `tinygpt.infer.generate` and the ONNX
+backend: a request gets the text that `tinygpt.load(run).generate` gives its prompt with the
+same settings and seed.
 
 How a step goes. Requests wait in a queue; between two decoding steps, as many as there are
 free rows join: their prompts are prefilled together (left-padded, `attention_mask`) into
@@ -15,17 +18,19 @@ samples its next token. Rows that finish leave at once: the last row moves into 
 slot, so the running rows are always rows [0, n) of the cache and a step costs n rows, not
 max_batch.
 
-Why answers do not depend on the batch. Every request samples with its own torch.Generator
-(seeded from its `seed`), drawing one uniform number per token, and a row's logits depend
+Why answers do not depend on the batch. Every request samples with its own NumPy generator
+(`tinygpt.infer.sampler.row_generators(seed, 1)`), drawing one uniform number per sampled
+token (`sample_token`, one row's logits at a time), and a row's logits depend
 only on its own tokens (padding and other rows are masked out). So a request's tokens are the
 same alone or under load, up to the last bits that a different batch shape changes in a CPU
 matmul (about 1e-6 in a logit): greedy decoding can only differ where the two best logits are
 closer than that, sampling only where the uniform draw falls that close to a boundary.
 
 Context. A prompt must leave room for one new token: one of `block_size` tokens or more is
-refused (`PromptTooLong`, giving both numbers). Prompt and completion together never exceed
-`block_size`: a request whose prompt + max_tokens would pass it stops there with
-finish_reason "length" (no sliding window here; `tinygpt.infer.generate` slides one).
+refused (`PromptTooLong`, giving both numbers). A completion may run past the context: when
+a row's next token would pass it, its window slides to its last block_size tokens
+(`tinygpt.infer.sampler.window_start`): its cache row is emptied and refilled from them
+before the step, as `tinygpt.infer.generate` does.
 
 Example:
 
@@ -45,15 +50,15 @@ import itertools
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.model import GPT
-from tinygpt.infer.generate import RowText
 
 # The request's side (settings, events, the handle) is torch-free and shared with the ONNX
 # serving backend; it is importable from here as well.
@@ -74,50 +79,8 @@ from tinygpt.infer.request import (  # noqa: F401
     params_of,
     wake_all,
 )
-
-# ---------------------------------------------------------------------------- sampling
-
-
-def sample_rows(
-    logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor, uniform: Tensor
-) -> Tensor:
-    """One token per row, every row with its own settings, in one batch of tensor ops.
-
-    logits (B, V); temperature, top_p (B,) float (0 = greedy); top_k (B,) long (V = off);
-    uniform (B,) draws in [0, 1), one per row from the row's own generator. Inverse-CDF
-    sampling: the token is the first whose cumulative probability passes the draw, so a row's
-    token depends only on its logits and its draw. Top-k then top-p (Holtzman et al. 2019) as
-    in `tinygpt.infer.generate.filter_logits`. -> ids (B,).
-
-    Row 0 is greedy; row 1 keeps its top 2 tokens, 2 then 1 (probabilities 0.73 and 0.27),
-    and its draw 0.9 lies past 0.73:
-
-    >>> logits = torch.tensor([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
-    >>> sample_rows(logits, torch.tensor([0.0, 1.0]), torch.tensor([3, 2]),
-    ...             torch.tensor([1.0, 1.0]), torch.tensor([0.5, 0.9])).tolist()
-    [2, 1]
-    """
-    greedy = logits.argmax(dim=-1)  # (B,)
-    sampled = temperature > 0
-    if not bool(sampled.any()):
-        return greedy
-    V = logits.size(-1)
-    scaled = logits / temperature.clamp(min=1e-6)[:, None]  # (B, V)
-    if bool((top_k < V).any() | (top_p < 1).any()):
-        scaled, order = scaled.sort(dim=-1, descending=True)  # (B, V), most likely first
-        rank = torch.arange(V, device=logits.device)  # (V,)
-        scaled = scaled.masked_fill(rank >= top_k[:, None], float("-inf"))
-        probs = torch.softmax(scaled, dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs  # the most likely token always stays
-        probs = probs.masked_fill(mass_before >= top_p[:, None], 0.0)
-    else:
-        order, probs = None, torch.softmax(scaled, dim=-1)  # (B, V)
-    cdf = probs.cumsum(dim=-1)  # (B, V), not renormalised: scale the draw instead
-    target = uniform[:, None].to(cdf.dtype) * cdf[:, -1:]  # (B, 1)
-    pick = torch.searchsorted(cdf, target, right=True).clamp(max=V - 1)  # (B, 1)
-    tokens = pick[:, 0] if order is None else order.gather(1, pick)[:, 0]  # (B,)
-    return torch.where(sampled, tokens, greedy)
-
+from tinygpt.infer.sampler import row_generators, sample_token, window_start
+from tinygpt.infer.textgen import RowText
 
 # ---------------------------------------------------------------------------- the engine
 
@@ -130,9 +93,14 @@ class _Row:
 
     req: Request
     text: RowText
-    generator: torch.Generator | None
+    generator: np.random.Generator | None
     stop_ids: frozenset[int]
-    length: int = 0  # tokens in the row: prompt + generated
+    ids: list[int] = field(default_factory=list)  # the row's tokens: prompt + generated
+    window: int = 0  # index in `ids` of the first token in the row's cache
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
 
 
 class Engine:
@@ -346,19 +314,34 @@ class Engine:
             logits, _ = self.model(
                 ids[:, s : s + step], cache=cache, attention_mask=mask, last_only=True
             )
-        for row in rows:
-            row.length = row.req.prompt_tokens
         self._rows.extend(rows)
         self._advance(n, logits[:, -1, : self._usable])  # (m, V)
 
     def _decode(self) -> None:
         """One forward pass for every running row: each feeds its last token."""
         n = len(self._rows)
+        self._slide()
         idx = self._last[:n, None]  # (n, 1)
         logits, _ = self.model(idx, cache=self.cache.narrow(0, n), last_only=True)  # (n, 1, V)
         with self._cond:
             self._steps += 1
         self._advance(0, logits[:, -1, : self._usable])
+
+    def _slide(self) -> None:
+        """Rows whose next token would pass the context: the window slides to their last
+        block_size tokens. Their cache rows are refilled with all of those but the last,
+        which the decoding step then feeds as usual (at position block_size - 1)."""
+        for i, row in enumerate(self._rows):
+            start = window_start(row.window, row.length, self.context)
+            if start == row.window:
+                continue
+            row.window = start
+            cache = self.cache.narrow(i, 1)
+            cache.reset()
+            ids = torch.tensor([row.ids[start : row.length - 1]], device=self.device)
+            step = self.prefill_chunk or ids.size(1)
+            for s in range(0, ids.size(1), step):
+                self.model(ids[:, s : s + step], cache=cache, last_only=True)
 
     def _advance(self, first: int, logits: Tensor) -> None:
         """Sample the next token of rows [first, first + len(logits)) and deliver it; rows
@@ -369,7 +352,7 @@ class Engine:
         logprobs = self._logprobs(rows, logits, tokens)
         done, wakes = [], []
         for j, (row, token) in enumerate(zip(rows, tokens.tolist())):
-            row.length += 1
+            row.ids.append(token)
             info = self._token(token, logprobs[j] if logprobs else None)
             reason = None
             if token in row.stop_ids:
@@ -378,9 +361,7 @@ class Engine:
                 piece = row.text.push(token)
                 if row.text.done:
                     reason = "stop"
-                elif row.req.completion_tokens + 1 >= row.req.params.max_tokens or (
-                    row.length >= self.context
-                ):
+                elif row.req.completion_tokens + 1 >= row.req.params.max_tokens:
                     piece, reason = piece + row.text.finish(), "length"
             if reason is None:
                 row.req._emit(Event(piece, info), wakes)
@@ -394,22 +375,25 @@ class Engine:
             self._remove(i)
 
     def _sample(self, rows: list[_Row], logits: Tensor) -> Tensor:
-        params = [r.req.params for r in rows]
-        if all(p.temperature == 0 for p in params):
-            return logits.argmax(dim=-1)
-        V, device = logits.size(-1), logits.device
-        temperature = torch.tensor([p.temperature for p in params], device=device)
-        top_k = torch.tensor([min(p.top_k or V, V) for p in params], device=device)
-        top_p = torch.tensor([p.top_p if p.top_p is not None else 1.0 for p in params])
-        uniform = torch.stack(
-            [
-                torch.rand((), generator=r.generator, device=device)
-                if r.generator is not None
-                else torch.zeros((), device=device)
-                for r in rows
-            ]
-        )  # (n,): one draw per sampling row from its own generator
-        return sample_rows(logits, temperature, top_k, top_p.to(device), uniform)
+        """The next token of every row by `sample_token`, each with its own settings and
+        generator: logits (n, V) -> ids (n,)."""
+        scores = logits.float().cpu().numpy()
+        tokens = []
+        for j, row in enumerate(rows):
+            p = row.req.params
+            seen = row.ids if p.repetition_penalty != 1.0 else ()
+            tokens.append(
+                sample_token(
+                    scores[j],
+                    seen,
+                    temperature=p.temperature,
+                    top_k=p.top_k,
+                    top_p=p.top_p,
+                    repetition_penalty=p.repetition_penalty,
+                    rng=row.generator,
+                )
+            )
+        return torch.tensor(tokens, dtype=torch.long, device=logits.device)
 
     def _logprobs(
         self, rows: list[_Row], logits: Tensor, tokens: Tensor
@@ -440,17 +424,12 @@ class Engine:
 
     def _new_row(self, req: Request) -> _Row:
         p = req.params
-        generator = None
-        if p.temperature > 0:
-            generator = torch.Generator(device=self.device)
-            if p.seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(p.seed)
+        generator = row_generators(p.seed, 1)[0] if p.temperature > 0 else None
         stop_ids = p.stop_token_ids
         if stop_ids is None:
             stop_ids = () if self.eot_id is None else (self.eot_id,)
-        return _Row(req, RowText(self.tokenizer, p.stop), generator, frozenset(stop_ids))
+        text = RowText(self.tokenizer, p.stop)
+        return _Row(req, text, generator, frozenset(stop_ids), list(req.prompt_ids))
 
     def _remove(self, i: int) -> None:
         """Free row i: the last running row moves into its slot (cache, last token)."""

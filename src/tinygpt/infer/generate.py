@@ -1,8 +1,10 @@
-"""Text generation: the decoding loop with a KV cache, sampling rules, streaming, `load`.
+"""Text generation: the decoding loop with a KV cache, streaming, `load`.
 
-Owns: turning a model plus a prompt into new tokens (`generate_tokens`, `generate_ids`),
-the sampling filters (temperature, top-k, top-p, repetition penalty), and `TextGenerator`,
-the Python API behind `tinygpt sample` and `tinygpt.load(run_dir)` for PyTorch models.
+Owns: turning a model plus a prompt into new tokens (`generate_tokens`, `generate_ids`) and
+`TextGenerator`, the Python API behind `tinygpt sample` and `tinygpt.load(run_dir)` for
+PyTorch models. How a token is chosen (temperature, top-k, top-p, repetition penalty, the
+seed) and where the window slides are `tinygpt.infer.sampler`'s rules, shared with the
+serving engine and the ONNX backend.
 
 The token loop (`generate_tokens`) knows nothing about text or tokenizers: it sees ids and a
 model. `TextGenerator` adds the tokenizer through `tinygpt.infer.textgen` (prompt encoding,
@@ -12,10 +14,11 @@ UTF-8-safe streaming, stop strings: the torch-free text side, which the ONNX bac
 
 How the cache is used. The first step feeds the prompt (prefill, optionally in chunks of
 `prefill_chunk` tokens onto the cache); every later step feeds only the newest token (decode).
-When the sequence grows past the model's context (block_size), the window slides: the cache
-is emptied and refilled with the last block_size tokens, so each step sees exactly the
-tokens the no-cache path sees (it feeds the last block_size tokens every step). The two
-paths therefore give the same greedy tokens for learned and rotary positions alike.
+When the sequence grows past the model's context (block_size), the window slides
+(`tinygpt.infer.sampler.window_start`): the cache is emptied and refilled with the last
+block_size tokens, so each step sees exactly the tokens the no-cache path sees (it feeds the
+last block_size tokens every step). The two paths therefore give the same greedy tokens for
+learned and rotary positions alike.
 
 Different prompts in one batch are left-padded (`attention_mask`, 1 for real tokens): every
 row keeps its own positions, cache length and window, so each row is continued as it would
@@ -43,6 +46,7 @@ from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.model import GPT
 from tinygpt.core.runtime import resolve_device
 from tinygpt.infer.loader import load_run
+from tinygpt.infer.sampler import row_generators, sample_rows, window_start
 from tinygpt.infer.textgen import (  # also importable from here
     BaseTextGenerator,
     RowText,
@@ -55,74 +59,12 @@ __all__ = [
     "RowText",
     "StreamDecoder",
     "TextGenerator",
-    "apply_repetition_penalty",
     "check_sampling",
-    "filter_logits",
     "generate_ids",
     "generate_tokens",
     "load",
-    "sample_next",
     "usable_prompts",
 ]
-
-# -------------------------------------------------------------------------------- sampling
-
-
-def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
-    """Discourage tokens already in `seen` (B, L): positive logits are divided by `penalty`,
-    negative ones multiplied (Keskar et al. 2019, CTRL; the rule transformers uses).
-
-    >>> apply_repetition_penalty(torch.tensor([[2.0, -1.0, 3.0]]), torch.tensor([[0, 1]]), 2.0)
-    tensor([[ 1., -2.,  3.]])
-    """
-    if penalty == 1.0:
-        return logits
-    scores = logits.gather(1, seen)  # (B, L)
-    scores = torch.where(scores > 0, scores / penalty, scores * penalty)
-    return logits.scatter(1, seen, scores)
-
-
-def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
-    """Set to -inf every logit outside the top k, and outside the nucleus of mass top_p
-    (the smallest set of most likely tokens whose probabilities sum to at least top_p;
-    Holtzman et al. 2019). logits (B, V) -> (B, V).
-
-    >>> filter_logits(torch.tensor([[1.0, 3.0, 2.0]]), top_k=2)
-    tensor([[-inf, 3., 2.]])
-    """
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)  # (B, V)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens
-        # A token is dropped once the tokens before it already reach top_p; the most likely
-        # token is always kept because the mass before it is 0.
-        drop_sorted = mass_before >= top_p
-        drop = drop_sorted.scatter(1, order, drop_sorted)  # back to vocabulary order
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def sample_next(
-    logits: Tensor,
-    seen: Tensor,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Choose the next token of each row: logits (B, V), seen (B, L) -> ids (B,)."""
-    logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = filter_logits(logits / temperature, top_k, top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
 
 # ------------------------------------------------------------------------------ token loop
 
@@ -150,8 +92,9 @@ def generate_tokens(
     left padding, i.e. each row is zeros (padding) then ones (its prompt, at least one token).
     A row ends at `eot_id` or any of `stop_ids` (a chat template's end-of-turn token); an
     ended row keeps yielding the id that ended it, and the loop ends early once every row
-    has ended. `seed` seeds a private torch.Generator, so the global random state is neither
-    used nor changed (the rows of one batch share it).
+    has ended. Tokens are chosen by `tinygpt.infer.sampler.sample_token`, row b drawing from
+    its own generator (`row_generators(seed, B)[b]`), so the global random state is neither
+    used nor changed.
     """
     check_sampling(
         max_new_tokens=max_new_tokens,
@@ -167,62 +110,27 @@ def generate_tokens(
         raise TinyGPTError(f"prefill_chunk must be at least 1, got {prefill_chunk}")
     device = prompt.device
     B, T0 = prompt.shape
-    bs = model.config.block_size
-    generator = torch.Generator(device=device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
     pad = _left_padding(attention_mask, B, T0)  # (B,) padding columns of each row
-
-    # One buffer for prompt + output: no concatenation per step. Row b's tokens are the
-    # columns [pad[b], L); its padding holds copies of its first token, so that the
-    # repetition penalty sees only the row's own tokens (attention never sees padding).
-    tokens = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=device)  # (B, L_max)
-    tokens[:, :T0] = prompt
-    if any(pad):
-        first = prompt.gather(1, torch.tensor(pad, device=device)[:, None])  # (B, 1)
-        tokens[:, :T0] = torch.where(_real_columns(pad, 0, T0, device), prompt, first)
+    tokens = _token_buffer(prompt, pad, max_new_tokens)  # (B, T0 + max_new_tokens)
     L = T0
-    cache = model.new_cache(B, bs) if use_cache else None
-    window = list(pad)  # column of each row's first cached token
-    cached = [0] * B  # tokens of each row in the cache (what cache.lens holds)
+    window = _Window(model, pad, use_cache=use_cache, prefill_chunk=prefill_chunk)
+    rngs = row_generators(seed, B)
+    settings = dict(
+        temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty
+    )
     done = torch.zeros(B, dtype=torch.bool, device=device)
     ends = ([eot_id] if eot_id is not None else []) + list(stop_ids)
     ends_t = torch.tensor(ends, dtype=torch.long, device=device)
     ended = torch.zeros(B, dtype=torch.long, device=device)  # the id each ended row repeats
 
     for _ in range(max_new_tokens):
-        if cache is None:
-            start = max(0, L - bs)  # the last block_size columns
-            mask = _real_columns(pad, start, L, device) if any(pad) else None
-            logits, _ = model(tokens[:, start:L], attention_mask=mask, last_only=True)
+        logits = window.logits(tokens, L)  # (B, V) of each row's last position
+        if repetition_penalty != 1.0:  # each row's own tokens, without its padding
+            seen = [row[p:] for row, p in zip(tokens[:, :L].cpu().numpy(), pad)]
         else:
-            full = [b for b in range(B) if L - window[b] > bs]
-            if full:  # context full: slide these rows' windows, refill their cache rows
-                for b in full:
-                    window[b], cached[b] = L - bs, 0
-                cache.reset(torch.tensor(full, device=device))
-            todo = [w + c for w, c in zip(window, cached)]  # first column not yet cached
-            start = min(todo)
-            mask = _real_columns(todo, start, L, device) if max(todo) > start else None
-            step = prefill_chunk or L - start
-            for s in range(start, L, step):
-                e = min(s + step, L)
-                part = None if mask is None else mask[:, s - start : e - start]
-                if part is not None and bool(part.all()):
-                    part = None
-                logits, _ = model(tokens[:, s:e], cache=cache, attention_mask=part, last_only=True)
-            cached = [L - w for w in window]
-        nxt = sample_next(
-            logits[:, -1],
-            tokens[:, :L],
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            generator=generator,
-        )  # (B,)
+            seen = [()] * B
+        picked = sample_rows(logits.float().cpu().numpy(), seen, rngs, **settings)
+        nxt = torch.tensor(picked, dtype=torch.long, device=device)  # (B,)
         if ends:
             nxt = torch.where(done, ended, nxt)
             ended = torch.where(done, ended, nxt)
@@ -232,6 +140,69 @@ def generate_tokens(
         yield nxt
         if ends and bool(done.all()):
             return
+
+
+def _token_buffer(prompt: Tensor, pad: list[int], max_new_tokens: int) -> Tensor:
+    """One buffer for prompt + output, (B, T0 + max_new_tokens): no concatenation per step.
+
+    Row b's tokens are the columns [pad[b], L); its padding holds copies of its first token
+    (attention never sees padding; the loop hands the sampler only the row's own columns).
+    """
+    B, T0 = prompt.shape
+    tokens = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=prompt.device)
+    tokens[:, :T0] = prompt
+    if any(pad):
+        first = prompt.gather(1, torch.tensor(pad, device=prompt.device)[:, None])  # (B, 1)
+        tokens[:, :T0] = torch.where(_real_columns(pad, 0, T0, prompt.device), prompt, first)
+    return tokens
+
+
+class _Window:
+    """What the model sees of each row at each step, and the forward pass that shows it.
+
+    Without a cache every step feeds each row's last block_size columns (its window by
+    `window_start`). With one, only the columns not yet cached are fed: the whole prompt
+    first (in `prefill_chunk` pieces), then the newest token; a row whose window slides
+    has its cache row emptied and refilled from its window's first column.
+    """
+
+    def __init__(
+        self, model: GPT, pad: list[int], *, use_cache: bool, prefill_chunk: int | None
+    ) -> None:
+        self.model, self.pad, self.chunk = model, pad, prefill_chunk
+        self.bs = model.config.block_size
+        self.cache = model.new_cache(len(pad), self.bs) if use_cache else None
+        self.start = list(pad)  # column of each row's first token in its window
+        self.cached = [0] * len(pad)  # tokens of each row in the cache (cache.lens)
+
+    def logits(self, tokens: Tensor, L: int) -> Tensor:
+        """(B, V): the logits of column L - 1 of every row, having seen columns [.., L)."""
+        device = tokens.device
+        if self.cache is None:  # the last block_size columns; padding masked out
+            first = window_start(0, L, self.bs)
+            mask = _real_columns(self.pad, first, L, device) if any(self.pad) else None
+            logits, _ = self.model(tokens[:, first:L], attention_mask=mask, last_only=True)
+            return logits[:, -1]
+        moved = [window_start(s, L, self.bs) for s in self.start]
+        slid = [b for b, (old, new) in enumerate(zip(self.start, moved)) if new != old]
+        if slid:  # context full: these rows' windows slide, their cache rows are refilled
+            for b in slid:
+                self.start[b], self.cached[b] = moved[b], 0
+            self.cache.reset(torch.tensor(slid, device=device))
+        todo = [s + c for s, c in zip(self.start, self.cached)]  # first column not yet cached
+        first = min(todo)
+        mask = _real_columns(todo, first, L, device) if max(todo) > first else None
+        step = self.chunk or L - first
+        for s in range(first, L, step):
+            e = min(s + step, L)
+            part = None if mask is None else mask[:, s - first : e - first]
+            if part is not None and bool(part.all()):
+                part = None
+            logits, _ = self.model(
+                tokens[:, s:e], cache=self.cache, attention_mask=part, last_only=True
+            )
+        self.cached = [L - s for s in self.start]
+        return logits[:, -1]
 
 
 def _left_padding(mask: Tensor | None, B: int, T: int) -> list[int]:
@@ -301,8 +272,10 @@ class TextGenerator(BaseTextGenerator):
 
     Greedy answers of a batch of prompts equal those of each prompt alone, except where the
     top two logits are closer than the last bits that a different batch shape changes in a
-    CPU matmul (about 1e-5); sampled answers depend on the batch (the rows share one random
-    generator).
+    CPU matmul (about 1e-5). Row r of a batch samples with the seed's child r
+    (`tinygpt.infer.sampler.row_generators`): the first row gets what its prompt gets alone
+    (and from the serving engine and an ONNX export, with the same seed), the other rows
+    their own reproducible samples.
     """
 
     def __init__(self, model: GPT, tokenizer: Any, template: Any = None) -> None:

@@ -3,13 +3,13 @@
 Owns: the layout of an ONNX export folder (`OnnxDir`: the names of its files, and the marker
 file that says tinygpt wrote it and in which format version), one forward pass of its graph
 in an onnxruntime session (`OnnxLM`), the token loop over the graph's KV cache
-(`generate_tokens`), NumPy twins of the sampling filters of `tinygpt.infer.generate`, and
-`OnnxGenerator`, the text API (`generate`, `stream`, shared with the PyTorch backend through
+(`generate_tokens`, choosing tokens by `tinygpt.infer.sampler`'s rules, as every path does),
+and `OnnxGenerator`, the text API (`generate`, `stream`, shared with the PyTorch backend through
 `tinygpt.infer.textgen`) that `tinygpt sample ONNX_DIR` and `tinygpt.load(ONNX_DIR)` return.
 
 It does not know how the graph was made (`tinygpt.export.onnx` writes these folders), nor
-anything about run folders. Importing it loads neither torch nor onnxruntime; opening a
-folder loads onnxruntime and NumPy, and the tokenizer is tinygpt's own pure-Python one, so a
+anything about run folders. Importing it loads NumPy but neither torch nor onnxruntime;
+opening a folder loads onnxruntime, and the tokenizer is tinygpt's own pure-Python one, so a
 deployment needs tinygpt's torch-free modules, `onnxruntime`, `numpy` and `regex` only.
 
 The graph (format version 1, ONNX opset 18) has the input and output names other tools use:
@@ -27,7 +27,8 @@ says which are real, so rows may hold different numbers of tokens (left-padded p
 
 How the loop uses it (`generate_tokens`, the same rules as `tinygpt.infer.generate`): the prompts
 are fed left-padded (prefill), then each row's newest token (decode). A row whose tokens
-outgrow the model's context (block_size) slides its window: its past slots are masked out
+outgrow the model's context (block_size) slides its window
+(`tinygpt.infer.sampler.window_start`): its past slots are masked out
 and its last block_size tokens are fed again, at positions 0..block_size-1, so every step
 sees exactly the tokens the PyTorch path sees, and greedy tokens are the same. After such a
 refill the cache is compacted: each row keeps its real slots only, right-aligned.
@@ -48,7 +49,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tinygpt.core.errors import TinyGPTError
+from tinygpt.data.template import template_for_jinja
+from tinygpt.data.tokenizer import load_tokenizer
+from tinygpt.infer.sampler import row_generators, sample_rows, window_start
 from tinygpt.infer.textgen import BaseTextGenerator, check_sampling
 
 FORMAT = "tinygpt-onnx"
@@ -235,15 +241,17 @@ class OnnxLM:
                 "export the run again"
             )
 
-    def empty_past(self, batch: int) -> list[Any]:
-        import numpy as np
-
+    def empty_past(self, batch: int) -> list[np.ndarray]:
         shape = (batch, self.n_kv_head, 0, self.head_dim)  # (B, K, 0, D)
         return [np.zeros(shape, dtype=np.float32) for _ in self.past_names]
 
     def __call__(
-        self, input_ids: Any, attention_mask: Any, position_ids: Any, past: Sequence[Any]
-    ) -> tuple[Any, list[Any]]:
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: Sequence[np.ndarray],
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
         feed = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -252,90 +260,6 @@ class OnnxLM:
         }
         logits, *present = self.session.run(self.output_names, feed)
         return logits, present
-
-
-# -------------------------------------------------------------------------------- sampling
-# NumPy twins of tinygpt.infer.generate's filters (tests check that they agree).
-
-
-def apply_repetition_penalty(logits: Any, seen: Sequence[Any], penalty: float) -> Any:
-    """Discourage the tokens of `seen[b]` in row b of logits (B, V): positive logits are
-    divided by `penalty`, negative ones multiplied (Keskar et al. 2019, CTRL).
-
-    >>> import numpy as np
-    >>> apply_repetition_penalty(np.array([[2.0, -1.0, 3.0]]), [[0, 1]], 2.0).tolist()
-    [[1.0, -2.0, 3.0]]
-    """
-    import numpy as np
-
-    if penalty == 1.0:
-        return logits
-    logits = logits.copy()
-    for b, ids in enumerate(seen):
-        ids = np.unique(np.asarray(ids, dtype=np.int64))
-        scores = logits[b, ids]
-        logits[b, ids] = np.where(scores > 0, scores / penalty, scores * penalty)
-    return logits
-
-
-def filter_logits(logits: Any, top_k: int | None = None, top_p: float | None = None) -> Any:
-    """Set to -inf every logit outside the top k, and outside the nucleus of mass top_p
-    (Holtzman et al. 2019). logits (B, V) -> (B, V).
-
-    >>> import numpy as np
-    >>> filter_logits(np.array([[1.0, 3.0, 2.0]]), top_k=2).tolist()
-    [[-inf, 3.0, 2.0]]
-    """
-    import numpy as np
-
-    V = logits.shape[-1]
-    if top_k is not None and top_k < V:
-        kth = np.partition(logits, V - top_k, axis=-1)[:, V - top_k : V - top_k + 1]  # (B, 1)
-        logits = np.where(logits < kth, -np.inf, logits)
-    if top_p is not None and top_p < 1.0:
-        order = np.argsort(-logits, axis=-1, kind="stable")  # (B, V), most likely first
-        sorted_logits = np.take_along_axis(logits, order, axis=-1)
-        probs = _softmax(sorted_logits)
-        mass_before = np.cumsum(probs, axis=-1) - probs  # mass of the more likely tokens
-        drop_sorted = mass_before >= top_p  # the most likely token is always kept
-        drop = np.empty_like(drop_sorted)
-        np.put_along_axis(drop, order, drop_sorted, axis=-1)  # back to vocabulary order
-        logits = np.where(drop, -np.inf, logits)
-    return logits
-
-
-def _softmax(x: Any) -> Any:
-    import numpy as np
-
-    x = x.astype(np.float64)
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def sample_next(
-    logits: Any,
-    seen: Sequence[Any],
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float = 1.0,
-    rng: Any = None,
-) -> Any:
-    """Choose the next token of each row: logits (B, V), seen[b] row b's tokens -> ids (B,)."""
-    import numpy as np
-
-    logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-    if temperature == 0:
-        return logits.argmax(axis=-1)
-    probs = _softmax(filter_logits(logits / temperature, top_k, top_p))  # (B, V)
-    cdf = np.cumsum(probs, axis=-1)
-    rng = rng if rng is not None else np.random.default_rng()
-    u = rng.random(len(probs)) * cdf[:, -1]  # (B,): one uniform draw per row
-    # The first token whose cumulative mass passes u; a token of zero mass is never chosen.
-    return np.array(
-        [min(int(np.searchsorted(c, x, side="right")), len(c) - 1) for c, x in zip(cdf, u)]
-    )
 
 
 # ------------------------------------------------------------------------------ token loop
@@ -352,15 +276,14 @@ def generate_tokens(
     repetition_penalty: float = 1.0,
     seed: int | None = None,
     eot_id: int | None = None,
-) -> Iterator[Any]:
+) -> Iterator[np.ndarray]:
     """Yield the next token of every row, an int64 array (B,), up to max_new_tokens times.
 
     `prompts`: one list of ids per row (at least one id each; lengths may differ). Rows that
-    have produced `eot_id` keep yielding it; the loop ends early once every row has. `seed`
-    seeds a private NumPy generator (the rows of one batch share it).
+    have produced `eot_id` keep yielding it; the loop ends early once every row has. Tokens
+    are chosen by `tinygpt.infer.sampler.sample_token`, row b drawing from its own generator
+    (`row_generators(seed, B)[b]`), as in `tinygpt.infer.generate`.
     """
-    import numpy as np
-
     check_sampling(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -375,45 +298,16 @@ def generate_tokens(
     bad = [t for r in rows for t in r if not 0 <= t < lm.vocab_size]
     if bad:
         raise TinyGPTError(f"token id {bad[0]} is outside the vocabulary [0, {lm.vocab_size})")
-    B, bs = len(rows), lm.block_size
-    rng = np.random.default_rng(seed)
-    window = [0] * B  # index of each row's first cached token
-    cached = [0] * B  # tokens of each row in the cache
-    past = lm.empty_past(B)
-    kv_mask = np.zeros((B, 0), dtype=np.int64)  # (B, P): which past slots are real
+    B = len(rows)
+    rngs = row_generators(seed, B)
+    window = _Window(lm, B)
+    settings = dict(
+        temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty
+    )
     done = np.zeros(B, dtype=bool)
-
     for _ in range(max_new_tokens):
-        refilled = False
-        for b, row in enumerate(rows):
-            if len(row) - window[b] > bs:  # context full: slide the window, refill the row
-                window[b], cached[b] = len(row) - bs, 0
-                kv_mask[b] = 0
-                refilled = True
-        new = [row[w + c :] for row, w, c in zip(rows, window, cached)]
-        T = max(len(n) for n in new)
-        ids = np.zeros((B, T), dtype=np.int64)  # left-padded new tokens
-        real = np.zeros((B, T), dtype=np.int64)
-        positions = np.zeros((B, T), dtype=np.int64)
-        for b, n in enumerate(new):
-            ids[b, T - len(n) :] = n
-            real[b, T - len(n) :] = 1
-            positions[b, T - len(n) :] = np.arange(cached[b], cached[b] + len(n))
-        mask = np.concatenate([kv_mask, real], axis=1)  # (B, P + T)
-        logits, past = lm(ids, mask, positions, past)
-        kv_mask = mask
-        cached = [c + len(n) for c, n in zip(cached, new)]
-        if refilled:
-            past, kv_mask = _compact(past, kv_mask, cached)
-        nxt = sample_next(
-            logits[:, -1],
-            rows,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            rng=rng,
-        ).astype(np.int64)  # (B,)
+        logits = window.logits(rows)  # (B, V)
+        nxt = np.array(sample_rows(logits, rows, rngs, **settings), dtype=np.int64)  # (B,)
         if eot_id is not None:
             nxt[done] = eot_id
             done |= nxt == eot_id
@@ -424,10 +318,55 @@ def generate_tokens(
             return
 
 
-def _compact(past: list[Any], kv_mask: Any, cached: list[int]) -> tuple[list[Any], Any]:
-    """Keep each row's real slots only, right-aligned in max(cached) slots."""
-    import numpy as np
+class _Window:
+    """The graph's KV cache over the rows' windows, and the forward pass that extends it.
 
+    Each step feeds every row the tokens it has not cached yet (the prompts first, left
+    padded; then the newest token). A row whose window slides (`window_start`) has its past
+    slots masked out and its last block_size tokens fed again, at positions 0..block_size-1;
+    after such a refill the cache is compacted: each row keeps its real slots only,
+    right-aligned.
+    """
+
+    def __init__(self, lm: OnnxLM, batch: int) -> None:
+        self.lm = lm
+        self.start = [0] * batch  # index of each row's first cached token
+        self.cached = [0] * batch  # tokens of each row in the cache
+        self.past = lm.empty_past(batch)
+        self.kv_mask = np.zeros((batch, 0), dtype=np.int64)  # (B, P): which slots are real
+
+    def logits(self, rows: list[list[int]]) -> np.ndarray:
+        """(B, V): the logits of each row's last token, having seen its window."""
+        B = len(rows)
+        refilled = False
+        for b, row in enumerate(rows):
+            start = window_start(self.start[b], len(row), self.lm.block_size)
+            if start != self.start[b]:  # context full: slide the window, refill the row
+                self.start[b], self.cached[b] = start, 0
+                self.kv_mask[b] = 0
+                refilled = True
+        new = [row[s + c :] for row, s, c in zip(rows, self.start, self.cached)]
+        T = max(len(n) for n in new)
+        ids = np.zeros((B, T), dtype=np.int64)  # left-padded new tokens
+        real = np.zeros((B, T), dtype=np.int64)
+        positions = np.zeros((B, T), dtype=np.int64)
+        for b, n in enumerate(new):
+            ids[b, T - len(n) :] = n
+            real[b, T - len(n) :] = 1
+            positions[b, T - len(n) :] = np.arange(self.cached[b], self.cached[b] + len(n))
+        mask = np.concatenate([self.kv_mask, real], axis=1)  # (B, P + T)
+        logits, self.past = self.lm(ids, mask, positions, self.past)
+        self.kv_mask = mask
+        self.cached = [c + len(n) for c, n in zip(self.cached, new)]
+        if refilled:
+            self.past, self.kv_mask = _compact(self.past, self.kv_mask, self.cached)
+        return logits[:, -1]
+
+
+def _compact(
+    past: list[np.ndarray], kv_mask: np.ndarray, cached: list[int]
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Keep each row's real slots only, right-aligned in max(cached) slots."""
     B, keep = kv_mask.shape[0], max(cached)
     slots = [np.flatnonzero(kv_mask[b]) for b in range(B)]  # real slots, in order
     new_mask = np.zeros((B, keep), dtype=np.int64)
@@ -456,8 +395,6 @@ class OnnxGenerator(BaseTextGenerator):
     """
 
     def __init__(self, lm: OnnxLM, tokenizer: Any) -> None:
-        from tinygpt.data.template import template_for_jinja
-
         tok_config = lm.folder.read_json(TOKENIZER_CONFIG) or {}
         jinja = tok_config.get("chat_template")
         self.chat_template: str | None = jinja if isinstance(jinja, str) else None
@@ -506,8 +443,6 @@ def load_onnx(
     providers: Sequence[str] | None = None,
 ) -> OnnxGenerator:
     """Open an ONNX export folder for generation (see `OnnxGenerator`)."""
-    from tinygpt.data.tokenizer import load_tokenizer
-
     lm = OnnxLM(path, threads=threads, providers=providers)
     tokenizer = load_tokenizer(lm.folder.tokenizer_path)
     if tokenizer.vocab_size > lm.vocab_size:

@@ -58,9 +58,13 @@ class EngineError(RuntimeError):
 class SamplingParams:
     """How one request is generated.
 
-    - max_tokens: the most new tokens (>= 1); the context may stop it sooner ("length").
-    - temperature: 0 for greedy decoding; top_k / top_p (None = off) as in `tinygpt.infer.generate`.
-    - seed: seeds the request's own random generator (None: a random seed).
+    - max_tokens: the most new tokens (>= 1): then it ends with "length". A completion may
+      pass the context: the window slides (`tinygpt.infer.sampler.window_start`).
+    - temperature: 0 for greedy decoding; top_k / top_p (None = off) and repetition_penalty
+      (1 = off) as in `tinygpt.infer.sampler.sample_token`.
+    - seed: seeds the request's own random generator (None: a random seed), by the rule of
+      `tinygpt.infer.sampler.row_generators`: the same seed gives the text that
+      `tinygpt.load(run).generate(prompt, seed=seed)` gives.
     - stop: strings that end the completion, not included in it (found across tokens).
     - stop_token_ids: ids that end it (end-of-text, end-of-turn); None = the tokenizer's
       end-of-text; () = none (generate exactly max_tokens tokens).
@@ -75,6 +79,7 @@ class SamplingParams:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+    repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] | None = None
@@ -97,7 +102,7 @@ class SamplingParams:
             temperature=self.temperature,
             top_k=self.top_k,
             top_p=self.top_p,
-            repetition_penalty=1.0,
+            repetition_penalty=self.repetition_penalty,
             seed=self.seed,
         )
         if not 0 <= self.top_logprobs <= 20:

@@ -21,6 +21,7 @@ from typing import Any
 from tinygpt.core.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K, SAMPLING
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.numbers import check
+from tinygpt.data.template import fit_history
 
 
 def check_sampling(
@@ -140,7 +141,9 @@ class BaseTextGenerator:
     - top_k: sample among the k most likely tokens only (default 200; None = all).
     - top_p: sample within the smallest set of tokens of total probability >= top_p.
     - repetition_penalty: > 1 discourages tokens already in prompt or output (default 1.0).
-    - seed: makes the sample reproducible (a private generator; global RNG untouched).
+    - seed: makes the sample reproducible (a private generator per row; global RNG
+      untouched). Every backend samples by `tinygpt.infer.sampler`, so a seed gives the
+      same text from a run, its ONNX export and the serving engine.
     - stop: strings that end a sample (not included in it); end-of-text always ends it,
       and so does the template's end-of-turn token when there is a template
       (`stop_token_ids`).
@@ -305,8 +308,6 @@ class BaseTextGenerator:
         """(messages to send, how many were left out): the conversation, without its oldest
         exchanges when its prompt would leave less room for the answer than
         min(max_new_tokens, context / 2) tokens (`tinygpt.data.template.fit_history`)."""
-        from tinygpt.data.template import fit_history
-
         context = self.block_size
         budget = context - min(max_new_tokens, context // 2)
         return fit_history(self._need_template(), self.tokenizer, messages, budget)

@@ -218,12 +218,11 @@ class OnnxBackend:
     handle (`tinygpt.infer.request.Request`); `start=False` leaves the worker unstarted and
     `step()` serves one request by hand (tests).
 
-    A request generates as `tinygpt.infer.engine.Engine` would generate it alone: prompt and
-    completion together stop at the context with finish_reason "length" (no sliding
-    window), end-of-text or end-of-turn ids and stop strings end it with "stop", and the
-    worker looks for cancellation and the time limit before each token. Sampling draws from
-    NumPy's generator seeded by `seed`: reproducible here, but not the engine's draws, so a
-    sampled answer differs from the run's (greedy answers agree).
+    A request generates as `tinygpt.infer.engine.Engine` would generate it alone: max_tokens
+    ends it with "length" (past the context the window slides), end-of-text or end-of-turn
+    ids and stop strings end it with "stop", and the worker looks for cancellation and the
+    time limit before each token. Tokens are chosen by the engine's rules
+    (`tinygpt.infer.sampler`), so a seeded answer equals the run's.
     """
 
     max_batch = 1
@@ -363,8 +362,7 @@ class OnnxBackend:
         stop_ids = p.stop_token_ids
         if stop_ids is None:
             stop_ids = () if self.eot_id is None else (self.eot_id,)
-        # Prompt and completion together never pass the context (as in the engine).
-        budget = min(p.max_tokens, self.context - req.prompt_tokens)
+        budget = p.max_tokens  # past the context the window slides (as in the engine)
         # The token loop of the generator's graph, told of no end-of-text id: which ids end
         # a request is the request's business (stop_token_ids=() generates max_tokens).
         steps = generate_tokens(
@@ -374,6 +372,7 @@ class OnnxBackend:
             temperature=p.temperature,
             top_k=p.top_k,
             top_p=p.top_p,
+            repetition_penalty=p.repetition_penalty,
             seed=p.seed,
             eot_id=None,
         )

@@ -17,8 +17,8 @@ The rules, with OpenAI's API reference as the model:
   are refused with a 400 that names the field, unless they hold the value that means "off"
   (`null`, `0`, `false`, `[]`, `{"type": "text"}`, ...), which some clients always send.
 - `max_tokens` defaults to `Limits.max_tokens_default` and may not exceed
-  `Limits.max_tokens_cap`; a request whose prompt plus max_tokens passes the model's context
-  stops at the context with finish_reason "length". Chat also reads
+  `Limits.max_tokens_cap`; an answer may run past the model's context (its window slides,
+  as in `tinygpt sample`). Chat also reads
   `max_completion_tokens` (OpenAI's newer name) and prefers it.
 - `n` choices (at most `Limits.max_n`, counting every prompt of a completions request) are
   generated as separate requests, choice i with seed `seed + i`.
