@@ -152,3 +152,14 @@ def test_modules_and_functions_are_short(path):
 def test_the_lazy_entry_points_exist():
     for name in LAZY:
         assert (PACKAGE / name).is_file(), name
+
+
+def test_the_design_map_draws_the_import_graph_as_it_is():
+    """docs/design.md's package diagram is generated (scripts/import_graph.py) and current."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "import_graph.py"
+    spec = importlib.util.spec_from_file_location("import_graph", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--check"]) == 0, "run python scripts/import_graph.py"
