@@ -27,7 +27,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from common import RESULTS, ROOT, machine, machine_line, write_section
+from common import ROOT, machine, machine_line, write_section
 
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?x?$")
 
