@@ -17,9 +17,9 @@ import torch
 import tinygpt
 from tinygpt.core.config import DataConfig, RunConfig
 from tinygpt.core.model import GPT, GPTConfig
-from tinygpt.core.run import save_model_run
 from tinygpt.data.tokenizer import train_tokenizer
 from tinygpt.infer.engine import Engine
+from tinygpt.infer.loader import save_model_run
 from tinygpt.infer.sampler import (
     apply_repetition_penalty,
     row_generators,
@@ -219,3 +219,30 @@ def test_one_seed_one_text_on_every_path(folders):
     assert texts == engine_texts(from_run, [(p, (n, kw)) for p, n, kw in cases])
     assert len(set(texts)) == len(texts)  # seeds and settings give different samples
     assert all(len(t) == 60 for t in texts[-3:])  # past the context: the window slid
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"temperature": 0.0},
+        {"temperature": 0.8},
+        {"temperature": 0.8, "top_k": 5},
+        {"temperature": 1.0, "top_p": 0.9},
+        {"temperature": 1.2, "top_k": 20, "top_p": 0.5, "repetition_penalty": 1.3},
+        {"temperature": 1e-30},
+    ],
+)
+def test_a_batch_samples_what_each_row_samples_alone(settings):
+    """sample_rows (the engine's and the loops' batched path) picks, row by row, exactly the
+    token sample_token picks: the same draws, the same arithmetic along each row."""
+    gen = np.random.default_rng(0)
+    for trial in range(20):
+        B, V = 1 + trial % 7, [3, 65, 4096][trial % 3]
+        logits = gen.normal(size=(B, V)).astype(np.float32)
+        if trial % 4 == 0:
+            logits[:, : V // 2] = logits[:, :1]  # ties, at the top and at the k-th
+        seen = [gen.integers(0, V, size=gen.integers(0, 9)) for _ in range(B)]
+        batch = sample_rows(logits, seen, row_generators(trial, B), **settings)
+        rngs = row_generators(trial, B)
+        alone = [sample_token(logits[b], seen[b], rng=rngs[b], **settings) for b in range(B)]
+        assert batch == alone, (trial, settings)

@@ -79,7 +79,7 @@ from tinygpt.infer.request import (  # noqa: F401
     params_of,
     wake_all,
 )
-from tinygpt.infer.sampler import row_generators, sample_token, window_start
+from tinygpt.infer.sampler import row_generators, sample_rows, window_start
 from tinygpt.infer.textgen import RowText
 
 # ---------------------------------------------------------------------------- the engine
@@ -375,24 +375,28 @@ class Engine:
             self._remove(i)
 
     def _sample(self, rows: list[_Row], logits: Tensor) -> Tensor:
-        """The next token of every row by `sample_token`, each with its own settings and
-        generator: logits (n, V) -> ids (n,)."""
+        """The next token of every row, each with its own settings and generator, by the one
+        sampling rule (`tinygpt.infer.sampler`): rows that share their settings are sampled
+        together (`sample_rows`), which gives each the token `sample_token` would.
+        logits (n, V) -> ids (n,)."""
         scores = logits.float().cpu().numpy()
-        tokens = []
+        groups: dict[tuple[float, int | None, float | None, float], list[int]] = {}
         for j, row in enumerate(rows):
             p = row.req.params
-            seen = row.ids if p.repetition_penalty != 1.0 else ()
-            tokens.append(
-                sample_token(
-                    scores[j],
-                    seen,
-                    temperature=p.temperature,
-                    top_k=p.top_k,
-                    top_p=p.top_p,
-                    repetition_penalty=p.repetition_penalty,
-                    rng=row.generator,
-                )
+            groups.setdefault((p.temperature, p.top_k, p.top_p, p.repetition_penalty), []).append(j)
+        tokens = [0] * len(rows)
+        for (temperature, top_k, top_p, penalty), members in groups.items():
+            picked = sample_rows(
+                scores[members],
+                [rows[j].ids if penalty != 1.0 else () for j in members],
+                [rows[j].generator for j in members],
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                repetition_penalty=penalty,
             )
+            for j, token in zip(members, picked):
+                tokens[j] = token
         return torch.tensor(tokens, dtype=torch.long, device=logits.device)
 
     def _logprobs(

@@ -139,42 +139,62 @@ def sample_token(
     scores = apply_repetition_penalty(logits, seen, repetition_penalty)
     if temperature == 0:
         return int(np.argmax(scores))
-    weights = token_weights(scores, temperature=temperature, top_k=top_k, top_p=top_p)
-    cdf = np.cumsum(weights)
-    u = (rng if rng is not None else np.random.default_rng()).random()
-    # The first token whose running sum passes the draw; a token of weight 0 never is.
-    pick = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
-    return min(pick, len(cdf) - 1)
+    return _draw(token_weights(scores, temperature=temperature, top_k=top_k, top_p=top_p), rng)
 
 
 def sample_rows(
     logits: np.ndarray,
     seen: Sequence[Sequence[int] | np.ndarray],
-    rngs: Sequence[np.random.Generator],
+    rngs: Sequence[np.random.Generator | None],
     *,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
     repetition_penalty: float = 1.0,
 ) -> list[int]:
-    """The next token of every row of a batch with one set of settings: `sample_token` for
-    row b with logits[b] (of (B, V)), its tokens seen[b] and its generator rngs[b].
+    """The next token of every row of a batch with one set of settings: what `sample_token`
+    gives row b with logits[b] (of (B, V)), its tokens seen[b] and its generator rngs[b],
+    computed for the whole batch at once. The operations are the same, element by element
+    and along each row (a row's running sum is a cumulative sum along that row), so the
+    tokens are the same too; a top-p nucleus differs from row to row and is cut row by row.
 
     >>> sample_rows(np.log([[0.5, 0.5], [0.9, 0.1]]), [[], []], [None, None], temperature=0)
     [0, 0]
     """
-    return [
-        sample_token(
-            logits[b],
-            seen[b],
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            rng=rngs[b],
+    scores = np.asarray(logits)
+    if repetition_penalty != 1.0:
+        scores = np.stack(
+            [apply_repetition_penalty(scores[b], seen[b], repetition_penalty) for b in range(len(rngs))]
         )
-        for b in range(len(rngs))
-    ]
+    if temperature == 0:
+        return [int(i) for i in np.argmax(scores, axis=1)]
+    if top_p is not None and top_p < 1.0:
+        return [
+            _draw(token_weights(scores[b], temperature=temperature, top_k=top_k, top_p=top_p), rng)
+            for b, rng in enumerate(rngs)
+        ]
+    x = scores.astype(np.float64)  # (B, V)
+    weights = np.exp((x - x.max(axis=1, keepdims=True)) / temperature)  # (B, V)
+    V = x.shape[1]
+    if top_k is not None and top_k < V:
+        kth = np.partition(x, V - top_k, axis=1)[:, V - top_k]  # (B,)
+        weights[x < kth[:, None]] = 0.0
+    cdf = np.cumsum(weights, axis=1)  # (B, V)
+    draws = np.array([_uniform(rng) for rng in rngs])  # (B,), one per row, in row order
+    picks = (cdf <= (draws * cdf[:, -1])[:, None]).sum(axis=1)  # searchsorted, side="right"
+    return [int(i) for i in np.minimum(picks, V - 1)]
+
+
+def _uniform(rng: np.random.Generator | None) -> float:
+    return float((rng if rng is not None else np.random.default_rng()).random())
+
+
+def _draw(weights: np.ndarray, rng: np.random.Generator | None) -> int:
+    """Inverse CDF: the first token whose running sum of `weights` passes one uniform draw
+    times their total (a token of weight 0 never does)."""
+    cdf = np.cumsum(weights)
+    pick = int(np.searchsorted(cdf, _uniform(rng) * cdf[-1], side="right"))
+    return min(pick, len(cdf) - 1)
 
 
 def window_start(start: int, length: int, block_size: int) -> int:
