@@ -246,3 +246,43 @@ def test_a_batch_samples_what_each_row_samples_alone(settings):
         rngs = row_generators(trial, B)
         alone = [sample_token(logits[b], seen[b], rng=rngs[b], **settings) for b in range(B)]
         assert batch == alone, (trial, settings)
+
+
+def test_the_commands_print_the_same_sample_for_a_run_and_its_export(folders, capsys):
+    """`tinygpt sample RUN` and `tinygpt sample ONNX_DIR` (fp32): one seed, one text, and it
+    is what the Python API and the serving engine give."""
+    from tinygpt.cli import main
+
+    run, onnx_dir = folders
+    flags = ["--prompt", "to be", "--max-new-tokens", "30", "--temperature", "0.9"]
+    flags += ["--top-k", "12", "--seed", "7", "--num-samples", "1"]
+    printed = []
+    for folder in (run, onnx_dir):
+        assert main(["sample", str(folder), *flags]) == 0
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1]
+    text = tinygpt.load(run).generate("to be", max_new_tokens=30, temperature=0.9, top_k=12, seed=7)
+    assert text in printed[0]
+    assert engine_texts(tinygpt.load(run), [("to be", (30, dict(temperature=0.9, top_k=12, seed=7)))]) == [text]
+
+
+def test_a_vocabulary_padded_past_the_tokenizer_samples_only_decodable_ids():
+    """A model with more rows than its tokenizer has ids (padded, as imported models may be):
+    every path samples among the tokenizer's ids only, so they still agree."""
+    from tinygpt.infer.generate import TextGenerator
+
+    tok = train_tokenizer("char", ["abc def ghi"])
+    torch.manual_seed(3)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size + 9, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    with torch.no_grad():
+        model.lm_head.weight[tok.vocab_size :] += 5.0  # the padded rows would win most draws
+    gen = TextGenerator(model.eval(), tok)
+    ids = tok.encode("abc")
+    steps = gen.token_steps(
+        [ids], max_new_tokens=40, temperature=1.0, top_k=None, top_p=None,
+        repetition_penalty=1.0, seed=5,
+    )  # fmt: skip
+    drawn = [row[0] for row in steps]
+    assert drawn and max(drawn) < tok.vocab_size
+    text = gen.generate("abc", max_new_tokens=40, seed=5)
+    assert engine_texts(gen, [("abc", (40, dict(seed=5)))]) == [text]

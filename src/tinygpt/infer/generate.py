@@ -85,6 +85,7 @@ def generate_tokens(
     prefill_chunk: int | None = None,
     attention_mask: Tensor | None = None,
     stop_ids: Sequence[int] = (),
+    vocab: int | None = None,
 ) -> Iterator[Tensor]:
     """Yield the next token of every row, (B,), up to max_new_tokens times.
 
@@ -94,7 +95,8 @@ def generate_tokens(
     ended row keeps yielding the id that ended it, and the loop ends early once every row
     has ended. Tokens are chosen by `tinygpt.infer.sampler.sample_token`, row b drawing from
     its own generator (`row_generators(seed, B)[b]`), so the global random state is neither
-    used nor changed.
+    used nor changed. `vocab` limits the choice to ids below it (a model whose vocabulary is
+    padded past its tokenizer's never picks an id the tokenizer cannot decode).
     """
     check_sampling(
         max_new_tokens=max_new_tokens,
@@ -124,7 +126,7 @@ def generate_tokens(
     ended = torch.zeros(B, dtype=torch.long, device=device)  # the id each ended row repeats
 
     for _ in range(max_new_tokens):
-        logits = window.logits(tokens, L)  # (B, V) of each row's last position
+        logits = window.logits(tokens, L)[:, :vocab]  # (B, V) of each row's last position
         if repetition_penalty != 1.0:  # each row's own tokens, without its padding
             seen = [row[p:] for row, p in zip(tokens[:, :L].cpu().numpy(), pad)]
         else:
@@ -317,6 +319,7 @@ class TextGenerator(BaseTextGenerator):
             seed=seed,
             stop_ids=stop_ids or self.stop_token_ids,
             use_cache=use_cache,
+            vocab=self.tokenizer.vocab_size,
             attention_mask=None if mask is None else mask.to(self.device),
         )
         try:

@@ -276,13 +276,15 @@ def generate_tokens(
     repetition_penalty: float = 1.0,
     seed: int | None = None,
     eot_id: int | None = None,
+    vocab: int | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield the next token of every row, an int64 array (B,), up to max_new_tokens times.
 
     `prompts`: one list of ids per row (at least one id each; lengths may differ). Rows that
     have produced `eot_id` keep yielding it; the loop ends early once every row has. Tokens
     are chosen by `tinygpt.infer.sampler.sample_token`, row b drawing from its own generator
-    (`row_generators(seed, B)[b]`), as in `tinygpt.infer.generate`.
+    (`row_generators(seed, B)[b]`), as in `tinygpt.infer.generate`; `vocab` limits the choice
+    to ids below it, as there.
     """
     check_sampling(
         max_new_tokens=max_new_tokens,
@@ -306,7 +308,7 @@ def generate_tokens(
     )
     done = np.zeros(B, dtype=bool)
     for _ in range(max_new_tokens):
-        logits = window.logits(rows)  # (B, V)
+        logits = window.logits(rows)[:, :vocab]  # (B, V)
         nxt = np.array(sample_rows(logits, rows, rngs, **settings), dtype=np.int64)  # (B,)
         if eot_id is not None:
             nxt[done] = eot_id
@@ -432,6 +434,7 @@ class OnnxGenerator(BaseTextGenerator):
             repetition_penalty=repetition_penalty,
             seed=seed,
             eot_id=self.eot_id,
+            vocab=self.tokenizer.vocab_size,
         ):
             yield nxt.tolist()
 

@@ -375,6 +375,7 @@ class OnnxBackend:
             repetition_penalty=p.repetition_penalty,
             seed=p.seed,
             eot_id=None,
+            vocab=self.tokenizer.vocab_size,
         )
         try:
             for count in range(1, budget + 1):
