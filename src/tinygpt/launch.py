@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from types import ModuleType
 
 HELD = (signal.SIGINT, signal.SIGTERM)
 
@@ -40,7 +41,7 @@ def held_signals() -> Iterator[None]:
         for sig, handler in old.items():
             signal.signal(sig, handler)
         if pending:
-            handler = old[pending[0]]
+            handler = old[signal.Signals(pending[0])]
             if callable(handler):
                 handler(pending[0], None)
             elif handler != signal.SIG_IGN:
@@ -50,7 +51,9 @@ def held_signals() -> Iterator[None]:
 class _TorchImportGuard(importlib.abc.MetaPathFinder):
     """Runs the first `import torch` with signals held (module docstring)."""
 
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+    def find_spec(
+        self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if name != "torch":
             return None
         sys.meta_path.remove(self)  # once; and no recursion in the lookup below
@@ -62,13 +65,13 @@ class _TorchImportGuard(importlib.abc.MetaPathFinder):
 
 
 class _HeldLoader(importlib.abc.Loader):
-    def __init__(self, loader: Any) -> None:
+    def __init__(self, loader: importlib.abc.Loader) -> None:
         self.loader = loader
 
-    def create_module(self, spec: Any) -> Any:
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return self.loader.create_module(spec)
 
-    def exec_module(self, module: Any) -> None:
+    def exec_module(self, module: ModuleType) -> None:
         with held_signals():
             self.loader.exec_module(module)
 

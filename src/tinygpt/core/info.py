@@ -79,7 +79,7 @@ def param_breakdown(config: GPTConfig) -> dict[str, Any]:
     mlp = C * n_in + b * n_in + config.hidden * C + b * C
     norms = 2 * _norm_params(config, C)
     block = attention + mlp + norms
-    out = {
+    out: dict[str, Any] = {
         "token_embedding": V * C,
         "position_embedding": config.block_size * C if config.pos == "learned" else 0,
         "per_block": {"attention": attention, "mlp": mlp, "norms": norms, "total": block},

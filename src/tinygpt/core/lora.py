@@ -45,13 +45,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tinygpt.core.config import GPTConfig
 from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT
 from tinygpt.core.numbers import Range, check
 
 FORMAT = "tinygpt-lora"
@@ -99,7 +101,7 @@ class LoraSettings:
         mine["targets"], theirs["targets"] = set(self.targets), set(other.targets)
         return all(v in (None, set()) or v == theirs[k] for k, v in mine.items())
 
-    def resolved(self, config: Any) -> LoraSettings:
+    def resolved(self, config: GPTConfig) -> LoraSettings:
         """The settings with alpha and the targets spelled out for `config`, checked
         (`check_settings`)."""
         return check_settings(self, config)
@@ -148,7 +150,7 @@ def parse_targets(text: str) -> tuple[str, ...]:
     return () if names == ("all",) else names
 
 
-def _sections(config: Any) -> dict[str, list[tuple[str, int]]]:
+def _sections(config: GPTConfig) -> dict[str, list[tuple[str, int]]]:
     """The adaptable projections of one block, by their path inside it, each with its
     output sections in order: (target name, width)."""
     H, K, D, C = config.n_head, config.kv_heads, config.head_dim, config.n_embd
@@ -161,24 +163,22 @@ def _sections(config: Any) -> dict[str, list[tuple[str, int]]]:
     }
 
 
-def _inputs(config: Any, path: str) -> int:
+def _inputs(config: GPTConfig, path: str) -> int:
     return config.hidden if path == "mlp.proj" else config.n_embd
 
 
-def valid_targets(config: Any) -> tuple[str, ...]:
+def valid_targets(config: GPTConfig) -> tuple[str, ...]:
     """The target names a model of `config` has, in `TARGETS` order."""
     have = {name for sections in _sections(config).values() for name, _ in sections}
     return tuple(t for t in TARGETS if t in have)
 
 
-def check_settings(settings: LoraSettings, config: Any) -> LoraSettings:
+def check_settings(settings: LoraSettings, config: GPTConfig) -> LoraSettings:
     """`settings` for a model of `config`, every default spelled out; a target the model
     does not have, or a rank larger than an adapted layer allows, is an error."""
-    settings = dataclasses.replace(
-        settings,
-        rank=DEFAULT_RANK if settings.rank is None else settings.rank,
-        dropout=DEFAULT_DROPOUT if settings.dropout is None else settings.dropout,
-    )
+    rank = DEFAULT_RANK if settings.rank is None else settings.rank
+    dropout = DEFAULT_DROPOUT if settings.dropout is None else settings.dropout
+    settings = dataclasses.replace(settings, rank=rank, dropout=dropout)
     valid = valid_targets(config)
     targets = settings.targets or valid
     unknown = [t for t in targets if t not in valid]
@@ -193,13 +193,13 @@ def check_settings(settings: LoraSettings, config: Any) -> LoraSettings:
             if name not in targets:
                 continue
             limit = min(_inputs(config, path), width)
-            if settings.rank > limit:
+            if rank > limit:
                 raise TinyGPTError(
                     f"--lora-rank {settings.rank} is larger than the {name} projection allows"
                     f" ({_inputs(config, path)} inputs, {width} outputs): a rank-r update of"
                     f" that layer needs r <= {limit}; choose a smaller rank"
                 )
-    alpha = float(settings.alpha if settings.alpha is not None else 2 * settings.rank)
+    alpha = float(settings.alpha if settings.alpha is not None else 2 * rank)
     ordered = tuple(t for t in valid if t in targets)
     return dataclasses.replace(settings, alpha=alpha, targets=ordered)
 
@@ -306,7 +306,7 @@ class Adapted:
 
     settings: LoraSettings
     rows_from: int  # the first embedding row that trains; vocab_size when none do
-    handles: list[Any]
+    handles: list[torch.utils.hooks.RemovableHandle]
 
     def record(self) -> dict[str, Any]:
         return {**self.settings.record(), "rows_from": self.rows_from}
@@ -324,7 +324,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 @torch.no_grad()
 def apply_lora(
-    model: nn.Module, settings: LoraSettings, *, rows_from: int | None = None, seed: int = 0
+    model: GPT, settings: LoraSettings, *, rows_from: int | None = None, seed: int = 0
 ) -> Adapted:
     """Adapt `model` (a `tinygpt.core.model.GPT`) in place (module docstring): freeze every
     parameter, put adapters on `settings.targets` in every block, and give the embedding
@@ -334,10 +334,12 @@ def apply_lora(
         raise TinyGPTError("this model already carries LoRA adapters; merge them first")
     config = model.config
     settings = check_settings(settings, config)
+    rank, dropout = settings.rank, settings.dropout
+    assert rank is not None and dropout is not None  # check_settings spelled them out
     for p in model.parameters():
         p.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
-    for block in model.blocks:
+    for block in model.block_modules():
         for path, sections in _sections(config).items():
             adapted = tuple(name for name, _ in sections if name in settings.targets)
             if not adapted:
@@ -348,9 +350,9 @@ def apply_lora(
                 getattr(owner, leaf),
                 sections,
                 adapted,
-                settings.rank,
+                rank,
                 settings.scale,
-                settings.dropout,
+                dropout,
                 generator,
             )
             setattr(owner, leaf, wrapped)
@@ -363,12 +365,13 @@ def apply_lora(
         emb = model.tok_emb.weight
         frozen = nn.Parameter(emb[:rows_from].clone(), requires_grad=False)
         rows = nn.Parameter(emb[rows_from:].clone())
-        model.tok_emb = RowsEmbedding(frozen, rows)
+        swapped: nn.Module = model  # the new modules are not of the types GPT declares
+        swapped.tok_emb = RowsEmbedding(frozen, rows)
         if tied:
-            model.lm_head = RowsHead(frozen, rows)
+            swapped.lm_head = RowsHead(frozen, rows)
         else:
             head = model.lm_head.weight
-            model.lm_head = RowsHead(
+            swapped.lm_head = RowsHead(
                 nn.Parameter(head[:rows_from].clone(), requires_grad=False),
                 nn.Parameter(head[rows_from:].clone()),
             )
@@ -376,8 +379,9 @@ def apply_lora(
         model.register_state_dict_post_hook(_keep_trainable),
         model.register_load_state_dict_post_hook(_forgive_frozen),
     ]
-    model.lora = Adapted(settings, rows_from, handles)
-    return model.lora
+    lora = Adapted(settings, rows_from, handles)
+    model.lora = lora  # type: ignore[assignment]  # torch stubs: Module.__setattr__ takes any value
+    return lora
 
 
 def _trainable_names(model: nn.Module) -> set[str]:
@@ -398,13 +402,13 @@ def _forgive_frozen(module: nn.Module, incompatible: Any) -> None:
 
 
 @torch.no_grad()
-def merge_lora(model: nn.Module) -> nn.Module:
+def merge_lora(model: GPT) -> GPT:
     """Fold the adapters and the trained rows into plain weights, in place: the model is a
     plain GPT again (every parameter trainable, `state_dict()` whole), and computes what the
     adapted model computed (up to float rounding)."""
     if not is_adapted(model):
         raise TinyGPTError("this model carries no LoRA adapters to merge")
-    for block in model.blocks:
+    for block in model.block_modules():
         for path in _sections(model.config):
             parent, leaf = path.split(".")
             owner = getattr(block, parent)
@@ -420,18 +424,20 @@ def merge_lora(model: nn.Module) -> nn.Module:
                 if layer.bias is not None:
                     plain.bias = layer.bias
                 setattr(owner, leaf, plain)
-    if isinstance(model.tok_emb, RowsEmbedding):
-        tied = model.lm_head.rows is model.tok_emb.rows
+    tok_emb: nn.Module = model.tok_emb
+    if isinstance(tok_emb, RowsEmbedding):
+        lm_head = cast(RowsHead, model.lm_head)  # apply_lora gives both trainable rows
+        tied = lm_head.rows is tok_emb.rows
         V, C = model.config.vocab_size, model.config.n_embd
         emb = nn.Embedding(V, C, device="meta")
-        emb.weight = nn.Parameter(model.tok_emb.full().detach().clone())
+        emb.weight = nn.Parameter(tok_emb.full().detach().clone())
         head = nn.Linear(C, V, bias=False, device="meta")
         if tied:
             head.weight = emb.weight
         else:
-            head.weight = nn.Parameter(model.lm_head.full().detach().clone())
+            head.weight = nn.Parameter(lm_head.full().detach().clone())
         model.tok_emb, model.lm_head = emb, head
-    for handle in model.lora.handles:
+    for handle in cast(Adapted, model.lora).handles:  # is_adapted checked its type
         handle.remove()
     del model.lora
     for p in model.parameters():

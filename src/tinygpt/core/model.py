@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -276,7 +277,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
         v = v.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:  # both or neither
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -404,6 +405,10 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Token embedding (+ learned positions), n_layer blocks, final norm, LM head."""
 
+    # Buffers registered in __init__ when config.pos == "rope".
+    rope_cos: Tensor
+    rope_sin: Tensor
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
@@ -428,13 +433,17 @@ class GPT(nn.Module):
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.init_std
         if isinstance(module, nn.Linear):
-            residual = module in {m for b in self.blocks for m in (b.attn.proj, b.mlp.proj)}
+            residual = module in {m for b in self.block_modules() for m in (b.attn.proj, b.mlp.proj)}
             scale = 1.0 / math.sqrt(2 * self.config.n_layer) if residual else 1.0
             nn.init.normal_(module.weight, mean=0.0, std=std * scale)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
+
+    def block_modules(self) -> list[Block]:
+        """The blocks, typed (an nn.ModuleList yields plain modules)."""
+        return [cast(Block, b) for b in self.blocks]
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, tied weights counted once; non_embedding drops the position table
@@ -559,12 +568,13 @@ class GPT(nn.Module):
 
         Runs one forward pass through the manual kernel (SDPA does not expose its weights).
         """
-        layers = [b.attn for b in self.blocks]
+        layers = [b.attn for b in self.block_modules()]
         for a in layers:
             a.keep_attn = True
         try:
             self(idx)
-            return [a.last_attn for a in layers]
+            # keep_attn routes every layer through the manual kernel, which sets last_attn.
+            return [cast(Tensor, a.last_attn) for a in layers]
         finally:
             for a in layers:
                 a.keep_attn, a.last_attn = False, None

@@ -91,6 +91,12 @@ METRICS_FIELDS = [
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
+def _step_of(name: str) -> int:
+    """The step a checkpoint folder's name holds; 0 for any other name."""
+    match = _STEP_DIR.match(name)
+    return int(match.group(1)) if match else 0
+
+
 def step_name(step: int) -> str:
     """The folder name of the checkpoint at `step`.
 
@@ -365,7 +371,7 @@ class RunDir:
         found = [
             p for p in folder.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and is_complete(p)
         ]
-        return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+        return sorted(found, key=lambda p: _step_of(p.name))
 
     def pointer(self, name: str) -> Path | None:
         """The checkpoint the pointer file `latest` or `best` names, if it is complete."""
@@ -387,10 +393,10 @@ class RunDir:
         try:
             return verify(folder, names)
         except DamagedCheckpoint as exc:
-            step = int(_STEP_DIR.match(folder.name).group(1)) if _STEP_DIR.match(folder.name) else 0
+            step = _step_of(folder.name)
             good = None
             for earlier in reversed(self.checkpoints()):
-                if int(_STEP_DIR.match(earlier.name).group(1)) >= step:
+                if _step_of(earlier.name) >= step:
                     continue
                 try:
                     verify(earlier)

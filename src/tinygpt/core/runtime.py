@@ -25,7 +25,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -171,7 +171,7 @@ class Runtime:
     device: str = "cpu"
     dist: Dist = field(default_factory=Dist)
     precision: str = "fp32"
-    scaler: Any = None  # torch.amp.GradScaler for fp16, else None
+    scaler: torch.amp.GradScaler | None = None  # for fp16
     closed: bool = False
 
     @classmethod
@@ -213,7 +213,8 @@ def seed_all(seed: int) -> None:
 
 def rng_state() -> tuple[dict[str, Any], dict[str, Any]]:
     """(JSON part, tensor part) of every global random generator training touches."""
-    np_state = np.random.get_state()
+    # The global generator is an MT19937, whose legacy state is this tuple.
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     py_state = random.getstate()
     json_part = {
         "python_rng": [py_state[0], list(py_state[1]), py_state[2]],

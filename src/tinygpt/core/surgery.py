@@ -19,14 +19,26 @@ rows along it) makes the new tokens differ from one another, so the model can te
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.model import GPT
+
+_Tok = TypeVar("_Tok", bound="SpecialTokens")
+
+
+class SpecialTokens(Protocol):
+    """What `add_special_tokens` needs of a tokenizer (a `tinygpt.data.tokenizer.Tokenizer`,
+    which this layer cannot import)."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def with_special_tokens(self: _Tok, tokens: Iterable[str]) -> _Tok: ...
 
 DEFAULT_NOISE = 0.1
 
@@ -86,12 +98,12 @@ def grow_vocabulary(
 @torch.no_grad()
 def add_special_tokens(
     model: GPT,
-    tokenizer: Any,
+    tokenizer: _Tok,
     tokens: Sequence[str],
     seed: int = 0,
     *,
     noise: float = DEFAULT_NOISE,
-) -> Any:
+) -> _Tok:
     """The tokenizer with `tokens` as special tokens (those it lacks get new ids after its
     last), and `model` given rows for them; returns the new tokenizer.
 

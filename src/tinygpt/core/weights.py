@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -53,10 +53,11 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain model under DDP and torch.compile wrappers."""
     while True:
-        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-            model = model.module
+        inner = getattr(model, "module", None)
+        if isinstance(inner, torch.nn.Module):
+            model = inner
         elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+            model = cast(torch.nn.Module, model._orig_mod)  # torch.compile's wrapper
         else:
             return model
 
@@ -68,7 +69,7 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
     aliases are dropped and recorded in the metadata as `alias -> kept name`.
     """
     state = clean_state_dict(unwrap(model).state_dict())
-    kept: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    kept: dict[tuple[int, int | torch.SymInt, tuple[int, ...]], str] = {}
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     for name, tensor in state.items():
@@ -114,7 +115,7 @@ def write_checkpoint(
     final: Path,
     model: torch.nn.Module,
     *,
-    optimizer: Any = None,
+    optimizer: torch.optim.Optimizer | None = None,
     state: dict[str, Any] | None = None,
     tensors: dict[str, Any] | None = None,
 ) -> Path:
@@ -168,7 +169,7 @@ def save_checkpoint(
     step: int,
     model: torch.nn.Module,
     *,
-    optimizer: Any = None,
+    optimizer: torch.optim.Optimizer | None = None,
     state: dict[str, Any] | None = None,
     tensors: dict[str, Any] | None = None,
     is_best: bool = False,

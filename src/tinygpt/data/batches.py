@@ -148,7 +148,7 @@ class ExampleBatches:
         return self.keep[np.random.default_rng([self.seed, epoch]).permutation(len(self.keep))]
 
     def _draw(self) -> list[int]:
-        rows = []
+        rows: list[int] = []
         while len(rows) < self.global_batch:
             if self.pos == len(self.order):
                 self.epoch, self.pos = self.epoch + 1, 0

@@ -49,8 +49,8 @@ class Dataset:
 
     path: Path
     meta: dict[str, Any]
-    train: np.memmap  # (N_train,) token ids
-    val: np.memmap  # (N_val,) token ids
+    train: np.ndarray  # (N_train,) token ids, an np.memmap unless the split is empty
+    val: np.ndarray  # (N_val,) token ids, likewise
 
     @property
     def tokenizer_path(self) -> Path:

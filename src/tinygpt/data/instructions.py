@@ -263,8 +263,8 @@ def shakespeare_records(plays: list[tuple[str, str]]) -> Iterator[Record]:
         keys = [f"{play}#{i}" for i in range(len(spoken))]
         order = sorted(range(len(spoken)), key=lambda i: _hash(f"shakespeare-qa:{keys[i]}"))
         who = set([i for i in order if _fits(spoken[i][1][0])][:PER_PLAY])
-        more = [i for i in order if len(spoken[i][1]) >= 2 and all(map(_fits, spoken[i][1][:2]))]
-        more = set(more[:PER_PLAY])
+        pairs = [i for i in order if len(spoken[i][1]) >= 2 and all(map(_fits, spoken[i][1][:2]))]
+        more = set(pairs[:PER_PLAY])
         asked = []
         for i in sorted(who | more):
             speaker, lines = spoken[i]

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.files import decode_error, read_jsonl
@@ -74,6 +74,16 @@ def detect_shape(record: Any) -> str | None:
     if "text" in record:
         return "text"
     return None
+
+
+@overload
+def _text_field(
+    record: dict[str, Any], key: str, *, optional: Literal[False] = False
+) -> str: ...
+
+
+@overload
+def _text_field(record: dict[str, Any], key: str, *, optional: bool) -> str | None: ...
 
 
 def _text_field(record: dict[str, Any], key: str, *, optional: bool = False) -> str | None:

@@ -61,6 +61,7 @@ from typing import Any
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.files import atomic_write_json
 from tinygpt.core.run import CHAT_TEMPLATE as TEMPLATE_FILE
+from tinygpt.data.tokenizer import Tokenizer
 
 ROLES = ("system", "user", "assistant")
 TEMPLATE_FORMAT = 1
@@ -245,7 +246,7 @@ class ChatTemplate:
     # --- ids ---------------------------------------------------------------------------
     def encode(
         self,
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         messages: Sequence[Message],
         add_generation_prompt: bool = False,
         train_on_prompt: bool = False,
@@ -376,7 +377,7 @@ def _jinja_str(text: str) -> str:
     return f"'{escaped}'"
 
 
-def _encode_run(tokenizer: Any, run: list[Segment]) -> tuple[list[int], list[int]]:
+def _encode_run(tokenizer: Tokenizer, run: list[Segment]) -> tuple[list[int], list[int]]:
     """Ids and mask of consecutive text segments, encoded as one string (specials off)."""
     text = "".join(s.text for s in run)
     ids = tokenizer.encode(text)
@@ -471,7 +472,7 @@ def template_for_jinja(jinja: str) -> ChatTemplate | None:
 
 
 def fit_history(
-    template: ChatTemplate, tokenizer: Any, messages: Sequence[Message], budget: int
+    template: ChatTemplate, tokenizer: Tokenizer, messages: Sequence[Message], budget: int
 ) -> tuple[list[Message], int]:
     """(kept messages, number left out): the conversation (ending with a user message)
     with its oldest exchanges left out, one user message and the answer to it at a time,

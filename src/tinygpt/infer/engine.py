@@ -59,6 +59,7 @@ from torch import Tensor
 
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.model import GPT
+from tinygpt.data.tokenizer import Tokenizer
 
 # The request's side (settings, events, the handle) is torch-free and shared with the ONNX
 # serving backend; it is importable from here as well.
@@ -74,6 +75,7 @@ from tinygpt.infer.request import (  # noqa: F401
     SamplingParams,
     Token,
     Usage,
+    Wake,
     describe_token,
     new_request,
     params_of,
@@ -122,7 +124,7 @@ class Engine:
     def __init__(
         self,
         model: GPT,
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         *,
         max_batch: int = 16,
         max_queue: int = 64,
@@ -266,7 +268,7 @@ class Engine:
             if row.req._cancelled or now >= row.req.deadline:
                 self._finish(row, "cancelled" if row.req._cancelled else "timeout")
                 self._remove(i)
-        joining = []
+        joining: list[Request] = []
         with self._cond:
             for req in list(self._queue):
                 if req._cancelled or now >= req.deadline:
@@ -350,7 +352,8 @@ class Engine:
         tokens = self._sample(rows, logits)  # (n,)
         self._last[first : first + len(rows)] = tokens
         logprobs = self._logprobs(rows, logits, tokens)
-        done, wakes = [], []
+        done: list[int] = []
+        wakes: list[Wake] = []
         for j, (row, token) in enumerate(zip(rows, tokens.tolist())):
             row.ids.append(token)
             info = self._token(token, logprobs[j] if logprobs else None)
@@ -450,7 +453,7 @@ class Engine:
     def _end_waiting(self, req: Request, reason: str) -> None:
         self._end(req, Event("", finish_reason=reason))
 
-    def _end(self, req: Request, event: Event, wakes: list | None = None) -> None:
+    def _end(self, req: Request, event: Event, wakes: list[Wake] | None = None) -> None:
         usage = Usage(req.prompt_tokens, req.completion_tokens + (event.token is not None))
         req._emit(Event(event.text, event.token, event.finish_reason, usage, event.error), wakes)
         with self._cond:

@@ -44,7 +44,7 @@ from tinygpt.core.runtime import resolve_device
 from tinygpt.data.examples import fit_to_context, is_examples, open_examples
 from tinygpt.data.prepare import largest_id, open_dataset
 from tinygpt.data.sources import iter_documents
-from tinygpt.data.tokenizer import file_hash
+from tinygpt.data.tokenizer import Tokenizer, file_hash
 from tinygpt.infer.generate import TextGenerator, usable_prompts
 from tinygpt.infer.loader import load_run
 from tinygpt.infer.scoring import (
@@ -72,7 +72,7 @@ def read_lines(path: str | Path, errors: str = "strict") -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def encode_documents(documents: Iterable[str], tokenizer: Any) -> np.ndarray:
+def encode_documents(documents: Iterable[str], tokenizer: Tokenizer) -> np.ndarray:
     """Token ids of `documents`, each followed by one end-of-text token, as (N,) int64."""
     ids: list[int] = []
     chars = 0
@@ -105,7 +105,7 @@ def open_checked_dataset(data_dir: str | Path, run_dir: str | Path) -> Any:
 
 def resolve_eval_tokens(
     run_dir: str | Path,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     *,
     data: str | Path | None = None,
     input: str | None = None,
@@ -160,7 +160,7 @@ def evaluate_run(
     run = load_run(run_dir, checkpoint=checkpoint, device=resolve_device(device))
     device_of_model = str(next(run.model.parameters()).device)
     block = run.config.model.block_size
-    if per_line:
+    if per_line and input:  # per_line without input was refused above
         if stride is not None or max_tokens is not None:
             raise TinyGPTError("--per-line scores whole lines: drop --stride and --max-tokens")
         lines = read_lines(input, errors)
@@ -227,7 +227,7 @@ def _examples_of(run_dir: str | Path, data: str | Path | None) -> Any:
 def score_examples(
     model: Any,
     examples: Any,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     block_size: int,
     *,
     batch_size: int = 16,
@@ -268,7 +268,7 @@ def score_examples(
 
 
 def make_prompts(
-    tokens: np.ndarray, tokenizer: Any, prompt_tokens: int, reference_tokens: int, count: int = 20
+    tokens: np.ndarray, tokenizer: Tokenizer, prompt_tokens: int, reference_tokens: int, count: int = 20
 ) -> list[dict[str, str]]:
     """`count` prompt/reference pairs cut from windows spread evenly over `tokens`.
 
@@ -377,14 +377,14 @@ def evaluate_generation(
             seed=seed + i,
         )
         rows.append({**rec, "generation": text})
-    scores = text_scores([r["generation"] for r in rows], [r["reference"] for r in rows])
-    scores.update(
-        prompts=len(rows),
-        temperature=temperature,
-        top_k=top_k,
-        seed=seed,
-        max_new_tokens=max_new_tokens,
-    )
+    scores: dict[str, float | None] = {
+        **text_scores([r["generation"] for r in rows], [r["reference"] for r in rows]),
+        "prompts": len(rows),
+        "temperature": temperature,
+        "top_k": top_k,
+        "seed": seed,
+        "max_new_tokens": max_new_tokens,
+    }
     write_prompts(out_dir / "generations.jsonl", rows)
     atomic_write_json(out_dir / "scores.json", scores)
     return scores
@@ -453,12 +453,12 @@ def evaluate_run_generation(
         raise TinyGPTError("give either --prompts FILE or --make-prompts K,M, not both")
     if samples < 0:
         raise TinyGPTError(f"--samples {samples} must be 0 or more")
-    run_dir = RunDir(run_dir).require()
+    folder = RunDir(run_dir).require()
     prompts = read_prompts(prompts_file) if prompts_file else None
-    run = load_run(run_dir.path, checkpoint=checkpoint, device=resolve_device(device))
+    run = load_run(folder.path, checkpoint=checkpoint, device=resolve_device(device))
     if make:
         tokens, _ = resolve_eval_tokens(
-            run_dir.path,
+            folder.path,
             run.tokenizer,
             data=data,
             input=input,
@@ -466,28 +466,28 @@ def evaluate_run_generation(
             errors=errors,
         )
         prompts = make_prompts(tokens, run.tokenizer, make[0], make[1], num_prompts)
-        path = write_prompts(run_dir.eval_file("prompts.jsonl"), prompts)
+        path = write_prompts(folder.eval_file("prompts.jsonl"), prompts)
         say(f"wrote {len(prompts)} prompts to {path}")
     gen = TextGenerator(run.model, run.tokenizer)
     out: dict[str, Any] = {}
     if prompts is not None:
         scores = evaluate_generation(
-            gen, prompts, run_dir.eval_dir, temperature=temperature, top_k=top_k, seed=seed
+            gen, prompts, folder.eval_dir, temperature=temperature, top_k=top_k, seed=seed
         )
         out.update(bleu=scores["bleu"], chrf=scores["chrf"], prompts=scores["prompts"])
         say(
             f"BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f} (sacrebleu, 0-100) over"
-            f" {scores['prompts']} prompts; generations in {run_dir.eval_file('generations.jsonl')}"
+            f" {scores['prompts']} prompts; generations in {folder.eval_file('generations.jsonl')}"
         )
     if samples:
         paths = write_samples(
             gen,
-            run_dir.path,
+            folder.path,
             samples,
             temperature=temperature or SAMPLE_TEMPERATURE,
             top_k=top_k,
             seed=seed,
         )
         out["samples"] = [str(p) for p in paths]
-        say(f"wrote {len(paths)} samples to {run_dir.samples_dir}")
+        say(f"wrote {len(paths)} samples to {folder.samples_dir}")
     return out

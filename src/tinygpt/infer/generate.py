@@ -35,7 +35,7 @@ Example (a trained run folder):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ from torch import Tensor
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.model import GPT
 from tinygpt.core.runtime import resolve_device
+from tinygpt.data.template import ChatTemplate
+from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.infer.loader import load_run
 from tinygpt.infer.sampler import row_generators, sample_rows, window_start
 from tinygpt.infer.textgen import (  # also importable from here
@@ -86,7 +88,7 @@ def generate_tokens(
     attention_mask: Tensor | None = None,
     stop_ids: Sequence[int] = (),
     vocab: int | None = None,
-) -> Iterator[Tensor]:
+) -> Generator[Tensor, None, None]:
     """Yield the next token of every row, (B,), up to max_new_tokens times.
 
     prompt: (B, T) ids, T >= 1. attention_mask (B, T), for prompts of different lengths:
@@ -117,9 +119,6 @@ def generate_tokens(
     L = T0
     window = _Window(model, pad, use_cache=use_cache, prefill_chunk=prefill_chunk)
     rngs = row_generators(seed, B)
-    settings = dict(
-        temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty
-    )
     done = torch.zeros(B, dtype=torch.bool, device=device)
     ends = ([eot_id] if eot_id is not None else []) + list(stop_ids)
     ends_t = torch.tensor(ends, dtype=torch.long, device=device)
@@ -131,7 +130,15 @@ def generate_tokens(
             seen = [row[p:] for row, p in zip(tokens[:, :L].cpu().numpy(), pad)]
         else:
             seen = [()] * B
-        picked = sample_rows(logits.float().cpu().numpy(), seen, rngs, **settings)
+        picked = sample_rows(
+            logits.float().cpu().numpy(),
+            seen,
+            rngs,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+        )
         nxt = torch.tensor(picked, dtype=torch.long, device=device)  # (B,)
         if ends:
             nxt = torch.where(done, ended, nxt)
@@ -280,7 +287,9 @@ class TextGenerator(BaseTextGenerator):
     their own reproducible samples.
     """
 
-    def __init__(self, model: GPT, tokenizer: Any, template: Any = None) -> None:
+    def __init__(
+        self, model: GPT, tokenizer: Tokenizer, template: ChatTemplate | None = None
+    ) -> None:
         super().__init__(tokenizer, template)
         self.model = model.eval()
         self.block_size = model.config.block_size
@@ -301,7 +310,7 @@ class TextGenerator(BaseTextGenerator):
         seed: int | None,
         stop_ids: tuple[int, ...] = (),
         use_cache: bool = True,
-    ) -> Iterator[list[int]]:
+    ) -> Generator[list[int], None, None]:
         T = max(len(i) for i in ids)
         # Left padding: every row's last prompt token sits in the last column.
         prompt_t = torch.tensor([[0] * (T - len(i)) + i for i in ids], device=self.device)

@@ -234,8 +234,11 @@ def build_adapted(run: RunDir, model_config: GPTConfig, seed: int = 0) -> GPT:
     record = read_adapter_record(run)
     base, ckpt = locate_base(run)
     base_model = base.read_config().model
-    shape = {"vocab_size": base_model.vocab_size, "block_size": base_model.block_size}
-    model = GPT(dataclasses.replace(model_config, **shape))
+    model = GPT(
+        dataclasses.replace(
+            model_config, vocab_size=base_model.vocab_size, block_size=base_model.block_size
+        )
+    )
     load_base_weights(model, base, ckpt)
     grow_vocabulary(model, model_config.vocab_size, seed)  # rows past rows_from: the adapter's
     shorten_context(model, model_config.block_size)

@@ -45,7 +45,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ import numpy as np
 
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.data.template import template_for_jinja
-from tinygpt.data.tokenizer import load_tokenizer
+from tinygpt.data.tokenizer import Tokenizer, load_tokenizer
 from tinygpt.infer.sampler import row_generators, sample_rows, window_start
 from tinygpt.infer.textgen import BaseTextGenerator, check_sampling
 
@@ -303,13 +303,19 @@ def generate_tokens(
     B = len(rows)
     rngs = row_generators(seed, B)
     window = _Window(lm, B)
-    settings = dict(
-        temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty
-    )
     done = np.zeros(B, dtype=bool)
     for _ in range(max_new_tokens):
         logits = window.logits(rows)[:, :vocab]  # (B, V)
-        nxt = np.array(sample_rows(logits, rows, rngs, **settings), dtype=np.int64)  # (B,)
+        picked = sample_rows(
+            logits,
+            rows,
+            rngs,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+        )
+        nxt = np.array(picked, dtype=np.int64)  # (B,)
         if eot_id is not None:
             nxt[done] = eot_id
             done |= nxt == eot_id
@@ -396,12 +402,15 @@ class OnnxGenerator(BaseTextGenerator):
     is the token-level loop (ids in, one id per row per step out) for servers.
     """
 
-    def __init__(self, lm: OnnxLM, tokenizer: Any) -> None:
+    def __init__(self, lm: OnnxLM, tokenizer: Tokenizer) -> None:
         tok_config = lm.folder.read_json(TOKENIZER_CONFIG) or {}
         jinja = tok_config.get("chat_template")
         self.chat_template: str | None = jinja if isinstance(jinja, str) else None
         # the exported Jinja names one of our templates: chat() then works as on the run
-        super().__init__(tokenizer, template_for_jinja(jinja) if self.chat_template else None)
+        super().__init__(
+            tokenizer,
+            template_for_jinja(self.chat_template) if self.chat_template else None,
+        )
         self.lm = lm
         self.info = lm.info
         self.block_size = lm.block_size
@@ -419,7 +428,7 @@ class OnnxGenerator(BaseTextGenerator):
         seed: int | None,
         stop_ids: tuple[int, ...] = (),
         use_cache: bool = True,
-    ) -> Iterator[list[int]]:
+    ) -> Generator[list[int], None, None]:
         # Rows that end with end-of-turn (`stop_ids`) are ended by the text side; the loop
         # itself stops early once every row has produced end-of-text.
         if not use_cache:

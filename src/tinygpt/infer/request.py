@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tinygpt.core.errors import TinyGPTError
+from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.infer.textgen import check_sampling
 
 FINISH_REASONS = ("stop", "length", "timeout", "cancelled", "error")
@@ -160,10 +161,15 @@ class Completion:
 # ---------------------------------------------------------------------------- a request
 
 
-def wake_all(wakes: list) -> None:
+# What `Request._emit` notes for `wake_all`: the event loop awaiting a request, its wake-up
+# event, and the request.
+Wake = tuple[asyncio.AbstractEventLoop, asyncio.Event, "Request"]
+
+
+def wake_all(wakes: list[Wake]) -> None:
     """Wake the event loops noted by `Request._emit` during one engine step: one thread-safe
     call per loop, setting every waiting request's asyncio.Event in it."""
-    by_loop: dict[Any, list] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Event, Request]]] = {}
     for loop, wakeup, req in wakes:
         by_loop.setdefault(loop, []).append((wakeup, req))
     for loop, items in by_loop.items():
@@ -235,7 +241,7 @@ class Request:
             self._wake_engine()
 
     # --- delivery (called by the engine thread) --------------------------------------
-    def _emit(self, event: Event, wakes: list | None = None) -> None:
+    def _emit(self, event: Event, wakes: list[Wake] | None = None) -> None:
         """Deliver `event`. An event loop awaiting this request is woken at once, or, when
         `wakes` is given, noted there for the engine to wake once for a whole step
         (`wake_all`): one call into each event loop per step instead of one per request."""
@@ -394,7 +400,7 @@ class EngineStats:
 
 
 def describe_token(
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     special: dict[int, str],
     token: int,
     logprob: float | None = None,

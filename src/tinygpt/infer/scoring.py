@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from tinygpt.core.errors import TinyGPTError
+from tinygpt.data.tokenizer import Tokenizer
 
 LN2 = math.log(2.0)
 
@@ -109,7 +110,7 @@ def evaluate(
     stride: int | None = None,
     max_tokens: int | None = None,
     window_ids: list[int] | None = None,
-    autocast: Callable[[], object] | None = None,
+    autocast: Callable[[], AbstractContextManager] | None = None,
 ) -> EvalResult:
     """Sum the cross-entropy of `model` over `tokens` (see the module docstring).
 
@@ -190,7 +191,7 @@ class SplitEvaluator:
         batch_size: int,
         windows: int,
         device: str,
-        autocast: Callable[[], object] | None = None,
+        autocast: Callable[[], AbstractContextManager] | None = None,
     ) -> None:
         self.tokens = tokens
         self.block_size = block_size
@@ -225,7 +226,7 @@ def evaluate_examples(
     *,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
-    autocast: Callable[[], object] | None = None,
+    autocast: Callable[[], AbstractContextManager] | None = None,
     pad_id: int = 0,
 ) -> EvalResult:
     """Sum the cross-entropy of `model` over the scored tokens (the assistant's, by the
@@ -283,7 +284,7 @@ class ExampleEvaluator:
         batch_size: int,
         examples: int,
         device: str,
-        autocast: Callable[[], object] | None = None,
+        autocast: Callable[[], AbstractContextManager] | None = None,
         pad_id: int = 0,
     ) -> None:
         self.split = split
@@ -320,7 +321,7 @@ class ExampleEvaluator:
 # ------------------------------------------------------------------------ bits per byte
 
 
-def token_byte_lengths(tokenizer: Any) -> np.ndarray:
+def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
     """UTF-8 length of every token id, (V,) int64; special tokens have length 0.
 
     >>> from tinygpt.data.tokenizer import CharTokenizer
@@ -371,7 +372,7 @@ class LossResult:
 def score_tokens(
     model: Any,
     tokens: np.ndarray,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     block_size: int,
     *,
     batch_size: int = 32,
@@ -413,7 +414,7 @@ def score_tokens(
 def score_lines(
     model: Any,
     lines: Sequence[str],
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     block_size: int,
     *,
     batch_size: int = 32,

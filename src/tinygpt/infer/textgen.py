@@ -15,13 +15,14 @@ deployment of an ONNX export never loads torch.
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 from tinygpt.core.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K, SAMPLING
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.numbers import check
-from tinygpt.data.template import fit_history
+from tinygpt.data.template import ChatTemplate, fit_history
+from tinygpt.data.tokenizer import Tokenizer
 
 
 def check_sampling(
@@ -49,7 +50,7 @@ def check_sampling(
             check(name, value, SAMPLING[name])
 
 
-def usable_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[str]:
+def usable_prompts(tokenizer: Tokenizer, prompts: Sequence[str]) -> list[str]:
     """The prompts `tokenizer` can encode, in order; [""] (a document start) when none can.
 
     A char-level vocabulary may lack a prompt's characters ("\n" included), so the samples
@@ -72,7 +73,7 @@ class StreamDecoder:
     decoder keeps those bytes until the character is complete. Invalid bytes become U+FFFD.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -87,7 +88,7 @@ class RowText:
     """The text of one row as it grows: decodes, finds stop strings, and releases only text
     that can no longer turn out to be the start of a stop string."""
 
-    def __init__(self, tokenizer: Any, stop: Sequence[str]) -> None:
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str]) -> None:
         self.decoder = StreamDecoder(tokenizer)
         self.stop = [s for s in stop if s]
         self.longest = max((len(s) for s in self.stop), default=0)
@@ -167,9 +168,9 @@ class BaseTextGenerator:
 
     block_size: int  # the model's context
 
-    def __init__(self, tokenizer: Any, template: Any = None) -> None:
+    def __init__(self, tokenizer: Tokenizer, template: ChatTemplate | None = None) -> None:
         self.tokenizer = tokenizer
-        self.template = template  # tinygpt.data.template.ChatTemplate, or None
+        self.template = template
         self.eot_id: int | None = getattr(tokenizer, "eot_id", None)
         self.end_of_turn_id: int | None = None
         if template is not None:
@@ -207,7 +208,7 @@ class BaseTextGenerator:
         seed: int | None,
         stop_ids: tuple[int, ...] = (),
         use_cache: bool = True,
-    ) -> Iterator[list[int]]:
+    ) -> Generator[list[int], None, None]:
         """Yield the next token id of every row (prompt ids `ids`, one list per row)."""
         raise NotImplementedError
 
@@ -282,7 +283,9 @@ class BaseTextGenerator:
         for pieces in self._rows(ids, stop, **sampling):
             texts = [t + p for t, p in zip(texts, pieces)]
         per_prompt = [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
-        answers = [t[0] if num_samples == 1 else t for t in per_prompt]
+        answers: list[str] | list[list[str]] = (
+            [t[0] for t in per_prompt] if num_samples == 1 else per_prompt
+        )
         return answers[0] if isinstance(prompt, str) else answers
 
     def stream(
@@ -294,7 +297,7 @@ class BaseTextGenerator:
                 yield pieces[0]
 
     # --- chat --------------------------------------------------------------------------
-    def _need_template(self) -> Any:
+    def _need_template(self) -> ChatTemplate:
         if self.template is None:
             raise TinyGPTError(
                 "this model has no chat template (it was only pre-trained); fine-tune it on "
@@ -316,7 +319,7 @@ class BaseTextGenerator:
         """The prompt ids of a conversation (ending with a user message): fitted to the
         context (`fit_history`), rendered with the template and its generation prompt."""
         kept, _ = self.fit_history(messages, max_new_tokens)
-        ids, _ = self.template.encode(self.tokenizer, kept, add_generation_prompt=True)
+        ids, _ = self._need_template().encode(self.tokenizer, kept, add_generation_prompt=True)
         return ids
 
     def chat(

@@ -145,7 +145,7 @@ class BPETokenizer(Tokenizer):
                 )
             # A pair listed twice keeps its first rank, as in Hugging Face.
             self._ranks.setdefault((a, b), (rank, new))
-        self.merges: list[tuple[int, int]] = [tuple(m) for m in merges]
+        self.merges: list[tuple[int, int]] = [(a, b) for a, b in merges]
         self.pattern = pattern
         self.pattern_name = pattern_name or next(
             (k for k, v in PATTERNS.items() if v == pattern), "custom"

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 import regex
 
@@ -48,6 +48,7 @@ HORIZONTAL_SPACE = "[\t\x0b\x0c \u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+"
 _TURKISH = (("İ", "i"), ("I", "ı"))
 _KNOWN_REGEXES = {HORIZONTAL_SPACE: regex.compile(HORIZONTAL_SPACE)}
 _UNICODE_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
+UnicodeForm = Literal["NFC", "NFD", "NFKC", "NFKD"]
 
 
 def lowercase(text: str) -> str:
@@ -77,7 +78,8 @@ class Step:
             if self.is_regex:
                 return _KNOWN_REGEXES[self.pattern].sub(self.content, text)
             return text.replace(self.pattern, self.content)
-        return unicodedata.normalize(self.kind, text)
+        # _read_steps makes a Step of no other kind.
+        return unicodedata.normalize(cast(UnicodeForm, self.kind), text)
 
     def to_json(self) -> dict[str, Any]:
         if self.kind == "Replace":
