@@ -56,7 +56,7 @@ from tinygpt.train.resume import save
 from tinygpt.train.schedule import budget_progress, lr_at
 from tinygpt.train.signals import Stop
 from tinygpt.train.state import Hooks, StepResult, TrainResult, TrainState
-from tinygpt.train.tracking import Watch, _plots
+from tinygpt.train.tracking import Watch, draw_curves
 
 log = logging.getLogger("tinygpt.train.loop")
 # The loop's vocabulary, importable from here although some of it lives in the modules above.
@@ -203,7 +203,7 @@ def fit(
                 _save_interrupted(job, result)
             result.stopped = stopped
             if main:
-                _plots(run)
+                draw_curves(run)
             ok = True
             return result
     finally:

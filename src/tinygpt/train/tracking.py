@@ -213,7 +213,7 @@ def _wandb(run: RunDir, tc: TrainConfig, config: dict[str, Any] | None) -> Any:
         ) from None
 
 
-def _plots(run: RunDir) -> None:
+def draw_curves(run: RunDir) -> None:
     """Loss curves at the end of every run, when the plotting extra is installed."""
     try:
         plot_run(run.path)
