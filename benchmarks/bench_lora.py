@@ -26,7 +26,7 @@ from tinygpt.core.lora import LoraSettings, apply_lora, count_parameters
 from tinygpt.core.model import GPT
 from tinygpt.core.surgery import grow_vocabulary
 from tinygpt.core.weights import save_weights
-from tinygpt.train.loop import build_optimizer
+from tinygpt.train.optim import build_optimizer
 
 BATCH, LENGTH, NEW_ROWS = 8, 96, 4
 

@@ -45,7 +45,9 @@ from tinygpt.core.config import list_presets, load_config
 from tinygpt.core.info import memory_estimate, param_breakdown
 from tinygpt.core.model import GPT
 from tinygpt.core.runtime import Dist, autocast_for, choose_precision
-from tinygpt.train.loop import accumulation, build_optimizer, train_step
+from tinygpt.train.loop import train_step
+from tinygpt.train.optim import build_optimizer
+from tinygpt.train.session import accumulation
 
 MEMORY_CAP = 3 * 2**30  # bytes of estimated training memory one timed micro-batch may use
 STEP_CAP_S = 20.0  # a step estimated longer than this is timed one micro-batch at a time
@@ -125,7 +127,7 @@ def prepared(preset: str) -> tuple[int, float]:
     it (about 0 when it was cached already)."""
     from tinygpt.core.run import RunDir
     from tinygpt.data.prepare import open_dataset
-    from tinygpt.train.loop import find_dataset
+    from tinygpt.train.pretrain import find_dataset
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

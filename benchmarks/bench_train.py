@@ -23,7 +23,7 @@ preset with AdamW in place of Muon, in the same budget.
 example a `git worktree` of an earlier commit) in the same run, interleaved: each quality
 repeat trains with this code, then with that code; the step part alternates rounds of
 `--steps` steps of our model in a fresh process per code tree. Only `tinygpt.core.model.GPT`,
-`GPTConfig` and `tinygpt.train.loop.build_optimizer` are used on both sides.
+`GPTConfig` and `tinygpt.train.optim.build_optimizer` are used on both sides.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from tinygpt.core.model import GPT, GPTConfig
 from tinygpt.core.runtime import Dist, cpu_has_fast_bf16
 from tinygpt.data.batches import RandomWindows
 from tinygpt.data.prepare import open_dataset, prepare
-from tinygpt.train.loop import build_optimizer
+from tinygpt.train.optim import build_optimizer
 
 SHAPES = {
     "4x128, ctx 64, batch 12": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch=12),
@@ -179,7 +179,7 @@ import numpy as np
 import torch
 from tinygpt.core.config import TrainConfig
 from tinygpt.core.model import GPT, GPTConfig
-from tinygpt.train.loop import build_optimizer
+from tinygpt.train.optim import build_optimizer
 shape, vocab, steps, threads = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 if threads:
     torch.set_num_threads(threads)

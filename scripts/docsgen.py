@@ -227,7 +227,7 @@ def gen_init_loss(preset: str = "one-layer") -> str:
 
 def gen_lr_schedule(preset: str = "one-layer") -> str:
     from tinygpt.core.config import load_config
-    from tinygpt.train.loop import budget_progress, lr_at
+    from tinygpt.train.schedule import budget_progress, lr_at
 
     tc = load_config(preset).train
     steps = sorted(

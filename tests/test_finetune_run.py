@@ -21,12 +21,14 @@ import tinygpt
 from tinygpt.cli import main
 from tinygpt.core.checkpoint import WEIGHTS
 from tinygpt.core.config import RunConfig, TrainConfig
+from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.files import sha256_file
 from tinygpt.core.model import GPT, GPTConfig
 from tinygpt.core.run import RunDir
 from tinygpt.data.template import load_template
 from tinygpt.data.tokenizer import CharTokenizer, file_hash
 from tinygpt.infer.loader import save_model_run
+from tinygpt.train.finetune import finetune
 
 ALPHABET = string.ascii_letters + string.digits + " .,;:!?'\"-()\n"
 FAST = ["--no-progress", "--train.log_interval", "1", "--train.sample_tokens", "8"]
@@ -203,6 +205,17 @@ def test_a_hugging_face_folder_is_imported_as_the_base(base, questions, tmp_path
     assert record["base_kind"] == "hf" and record["base"] == str(hf.resolve())
     assert record["template"] == "inst" and load_template(out).name == "inst"
     assert record["tokenizer_hash"] == file_hash(base / "tokenizer.json")
+    assert record["base_run"] != str(hf.resolve())  # the cached run it was imported into
+    # resumed from the command line: the same folder, its cached run, the same record
+    assert main([*argv[:-1], "2", "--resume", *FAST]) == 0
+    assert RunDir(out).finetune_record() == record
+
+    # from Python, a Hugging Face folder is not imported behind the caller's back
+    with pytest.raises(TinyGPTError, match="is a Hugging Face model folder") as err:
+        finetune(hf, out_dir=tmp_path / "py", input=str(questions), budgets={"max_steps": 1})
+    assert f"tinygpt import {hf} --out RUN" in str(err.value)
+    assert "tinygpt finetune" in str(err.value)
+    assert not (tmp_path / "py").exists() or not RunDir(tmp_path / "py").checkpoints()
 
 
 # ------------------------------------------------------------------- chat and the API

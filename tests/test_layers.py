@@ -64,16 +64,21 @@ MAX_FUNCTION_LINES = 80
 # fails when one is fixed but left listed), so these sets only shrink.
 KNOWN_LOCAL = {
     "export/card.py", "export/gguf.py", "export/hf.py", "export/hf_run.py", "export/hub.py",
-    "export/onnx.py", "export/report.py", "serve/backend.py", "train/finetune.py",
-    "train/loop.py", "train/plots.py",
+    "export/onnx.py", "export/report.py", "serve/backend.py",
 }  # fmt: skip
 KNOWN_BIG = {
-    "export/hf.py", "serve/app.py", "serve/protocol.py", "train/finetune.py", "train/loop.py",
+    "export/hf.py", "serve/app.py", "serve/protocol.py",
 }  # fmt: skip
 KNOWN_LONG = {
-    "cli/evaluate.py", "cli/export.py", "cli/finetune.py", "cli/tokenizer.py", "export/card.py",
-    "export/onnx.py", "export/report.py", "serve/protocol.py", "train/finetune.py",
-    "train/loop.py",
+    "cli/evaluate.py", "cli/export.py", "cli/tokenizer.py", "export/card.py", "export/onnx.py",
+    "export/report.py", "serve/protocol.py",
+}  # fmt: skip
+KNOWN_BIG = {
+    "export/hf.py", "serve/app.py", "serve/protocol.py",
+}  # fmt: skip
+KNOWN_LONG = {
+    "cli/evaluate.py", "cli/export.py", "cli/tokenizer.py", "export/card.py", "export/onnx.py",
+    "export/report.py", "serve/protocol.py",
 }  # fmt: skip
 
 

@@ -32,7 +32,7 @@ from tinygpt.core.run import RunDir
 from tinygpt.core.weights import load_weights
 from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.infer.loader import build_adapted, load_run, load_tokenizer, save_model_run
-from tinygpt.train.loop import build_optimizer
+from tinygpt.train.optim import build_optimizer
 
 ALPHABET = string.ascii_letters + string.digits + " .,;:!?'\"-()\n"
 FAST = ["--no-progress", "--train.log_interval", "1", "--train.sample_tokens", "8"]

@@ -11,8 +11,7 @@ import torch
 
 from tinygpt.core.config import TrainConfig
 from tinygpt.core.model import GPT, GPTConfig
-from tinygpt.train.loop import build_optimizer
-from tinygpt.train.optim import AdamW, Muon, orthogonalize
+from tinygpt.train.optim import AdamW, Muon, build_optimizer, orthogonalize
 
 
 def _net(seed: int = 0) -> torch.nn.Module:
@@ -199,7 +198,7 @@ def test_building_the_optimiser_does_not_import_dynamo():
         "import sys, torch\n"
         "from tinygpt.core.config import TrainConfig\n"
         "from tinygpt.core.model import GPT, GPTConfig\n"
-        "from tinygpt.train.loop import build_optimizer\n"
+        "from tinygpt.train.optim import build_optimizer\n"
         "m = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))\n"
         "for name in ('adamw', 'muon'):\n"
         "    o = build_optimizer(m, TrainConfig(optimizer=name), 'cpu')\n"

@@ -27,7 +27,9 @@ from tinygpt.core.model import GPT, GPTConfig
 from tinygpt.core.run import RunDir
 from tinygpt.core.runtime import choose_precision
 from tinygpt.data.prepare import prepare
-from tinygpt.train.loop import budget_progress, build_optimizer, lr_at, train
+from tinygpt.train.optim import build_optimizer
+from tinygpt.train.pretrain import train
+from tinygpt.train.schedule import budget_progress, lr_at
 
 WORDS = [
     "to",
@@ -247,7 +249,7 @@ KILL_SCRIPT = """
 import os, signal, sys
 from pathlib import Path
 from tinygpt.core.config import load_config
-from tinygpt.train.loop import train
+from tinygpt.train.pretrain import train
 cfg = load_config("one-layer", overrides=sys.argv[4:])
 kill_at = int(sys.argv[3])
 def hook(step, path):
@@ -573,9 +575,9 @@ def test_tensorboard_log_equals_metrics_csv(dataset, tmp_path):
 
 
 def test_a_missing_tensorboard_is_said_once(dataset, tmp_path, monkeypatch, capsys):
-    from tinygpt.train import loop as train_module
+    from tinygpt.train import tracking
 
-    train_module._say_once.cache_clear()
+    tracking._say_once.cache_clear()
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
     for name in ("a", "b"):
         assert main(_tiny_train(dataset, tmp_path / name, "--max-steps", "1")) == 0
@@ -715,7 +717,7 @@ import csv, json, sys
 import torch
 torch.set_num_threads(1)
 from tinygpt.core.config import load_config
-from tinygpt.train.loop import train
+from tinygpt.train.pretrain import train
 cfg = load_config("one-layer", overrides=json.loads(sys.argv[3]))
 train(cfg, data_dir=sys.argv[1], out_dir=sys.argv[2], progress=False)
 with open(sys.argv[2] + "/metrics.csv") as f:
@@ -887,7 +889,7 @@ def test_train_leaves_the_callers_config_alone(dataset, tmp_path):
 
 
 def test_without_a_terminal_progress_is_a_line_now_and_then(dataset, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("tinygpt.train.loop.PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr("tinygpt.train.tracking.PROGRESS_EVERY_S", 0.0)
     cfg = _config("--train.max_steps", "5")
     train(cfg, data_dir=dataset, out_dir=tmp_path / "r", progress=True)
     err = capsys.readouterr().err

@@ -3,7 +3,7 @@
 Each command group lives in its own module under `tinygpt.cli` and exposes
 `register(subparsers)`, which adds its subcommands and sets `func` on them. The function
 receives the parsed `argparse.Namespace` and returns an exit status. The work itself is done
-by importable functions in the stage modules (`tinygpt.data.prepare.prepare`, `tinygpt.train.loop.train`, ...).
+by importable functions in the stage modules (`tinygpt.data.prepare.prepare`, `tinygpt.train.pretrain.train`, ...).
 """
 
 from __future__ import annotations

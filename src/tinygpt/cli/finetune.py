@@ -1,5 +1,7 @@
 """`tinygpt finetune` and `tinygpt merge`: argument parsing and the closing report; the work
-is `tinygpt.train.finetune.finetune` and `tinygpt.export.merge.merge_run`."""
+is `tinygpt.train.finetune.finetune` and `tinygpt.export.merge.merge_run`. A Hugging Face
+base is imported into a cached run first (`tinygpt.export.hf_cache`), so that training only
+ever reads run folders."""
 
 from __future__ import annotations
 
@@ -44,9 +46,6 @@ LoRA run merge on the fly; merge once to keep or share the merged model."""
 def register(sub: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
     from tinygpt.cli.train import setting
-    from tinygpt.core.numbers import Range, arg
-    from tinygpt.data.examples import FORMATS
-    from tinygpt.data.template import list_templates
 
     p = sub.add_parser(
         "finetune",
@@ -55,6 +54,42 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("base", metavar="BASE", help="a run folder or a local Hugging Face model folder")
+    _add_data_flags(p)
+    _add_budget_flags(p)
+    p.add_argument("--resume", action="store_true", help="continue the fine-tune in --out")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
+    p.add_argument("--threads", type=setting("--threads", "threads"), help="CPU threads for torch")
+    p.add_argument(
+        "--seed",
+        type=setting("--seed", "seed"),
+        help="seed for data order, new token rows and dropout",
+    )
+    _add_lora_flags(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--force", action="store_true", help="fine-tune into an --out folder that holds other files"
+    )
+    add_push_flag(p, "fine-tune (a LoRA run is merged in the export)")
+    p.set_defaults(func=run, allow_overrides=True)
+
+    m = sub.add_parser(
+        "merge",
+        help="fold a LoRA run's adapter into plain weights (a new run folder)",
+        description=MERGE,
+        formatter_class=HelpFormatter,
+    )
+    m.add_argument("run", metavar="RUN", help="a run fine-tuned with --lora")
+    m.add_argument("--out", required=True, metavar="RUN2", help="the new, plain run folder")
+    m.add_argument("--checkpoint", default="best", help="best, latest or step-N")
+    m.add_argument("--force", action="store_true", help="write into an --out that is not empty")
+    m.set_defaults(func=merge_command)
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    """Where the data comes from and how it is read."""
+    from tinygpt.data.examples import FORMATS
+    from tinygpt.data.template import list_templates
+
     src = p.add_mutually_exclusive_group()
     src.add_argument(
         "--data",
@@ -90,6 +125,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="strict",
         help="bytes that are not UTF-8: stop, or replace with U+FFFD",
     )
+
+
+def _add_budget_flags(p: argparse.ArgumentParser) -> None:
+    """The budgets: the first to run out ends the fine-tune."""
+    from tinygpt.cli.train import setting
+
     p.add_argument(
         "--max-steps", type=setting("--max-steps", "max_steps"), help="stop after N optimiser steps"
     )
@@ -108,14 +149,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="E",
         help="stop after E passes over the data",
     )
-    p.add_argument("--resume", action="store_true", help="continue the fine-tune in --out")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
-    p.add_argument("--threads", type=setting("--threads", "threads"), help="CPU threads for torch")
-    p.add_argument(
-        "--seed",
-        type=setting("--seed", "seed"),
-        help="seed for data order, new token rows and dropout",
-    )
+
+
+def _add_lora_flags(p: argparse.ArgumentParser) -> None:
+    """LoRA: adapters beside the frozen base instead of every weight."""
+    from tinygpt.core.numbers import Range, arg
+
     lora = p.add_argument_group("LoRA (low-rank adapters beside the frozen base)")
     lora.add_argument(
         "--lora", action="store_true", help="train LoRA adapters instead of every weight"
@@ -144,24 +183,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="projections to adapt, comma-separated, from q,k,v,o,gate,up,down; gate only"
         " for SwiGLU (default: all the model has)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--force", action="store_true", help="fine-tune into an --out folder that holds other files"
-    )
-    add_push_flag(p, "fine-tune (a LoRA run is merged in the export)")
-    p.set_defaults(func=run, allow_overrides=True)
-
-    m = sub.add_parser(
-        "merge",
-        help="fold a LoRA run's adapter into plain weights (a new run folder)",
-        description=MERGE,
-        formatter_class=HelpFormatter,
-    )
-    m.add_argument("run", metavar="RUN", help="a run fine-tuned with --lora")
-    m.add_argument("--out", required=True, metavar="RUN2", help="the new, plain run folder")
-    m.add_argument("--checkpoint", default="best", help="best, latest or step-N")
-    m.add_argument("--force", action="store_true", help="write into an --out that is not empty")
-    m.set_defaults(func=merge_command)
 
 
 LORA_FLAGS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
@@ -190,6 +211,7 @@ def lora_settings(args: argparse.Namespace) -> object:
 
 def run(args: argparse.Namespace) -> int:
     from tinygpt.core.config import BUDGETS
+    from tinygpt.export.hf_cache import base_run
     from tinygpt.train.finetune import finetune
 
     lora = lora_settings(args)
@@ -203,8 +225,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {line}", file=sys.stderr, flush=True)
 
     settings = {f"train.{flag}": getattr(args, flag) for flag in ("device", "threads", "seed")}
+    base, imported_from = base_run(args.base, note)  # a Hugging Face folder: its cached run
     out = finetune(
-        args.base,
+        base,
         out_dir=args.out,
         data_dir=args.data,
         input=args.input,
@@ -224,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
         report=note,
         force=args.force,
         lora=lora,
+        imported_from=imported_from,
     )
     result = out.train
     if not result.is_main:

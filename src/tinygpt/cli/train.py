@@ -140,7 +140,7 @@ def resolve(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinygpt.train.loop import train
+    from tinygpt.train.pretrain import train
 
     if args.resume and not args.out:
         raise TinyGPTError("--resume needs --out RUN, the run folder to continue")

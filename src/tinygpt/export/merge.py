@@ -17,7 +17,7 @@ from tinygpt.core.run import RunDir
 from tinygpt.core.weights import save_checkpoint
 from tinygpt.data.template import save_template
 from tinygpt.infer.loader import adapter_hash, load_run, read_adapter_record
-from tinygpt.train.loop import provenance
+from tinygpt.train.session import provenance
 
 
 def merge_run(

@@ -1,1 +1,3 @@
-"""Training: the loop, its set-up, optimisers, fine-tuning, LoRA, plots."""
+"""Training: the loop (`loop`, with `schedule`, `optim`, `resume`, `signals`, `tracking`), the
+run set-up every run shares (`session`, `samples`), pre-training (`pretrain`), fine-tuning
+(`finetune`, with `base` and `feed`), and plots of runs (`plots`)."""

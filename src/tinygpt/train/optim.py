@@ -22,6 +22,9 @@ computed with five Newton–Schulz iterations of a quintic polynomial, and step 
 Every direction of the matrix then moves by the same amount, which makes small models learn
 in noticeably fewer steps. Muon is for the hidden matrices only: embeddings, the output
 head and the norm gains are kept on AdamW in groups marked `"algorithm": "adamw"`.
+
+`build_optimizer` picks between them for training (the setting `train.optimizer`), and puts
+the parameters into groups. This module knows nothing about the schedule or the loop.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+
+from tinygpt.core.config import TrainConfig
 
 # Coefficients of the quintic Newton–Schulz iteration x ← a·x + b·x³ + c·x⁵, chosen (by
 # Muon's author) to push every singular value in (0, 1] quickly towards 1.
@@ -251,3 +256,45 @@ class Muon(_Optimizer):
             update = orthogonalize(torch.stack([directions[i] for i in idx]), group["ns_steps"])
             scale = max(1.0, rows / cols) ** 0.5
             torch._foreach_add_([params[i] for i in idx], list(update.unbind(0)), alpha=-lr * scale)
+
+
+def build_optimizer(model: torch.nn.Module, tc: TrainConfig, device: str) -> Any:
+    """The optimiser `tc.optimizer` names, over the parameters with `requires_grad`, with
+    weight decay on matrices only.
+
+    adamw: AdamW on everything; decay on matrices (embeddings and linear weights), not on
+    biases and norm gains — decaying those hurts and buys no regularisation. On CUDA this is
+    torch's fused kernel; elsewhere `AdamW` (above), the same arithmetic in foreach
+    kernels without torch.optim's start-up cost.
+    muon: `Muon` (above) on the 2-D weights inside the blocks, at `muon_lr`; AdamW
+    on the embeddings, the output head and the vectors, at `lr`. Each group carries
+    `lr_scale`, its learning rate over `lr`, so one schedule drives both.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    betas = (tc.beta1, tc.beta2)
+    if tc.optimizer == "muon":
+        hidden = [p for n, p in named if n.startswith("blocks.") and p.dim() == 2]
+        seen = {id(p) for p in hidden}
+        rest = [p for _, p in named if id(p) not in seen]
+        muon = {
+            "params": hidden,
+            "algorithm": "muon",
+            "lr": tc.muon_lr,
+            "lr_scale": tc.muon_lr / tc.lr,
+            "weight_decay": tc.weight_decay,
+        }
+        groups = [muon, *_decay_groups(rest, tc.weight_decay, algorithm="adamw")]
+        groups = [g for g in groups if g["params"]]
+        return Muon(groups, lr=tc.lr, momentum=tc.muon_momentum, betas=betas, eps=tc.eps)
+    groups = _decay_groups([p for _, p in named], tc.weight_decay)
+    if device.startswith("cuda"):
+        return torch.AdamW(groups, lr=tc.lr, betas=betas, eps=tc.eps, fused=True)
+    return AdamW(groups, lr=tc.lr, betas=betas, eps=tc.eps)
+
+
+def _decay_groups(params: list[torch.Tensor], weight_decay: float, **extra: Any) -> list[dict]:
+    """Two parameter groups: matrices with weight decay, vectors without."""
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, **extra},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, **extra},
+    ]

@@ -18,9 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.files import atomic_write_bytes
 from tinygpt.core.run import ATTENTION_PNG, LOSS_PNG, STATS_PNG, RunDir
+from tinygpt.infer.loader import load_run
 
 DPI = 100
 
@@ -179,8 +182,6 @@ def token_label(tokenizer: Any, token_id: int) -> str:
 
 def attention_maps(model: Any, tokenizer: Any, prompt: str) -> tuple[list[int], list[Any]]:
     """(ids, per-layer probabilities (H, T, T)) of `prompt` through the manual attention path."""
-    import torch
-
     if not prompt:
         raise TinyGPTError("--prompt is empty; give some text to look at")
     ids = tokenizer.encode(prompt)  # the prompt is text, as in `tinygpt sample`
@@ -260,8 +261,6 @@ def plot_attention(
     device: str = "cpu",
 ) -> Path:
     """Save the attention grid of a run for `prompt` (default RUN/attention.png)."""
-    from tinygpt.infer.loader import load_run
-
     plt = _pyplot()
     run = load_run(run_dir, checkpoint=checkpoint, device=device)
     fig = attention_figure(
