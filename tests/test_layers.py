@@ -63,19 +63,17 @@ MAX_FUNCTION_LINES = 80
 # Modules still being brought within the rules; each entry must still offend (the test
 # fails when one is fixed but left listed), so these sets only shrink.
 KNOWN_LOCAL = {
-    "export/card.py", "export/gguf.py", "export/hf.py", "export/hf_run.py", "export/hub.py", "export/onnx.py",
-    "export/report.py", "infer/evaluate.py", "infer/onnx_runtime.py",
+    "infer/evaluate.py", "infer/onnx_runtime.py",
     "infer/textgen.py", "serve/backend.py", "train/finetune.py", "train/loop.py",
     "train/plots.py",
 }  # fmt: skip
 KNOWN_BIG = {
-    "export/hf.py", "infer/evaluate.py", "serve/app.py",
+    "infer/evaluate.py", "serve/app.py",
     "serve/protocol.py", "train/finetune.py", "train/loop.py",
 }  # fmt: skip
 KNOWN_LONG = {
     "cli/evaluate.py", "cli/export.py", "cli/finetune.py", "cli/tokenizer.py",
-    "export/card.py",
-    "export/onnx.py", "export/report.py", "infer/generate.py", "infer/onnx_runtime.py",
+    "infer/generate.py", "infer/onnx_runtime.py",
     "serve/protocol.py", "train/finetune.py", "train/loop.py",
 }  # fmt: skip
 
