@@ -64,17 +64,16 @@ MAX_FUNCTION_LINES = 80
 # fails when one is fixed but left listed), so these sets only shrink.
 KNOWN_LOCAL = {
     "infer/evaluate.py", "infer/onnx_runtime.py",
-    "infer/textgen.py", "serve/backend.py", "train/finetune.py", "train/loop.py",
+    "infer/textgen.py", "train/finetune.py", "train/loop.py",
     "train/plots.py",
 }  # fmt: skip
 KNOWN_BIG = {
-    "infer/evaluate.py", "serve/app.py",
-    "serve/protocol.py", "train/finetune.py", "train/loop.py",
+    "infer/evaluate.py", "train/finetune.py", "train/loop.py",
 }  # fmt: skip
 KNOWN_LONG = {
     "cli/evaluate.py", "cli/export.py", "cli/finetune.py", "cli/tokenizer.py",
     "infer/generate.py", "infer/onnx_runtime.py",
-    "serve/protocol.py", "train/finetune.py", "train/loop.py",
+    "train/finetune.py", "train/loop.py",
 }  # fmt: skip
 
 
