@@ -71,7 +71,7 @@ KNOWN_BIG = {
     "infer/evaluate.py", "train/finetune.py", "train/loop.py",
 }  # fmt: skip
 KNOWN_LONG = {
-    "cli/evaluate.py", "cli/export.py", "cli/finetune.py", "cli/tokenizer.py",
+    "cli/finetune.py",
     "infer/generate.py", "infer/onnx_runtime.py",
     "train/finetune.py", "train/loop.py",
 }  # fmt: skip
