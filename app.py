@@ -179,7 +179,7 @@ class ChatApp:
 
 def open_served(path: str | os.PathLike[str]) -> Any:
     """The model folder opened for serving, as `tinygpt serve` opens it."""
-    from tinygpt.serve.backend import open_model
+    from tinygpt.serve import open_model
 
     return open_model(path, max_batch=MAX_BATCH, max_queue=64)
 

@@ -28,7 +28,7 @@ from tinygpt.core.model import GPT, GPTConfig
 from tinygpt.data.prepare import prepare
 from tinygpt.data.tokenizer import EOT, train_tokenizer
 from tinygpt.export.card import language_of
-from tinygpt.export.hf import save_hf_folder
+from tinygpt.export.folder import save_hf_folder
 from tinygpt.export.report import fmt
 from tinygpt.infer.loader import load_run, save_model_run
 
@@ -240,12 +240,12 @@ def test_force_replaces_and_checkpoint_choice(run, tmp_path, capsys):
 
 
 def test_a_failed_export_leaves_no_complete_looking_folder(run, tmp_path, monkeypatch):
-    from tinygpt.export import hf, hf_run
+    from tinygpt.export import folder, hf_run
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk trouble")
 
-    monkeypatch.setattr(hf, "_write_json", boom)  # after the weights are written
+    monkeypatch.setattr(folder, "_write_json", boom)  # after the weights are written
     with pytest.raises(RuntimeError):
         hf_run.export_run(run, tmp_path / "new")
     assert list(tmp_path.iterdir()) == []

@@ -7,12 +7,12 @@ import torch
 
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.model import GPT, GPTConfig
+from tinygpt.export.folder import to_hf
 from tinygpt.export.hf import (
     config_from_hf,
     from_hf_state_dict,
     hf_config_for,
     load_hf,
-    to_hf,
     to_hf_model,
     to_hf_state_dict,
 )

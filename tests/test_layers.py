@@ -60,27 +60,6 @@ LAZY_PACKAGES = ("cli/",)  # each command imports its stage (and torch) only whe
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 
-# Modules still being brought within the rules; each entry must still offend (the test
-# fails when one is fixed but left listed), so these sets only shrink.
-KNOWN_LOCAL = {
-    "export/card.py", "export/gguf.py", "export/hf.py", "export/hf_run.py", "export/hub.py",
-    "export/onnx.py", "export/report.py", "serve/backend.py",
-}  # fmt: skip
-KNOWN_BIG = {
-    "export/hf.py", "serve/app.py", "serve/protocol.py",
-}  # fmt: skip
-KNOWN_LONG = {
-    "cli/evaluate.py", "cli/export.py", "cli/tokenizer.py", "export/card.py", "export/onnx.py",
-    "export/report.py", "serve/protocol.py",
-}  # fmt: skip
-KNOWN_BIG = {
-    "export/hf.py", "serve/app.py", "serve/protocol.py",
-}  # fmt: skip
-KNOWN_LONG = {
-    "cli/evaluate.py", "cli/export.py", "cli/tokenizer.py", "export/card.py", "export/onnx.py",
-    "export/report.py", "serve/protocol.py",
-}  # fmt: skip
-
 
 def _modules() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
@@ -127,9 +106,6 @@ def test_imports_are_at_the_top(path):
         for module in _imported(node)
         if not _allowed(module)
     ]
-    if name in KNOWN_LOCAL:
-        assert local, f"{name} is now clean: remove it from KNOWN_LOCAL"
-        return
     assert not local, f"{name} imports inside a function: {local}; move them to the top"
 
 
@@ -138,19 +114,13 @@ def test_modules_and_functions_are_short(path):
     name = _name(path)
     text = path.read_text(encoding="utf-8")
     lines = len(text.splitlines())
-    if name in KNOWN_BIG:
-        assert lines > MAX_MODULE_LINES, f"{name} is now short: remove it from KNOWN_BIG"
-    else:
-        assert lines <= MAX_MODULE_LINES, f"{name} has {lines} lines; split it by job"
+    assert lines <= MAX_MODULE_LINES, f"{name} has {lines} lines; split it by job"
     long = [
         f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
         for node in ast.walk(ast.parse(text))
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
-    if name in KNOWN_LONG:
-        assert long, f"{name} is now short: remove it from KNOWN_LONG"
-        return
     assert not long, f"{name}: {long} over {MAX_FUNCTION_LINES} lines; split them"
 
 

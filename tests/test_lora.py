@@ -294,7 +294,7 @@ def test_every_reader_loads_base_plus_adapter(base, lora_run, capsys):
     bot = tinygpt.load(out)
     assert isinstance(bot.chat([{"role": "user", "content": "Question 1?"}], max_new_tokens=4,
                                temperature=0), str)  # fmt: skip
-    from tinygpt.serve.backend import open_model
+    from tinygpt.serve import open_model
 
     served = open_model(out)
     try:

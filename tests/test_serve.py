@@ -919,7 +919,7 @@ def test_background_server_thread_stops(engine):
 
 
 def test_the_text_chunk_fast_path_writes_the_same_event():
-    from tinygpt.serve.protocol import Shape, sse
+    from tinygpt.serve.answer import Shape, sse
 
     for chat in (True, False):
         for include_usage in (True, False):

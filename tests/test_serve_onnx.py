@@ -35,7 +35,8 @@ pytest.importorskip("onnxscript")
 
 from tinygpt.export.onnx import export_run_onnx  # noqa: E402
 from tinygpt.infer.onnx_runtime import load_onnx  # noqa: E402
-from tinygpt.serve.backend import OnnxBackend, ServedModel, open_model  # noqa: E402
+from tinygpt.serve import open_model  # noqa: E402
+from tinygpt.serve.backend import OnnxBackend, ServedModel  # noqa: E402
 
 CONTEXT = 64
 

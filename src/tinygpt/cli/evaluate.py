@@ -28,11 +28,17 @@ windows by N tokens so that every token has at least block_size - N tokens of co
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _eval_command(sub)
+    _report_command(sub)
+    _plot_command(sub)
+    _attention_command(sub)
+
+
+def _eval_command(sub: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
     from tinygpt.cli.model import add_threads_argument
     from tinygpt.cli.prepare import add_reading_arguments
-    from tinygpt.core.config import SAMPLING
-    from tinygpt.core.numbers import BATCH, COUNT, Range, arg
+    from tinygpt.core.numbers import BATCH, COUNT, arg
 
     p = sub.add_parser(
         "eval",
@@ -71,6 +77,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     add_threads_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON line")
+    _generation_arguments(p)
+    p.add_argument("--no-loss", action="store_true", help="skip the loss evaluation")
+    p.set_defaults(func=run_eval)
+
+
+def _generation_arguments(p: argparse.ArgumentParser) -> None:
+    """eval's prompts to continue and score (BLEU/chrF), and samples to write."""
+    from tinygpt.core.config import SAMPLING
+    from tinygpt.core.numbers import Range, arg
+
     p.add_argument("--prompts", metavar="FILE", help='JSONL of {"prompt", "reference"} lines')
     p.add_argument(
         "--make-prompts",
@@ -109,8 +125,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="write N samples to RUN/samples/",
     )
-    p.add_argument("--no-loss", action="store_true", help="skip the loss evaluation")
-    p.set_defaults(func=run_eval)
+
+
+def _report_command(sub: argparse._SubParsersAction) -> None:
+    from tinygpt.cli import HelpFormatter
 
     r = sub.add_parser(
         "report",
@@ -122,6 +140,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("run", metavar="RUN", help="a run folder")
     r.add_argument("--no-plots", action="store_true", help="do not redraw the curves")
     r.set_defaults(func=run_report)
+
+
+def _plot_command(sub: argparse._SubParsersAction) -> None:
+    from tinygpt.cli import HelpFormatter
 
     pl = sub.add_parser(
         "plot",
@@ -135,6 +157,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     pl.add_argument("--log", action="store_true", help="log-scale losses and gradient norms")
     pl.set_defaults(func=run_plot)
+
+
+def _attention_command(sub: argparse._SubParsersAction) -> None:
+    from tinygpt.cli import HelpFormatter
+    from tinygpt.core.numbers import Range, arg
 
     a = sub.add_parser(
         "attention",

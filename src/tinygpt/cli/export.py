@@ -16,6 +16,12 @@ ONNX_QUANTIZE = ["int8"]  # tinygpt.export.onnx.QUANTIZE, without importing it
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _export_command(subparsers)
+    _import_command(subparsers)
+    _push_command(subparsers)
+
+
+def _export_command(subparsers: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
 
     export = subparsers.add_parser(
@@ -75,6 +81,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _card_arguments(export)
     export.set_defaults(func=run_export)
 
+
+def _import_command(subparsers: argparse._SubParsersAction) -> None:
+    from tinygpt.cli import HelpFormatter
+
     imp = subparsers.add_parser(
         "import",
         help="turn a local transformers folder into a run folder",
@@ -86,6 +96,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("hf_dir", metavar="HF_DIR", help="a folder save_pretrained wrote")
     imp.add_argument("--out", required=True, metavar="RUN", help="new run folder to write")
     imp.set_defaults(func=run_import)
+
+
+def _push_command(subparsers: argparse._SubParsersAction) -> None:
+    from tinygpt.cli import HelpFormatter
 
     push = subparsers.add_parser(
         "push",

@@ -29,7 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
+    _train_command(sub)
+    _encode_commands(sub)
 
+
+def _train_command(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
         "train",
         help="learn a tokenizer from a corpus and write its tokenizer.json",
@@ -75,6 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_normalizer_arguments(train)
     train.set_defaults(func=cmd_train)
 
+
+def _encode_commands(sub: argparse._SubParsersAction) -> None:
+    """`tokenizer encode` and `tokenizer decode`: looking at how a tokenizer cuts text."""
     encode = sub.add_parser(
         "encode",
         help="show the tokens of a string",

@@ -1,7 +1,8 @@
 """Exporters: our models in other ecosystems' formats, and back.
 
 - `tinygpt.export.hf`: our GPT <-> Hugging Face `transformers` (GPT-2, Llama and Qwen3
-  families), and the writing of a complete transformers folder;
+  families);
+- `tinygpt.export.folder`: the writing of a complete transformers folder;
 - `tinygpt.export.hf_run`: a run folder <-> a transformers folder (`tinygpt export`,
   `tinygpt import`);
 - `tinygpt.export.card`: the model card of an exported run;
@@ -21,9 +22,9 @@ from typing import Any
 
 _WHERE = {
     "load_hf": "hf",
-    "to_hf": "hf",
+    "to_hf": "folder",
     "hf_config_for": "hf",
-    "save_hf_folder": "hf",
+    "save_hf_folder": "folder",
     "export_run": "hf_run",
     "import_hf": "hf_run",
     "push_to_hub": "hub",

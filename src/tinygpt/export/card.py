@@ -19,7 +19,9 @@ from typing import Any
 
 from tinygpt.core.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
 from tinygpt.core.errors import TinyGPTError
+from tinygpt.data.corpora import CORPORA
 from tinygpt.export.hf import HF_CLASSES
+from tinygpt.export.report import collect, fmt
 
 FAMILY_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "qwen3": "Qwen3"}
 
@@ -30,8 +32,6 @@ def language_of(source: str | None) -> str | None:
     >>> language_of("ataturk"), language_of("notes.txt")
     ('tr', None)
     """
-    from tinygpt.data.corpora import CORPORA
-
     info = CORPORA.get(source or "")
     return info.language if info else None
 
@@ -78,18 +78,28 @@ def model_card(
 ) -> str:
     """The card's Markdown. `run_dir` supplies training facts (None for a bare model);
     `config` is the model's `GPTConfig`; `repo_id`, when known, is used in the examples."""
-    from tinygpt.export.report import collect, fmt
-
     data = collect(run_dir) if run_dir is not None else None
     source = (data or {}).get("data", {}).get("source")
     language = language or language_of(source)
     name = repo_id or (Path(run_dir).name if run_dir is not None else "tinygpt-model")
     where = repo_id or "path/to/this/folder"
-    c = config
     kind = getattr(tokenizer, "kind", "") or "unknown"
     tags = [f"{kind}-level" if kind == "char" else kind] if kind != "unknown" else []
     out = [front_matter(license=license, language=language, family=family, tags=tags)]
-    out += [
+    out += _model_section(name, config, tokenizer, family, num_params, chat_template)
+    out += _training_section(data, fmt, checkpoint, step)
+    out += _eval_section(data, fmt)
+    out += _usage_section(where, tokenizer, language, config.block_size)
+    out += _limits_section(num_params, config.block_size, kind)
+    return "\n".join(out) + "\n"
+
+
+def _model_section(
+    name: str, c: Any, tokenizer: Any, family: str, num_params: int, chat_template: bool
+) -> list[str]:
+    """The title, what the model is and the table of its architecture and tokenizer."""
+    kind = getattr(tokenizer, "kind", "") or "unknown"
+    out = [
         f"# {name}",
         "",
         f"A small {FAMILY_NAMES[family]}-style causal language model trained from scratch"
@@ -118,9 +128,12 @@ def model_card(
     if chat_template:
         out.append("| chat template | yes (`tokenizer.apply_chat_template`) |")
     out.append("")
-    out += _training_section(data, fmt, checkpoint, step)
-    out += _eval_section(data, fmt)
-    out += [
+    return out
+
+
+def _usage_section(where: str, tokenizer: Any, language: str | None, block_size: int) -> list[str]:
+    """How to load and sample the model with transformers, and its generation defaults."""
+    return [
         "## How to use",
         "",
         "```python",
@@ -133,10 +146,16 @@ def model_card(
         "",
         "The generation defaults (`generation_config.json`) are tinygpt's: sampling with"
         f" temperature {SAMPLE_TEMPERATURE} and top-k {SAMPLE_TOP_K}, at most"
-        f" {fmt(c.block_size)} tokens in all"
+        f" {fmt(block_size)} tokens in all"
         " (prompt included): the model was trained on no longer a context, and"
         " `transformers` does not slide the window past it.",
         "",
+    ]
+
+
+def _limits_section(num_params: int, block_size: int, kind: str) -> list[str]:
+    """What the model is for, and what it is not."""
+    out = [
         "## Intended use",
         "",
         "Learning and experiments: reading how a small transformer behaves, comparing"
@@ -150,14 +169,14 @@ def model_card(
         "- It reproduces the style, vocabulary and biases of its training text and was not"
         " trained to follow instructions or to be safe; do not use it to make decisions"
         " about people or for anything where correctness matters.",
-        f"- Beyond {fmt(c.block_size)} tokens of context it has no trained positions.",
+        f"- Beyond {fmt(block_size)} tokens of context it has no trained positions.",
     ]
     if kind == "char":
         out.append(
             "- The tokenizer knows only the characters of its training text; any other"
             " character is an error (or `<unk>` when the vocabulary has one)."
         )
-    return "\n".join(out) + "\n"
+    return out
 
 
 def _example_prompt(tokenizer: Any, language: str | None) -> str:

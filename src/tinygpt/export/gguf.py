@@ -77,6 +77,12 @@ import torch
 from torch import Tensor
 
 from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.files import fsync_dir, fsync_file, temp_sibling
+from tinygpt.core.run import RunDir
+from tinygpt.data.tokenizer import UNK
+from tinygpt.data.tokenizer.bpe import bytes_to_unicode
+from tinygpt.export.hf import _gpt2_pairs, to_hf_state_dict, twin_problems
+from tinygpt.infer.loader import load_run
 
 TYPES = ("f32", "f16", "q8_0")
 DEFAULT_TYPE = "f32"
@@ -105,8 +111,6 @@ def _gguf() -> Any:
 def gguf_architecture(config: Any) -> str:
     """llama.cpp's architecture for our config ('gpt2', 'llama' or 'qwen3'); raises
     TinyGPTError naming every setting llama.cpp cannot run."""
-    from tinygpt.export.hf import twin_problems
-
     family, name, broken = twin_problems(config)
     if family == "gpt2" and config.mlp == "gelu":
         broken.append(
@@ -140,8 +144,6 @@ def gguf_tensors(model: Any) -> list[tuple[str, Tensor]]:
     Tensors are (out, in) like `nn.Linear.weight`; ggml calls the same memory {in, out}.
     """
     gguf = _gguf()
-    from tinygpt.export.hf import _gpt2_pairs, to_hf_state_dict
-
     config = model.config
     arch = gguf_architecture(config)
     kind = {name: kind for kind, name in gguf.MODEL_ARCH_NAMES.items()}[arch]
@@ -201,8 +203,6 @@ def char_merges(chars: Iterable[str]) -> list[str]:
     >>> char_merges(["a", "é", "ü", "€"])
     ['Ã ©', 'Ã ¼', 'â Ĥ', 'âĤ ¬']
     """
-    from tinygpt.data.tokenizer.bpe import bytes_to_unicode
-
     b2u = bytes_to_unicode()
     out: dict[str, None] = {}  # ordered and without repeats (two characters share a prefix)
     for c in chars:
@@ -216,9 +216,6 @@ def char_merges(chars: Iterable[str]) -> list[str]:
 def gguf_vocab(tokenizer: Any, n_vocab: int) -> GGUFVocab:
     """Tokens, types and merges for a model with `n_vocab` embedding rows."""
     gguf = _gguf()
-    from tinygpt.data.tokenizer import UNK
-    from tinygpt.data.tokenizer.bpe import bytes_to_unicode
-
     if tokenizer.normalizer is not None:
         raise TinyGPTError(
             "this tokenizer changes text before encoding it (lowercasing or whitespace"
@@ -322,8 +319,6 @@ def write_gguf(
     `end_of_turn` (one of the tokenizer's special tokens) into `tokenizer.ggml.eot_token_id`,
     which llama.cpp also treats as an end of generation. Everything is checked and
     converted before a byte is written; the file is written beside `out` and renamed."""
-    from tinygpt.core.files import fsync_dir, fsync_file, temp_sibling
-
     gguf = _gguf()
     out = Path(out)
     if type not in TYPES:
@@ -424,9 +419,6 @@ def export_run_gguf(
 ) -> Path:
     """Write one checkpoint of a run as a GGUF file; a chat run's template and end-of-turn
     token go with it. Returns the file's path."""
-    from tinygpt.core.run import RunDir
-    from tinygpt.infer.loader import load_run
-
     run_folder = RunDir(run_dir)
     ckpt = run_folder.resolve_checkpoint(checkpoint)  # not a run / no checkpoint: clear error
     if type not in TYPES:

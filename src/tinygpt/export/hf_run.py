@@ -3,7 +3,7 @@
 
 `export_run` loads one checkpoint of a run (through `tinygpt.core.checkpoint.load_run`), writes
 its model card from the run's files (`tinygpt.export.card`) and hands both to
-`tinygpt.export.hf.save_hf_folder`, which writes the folder atomically. A run fine-tuned
+`tinygpt.export.folder.save_hf_folder`, which writes the folder atomically. A run fine-tuned
 with a chat template (`RUN/chat_template.json`, `tinygpt.data.template`) exports that template as
 Jinja and its end-of-turn token as a second end id. `import_hf` goes the other way: a local
 transformers folder of the GPT-2, Llama or Qwen3 family, with a byte-level BPE or character
@@ -25,8 +25,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tinygpt.core import __version__
+from tinygpt.core.checkpoint import read_state
+from tinygpt.core.config import DataConfig, RunConfig
 from tinygpt.core.errors import TinyGPTError
-from tinygpt.core.files import read_text
+from tinygpt.core.files import fsync_dir, read_text, temp_sibling
+from tinygpt.core.run import RunDir
+from tinygpt.data.template import save_template, template_for_jinja
+from tinygpt.data.tokenizer import tokenizer_from_json_dict
+from tinygpt.export.card import model_card
+from tinygpt.export.folder import check_destination, save_hf_folder
+from tinygpt.export.hf import _transformers, load_hf, twin_family
+from tinygpt.infer.loader import load_run, save_model_run
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -64,12 +74,6 @@ def export_run(
     `end_of_turn` (one of the tokenizer's special tokens) then joins end-of-text as an end
     id in generation_config.json. `license`, `language` and `repo_id` go into the card.
     """
-    from tinygpt.core.checkpoint import read_state
-    from tinygpt.core.run import RunDir
-    from tinygpt.export.card import model_card
-    from tinygpt.export.hf import check_destination, save_hf_folder, twin_family
-    from tinygpt.infer.loader import load_run
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     run_folder = RunDir(run_dir)
     ckpt = run_folder.resolve_checkpoint(checkpoint)  # not a run / no checkpoint: clear error
@@ -124,8 +128,6 @@ def _sentencepiece_reason(hf_dir: Path, data: dict[str, Any] | None) -> str | No
 
 def read_hf_tokenizer(hf_dir: str | Path) -> Any:
     """Our tokenizer for a transformers folder's tokenizer (byte-level BPE or characters)."""
-    from tinygpt.data.tokenizer import tokenizer_from_json_dict
-
     hf_dir = Path(hf_dir)
     path = hf_dir / "tokenizer.json"
     data = None
@@ -153,8 +155,6 @@ def read_hf_tokenizer(hf_dir: str | Path) -> Any:
 
 def _convert_slow_tokenizer(hf_dir: Path) -> dict[str, Any]:
     """GPT-2's vocab.json + merges.txt, turned into a tokenizer.json by transformers."""
-    from tinygpt.export.hf import _transformers
-
     tf = _transformers()
     try:
         tok = tf.AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
@@ -166,14 +166,6 @@ def _convert_slow_tokenizer(hf_dir: Path) -> dict[str, Any]:
 def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
     """Turn a local transformers folder into a run folder at `out_dir` (which must be new
     or empty); returns `out_dir`. Written into a temporary sibling and renamed at the end."""
-    from tinygpt.core import __version__
-    from tinygpt.core.config import DataConfig, RunConfig
-    from tinygpt.core.files import fsync_dir, temp_sibling
-    from tinygpt.core.run import RunDir
-    from tinygpt.data.template import save_template, template_for_jinja
-    from tinygpt.export.hf import load_hf
-    from tinygpt.infer.loader import save_model_run
-
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     if not (hf_dir / "config.json").is_file():
         raise TinyGPTError(

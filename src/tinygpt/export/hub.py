@@ -30,6 +30,7 @@ from typing import Any
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.files import read_text
 from tinygpt.core.run import RunDir
+from tinygpt.export.hf_run import export_run
 
 PROBE_TIMEOUT_S = 10.0
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -212,8 +213,6 @@ def push_to_hub(
     path = Path(run_or_dir)
     check_repo_id(repo_id)
     if RunDir(path).is_run():
-        from tinygpt.export.hf_run import export_run
-
         folder = export_run(
             path,
             RunDir(path).hf_export_dir,

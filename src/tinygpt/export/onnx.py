@@ -7,7 +7,7 @@ the graph), the export itself and its checks (`export_graph`), int8 quantization
 `export_run_onnx`: `tinygpt export --format onnx`). The names of the folder's files, its
 marker and the graph's input/output names belong to `tinygpt.infer.onnx_runtime`, which runs such
 folders without torch; config.json, generation_config.json and the tokenizer files are
-written by the same code as a transformers folder's (`tinygpt.export.hf`).
+written by the same code as a transformers folder's (`tinygpt.export.folder`).
 
 Choices, and why:
 
@@ -40,6 +40,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import importlib
+import json
 import logging
 import shutil
 import warnings
@@ -47,11 +49,26 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tinygpt.core import __version__
+from tinygpt.core.checkpoint import read_state
 from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.files import temp_sibling
 from tinygpt.core.model import GPT, padding_mask
+from tinygpt.core.run import RunDir
+from tinygpt.export.folder import (
+    check_destination,
+    generation_config_for,
+    replace_folder,
+    tokenizer_files,
+    write_tokenizer_files,
+)
+from tinygpt.export.hf import HF_CLASSES, hf_config_for, twin_family
+from tinygpt.export.hf_run import check_out_of_run
+from tinygpt.infer.loader import load_run
 from tinygpt.infer.onnx_runtime import (
     CONFIG,
     FORMAT,
@@ -79,8 +96,6 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 def _need(module: str) -> Any:
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -268,7 +283,6 @@ def fold_weight_transposes(graph: Any) -> int:
     the quantizer, which quantizes only a MatMul whose weight is stored in the graph, would
     leave the head in fp32. Folding stores the head's (C, V) matrix beside the (V, C) table.
     """
-    import numpy as np
     from onnx import numpy_helper
 
     inits = {t.name: t for t in graph.graph.initializer}
@@ -357,8 +371,6 @@ def quantized_ops(graph: Any) -> dict[str, int]:
 def _config_json(model: GPT, eot_id: int | None) -> Any:
     """transformers' config of the model's twin (so tools that read config.json know the
     family), or for a mixed configuration our own fields with model_type "tinygpt"."""
-    from tinygpt.export.hf import HF_CLASSES, hf_config_for, twin_family
-
     try:
         family = twin_family(model.config)
     except TinyGPTError:
@@ -389,18 +401,6 @@ def save_onnx_folder(
     version, model sizes, quantization, opset, source). Written into a temporary sibling and
     renamed into place; a non-empty `out_dir` is replaced only with `force`.
     """
-    import json
-
-    from tinygpt.core import __version__
-    from tinygpt.core.files import temp_sibling
-    from tinygpt.export.hf import (
-        _replace_folder,
-        check_destination,
-        generation_config_for,
-        tokenizer_files,
-        write_tokenizer_files,
-    )
-
     out_dir = Path(out_dir)
     if quantize is not None and quantize not in QUANTIZE:
         raise TinyGPTError(
@@ -419,57 +419,80 @@ def save_onnx_folder(
     tmp.mkdir()
     folder = OnnxDir(tmp)
     try:
-        if quantize is None:
-            export_graph(model, folder.model_path, external_data=external_data)
-            external = folder.model_data_path.exists()
-        else:
-            work = tmp / ".fp32"
-            work.mkdir()
-            export_graph(model, work / MODEL, external_data=external_data)
-            external = (work / MODEL_DATA).exists()
-            quantize_int8(
-                work / MODEL, folder.model_path, reduce_range=reduce_range, external_data=external
-            )
-            shutil.rmtree(work)
+        external = _write_graph(model, tmp, quantize, reduce_range, external_data)
         if isinstance(config_json, dict):
             (tmp / CONFIG).write_text(json.dumps(config_json, indent=2) + "\n", encoding="utf-8")
         else:
             config_json.save_pretrained(tmp)
         (tmp / GENERATION_CONFIG).write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
         write_tokenizer_files(tmp, tokenizer, files, chat_template)
-        marker = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "tinygpt": __version__,
-            "opset": OPSET,
-            "external_data": MODEL_DATA if external else None,
-            "quantization": None
-            if quantize is None
-            else {
-                "type": "int8",
-                "method": "onnxruntime dynamic (quantize_dynamic), per tensor",
-                "ops": ["MatMul", "Gather"],
-                "reduce_range": reduce_range,
-            },
-            "runtime": {
-                "n_layer": c.n_layer,
-                "n_kv_head": c.kv_heads,
-                "head_dim": c.head_dim,
-                "block_size": c.block_size,
-                "vocab_size": c.vocab_size,
-            },
-            "model": dataclasses.asdict(c),
-            "parameters": model.num_params(),
-            "inputs": [*INPUTS, "past_key_values.{i}.key", "past_key_values.{i}.value"],
-            "outputs": ["logits", "present.{i}.key", "present.{i}.value"],
-            "source": source or {},
-        }
+        marker = _marker(model, quantize, reduce_range, external, source)
         folder.marker_path.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        _replace_folder(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _write_graph(
+    model: GPT, tmp: Path, quantize: str | None, reduce_range: bool, external_data: bool | None
+) -> bool:
+    """The graph into the folder `tmp` (exported in fp32, then quantized when asked: the
+    fp32 graph is a working file that does not stay); returns whether its weights are in
+    an external data file."""
+    folder = OnnxDir(tmp)
+    if quantize is None:
+        export_graph(model, folder.model_path, external_data=external_data)
+        return folder.model_data_path.exists()
+    work = tmp / ".fp32"
+    work.mkdir()
+    export_graph(model, work / MODEL, external_data=external_data)
+    external = (work / MODEL_DATA).exists()
+    quantize_int8(
+        work / MODEL, folder.model_path, reduce_range=reduce_range, external_data=external
+    )
+    shutil.rmtree(work)
+    return external
+
+
+def _marker(
+    model: GPT,
+    quantize: str | None,
+    reduce_range: bool,
+    external: bool,
+    source: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The folder's marker (tinygpt_onnx.json): format version, what the runtime needs to
+    know of the model, how it was quantized and where it came from."""
+    c = model.config
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "tinygpt": __version__,
+        "opset": OPSET,
+        "external_data": MODEL_DATA if external else None,
+        "quantization": None
+        if quantize is None
+        else {
+            "type": "int8",
+            "method": "onnxruntime dynamic (quantize_dynamic), per tensor",
+            "ops": ["MatMul", "Gather"],
+            "reduce_range": reduce_range,
+        },
+        "runtime": {
+            "n_layer": c.n_layer,
+            "n_kv_head": c.kv_heads,
+            "head_dim": c.head_dim,
+            "block_size": c.block_size,
+            "vocab_size": c.vocab_size,
+        },
+        "model": dataclasses.asdict(c),
+        "parameters": model.num_params(),
+        "inputs": [*INPUTS, "past_key_values.{i}.key", "past_key_values.{i}.value"],
+        "outputs": ["logits", "present.{i}.key", "present.{i}.value"],
+        "source": source or {},
+    }
 
 
 def export_run_onnx(
@@ -483,11 +506,6 @@ def export_run_onnx(
 ) -> Path:
     """`tinygpt export RUN --format onnx`: one checkpoint of a run as an ONNX export folder.
     A fine-tuned chat run's template goes into tokenizer_config.json, as for transformers."""
-    from tinygpt.core.checkpoint import read_state
-    from tinygpt.core.run import RunDir
-    from tinygpt.export.hf_run import check_out_of_run
-    from tinygpt.infer.loader import load_run
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     ckpt = RunDir(run_dir).resolve_checkpoint(checkpoint)
     check_out_of_run(run_dir, out_dir, RunDir(run_dir).onnx_export_dir)

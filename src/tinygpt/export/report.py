@@ -13,13 +13,19 @@ It knows nothing about how runs are trained or evaluated; it only reads their fi
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import math
 from pathlib import Path
 from typing import Any
 
 from tinygpt.core.files import atomic_write_text
+from tinygpt.core.info import param_breakdown
 from tinygpt.core.run import REPORT_HTML, REPORT_MD, RunDir
+from tinygpt.data.prepare import read_meta
+from tinygpt.data.tokenizer import file_hash
+from tinygpt.infer.loader import load_tokenizer, locate_base, read_adapter_record
+from tinygpt.train.plots import plot_run
 
 
 def _known(value: float) -> float | None:
@@ -28,15 +34,11 @@ def _known(value: float) -> float | None:
 
 def collect(run_dir: str | Path) -> dict[str, Any]:
     """Everything the report shows, as plain data (numbers unrounded)."""
-    from tinygpt.core.info import param_breakdown
-
     run = RunDir(run_dir).require()
     config = run.read_config()
     run_info = run.read_info()
     adapter = None
     if run.is_lora():  # its model is base + adapter: a base that moved or changed is refused
-        from tinygpt.infer.loader import locate_base, read_adapter_record
-
         locate_base(run)
         adapter = read_adapter_record(run)
     summary = run.read_summary()
@@ -61,8 +63,6 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
     dataset = run.dataset()
     meta = None
     if dataset.get("path"):
-        from tinygpt.data.prepare import read_meta
-
         meta = read_meta(Path(dataset["path"]))
     data_summary: dict[str, Any] = {
         "path": dataset.get("path"),
@@ -110,9 +110,6 @@ def _tokenizer_summary(run: RunDir) -> dict[str, Any] | None:
     path = run.tokenizer_path
     if not path.is_file():
         return None
-    from tinygpt.data.tokenizer import file_hash
-    from tinygpt.infer.loader import load_tokenizer
-
     tok = load_tokenizer(run)
     return {
         "kind": tok.kind,
@@ -144,47 +141,66 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def sections(data: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
+Section = tuple[str, list[tuple[str, str]]]
+
+
+def sections(data: dict[str, Any]) -> list[Section]:
     """(title, [(name, value text)]) tables shared by the Markdown and HTML layouts."""
-    out: list[tuple[str, list[tuple[str, str]]]] = []
+    found = [
+        _model_section(data),
+        _parameters_section(data),
+        _data_section(data),
+        _finetune_section(data),
+        _lora_section(data),
+        _training_section(data),
+        _eval_section(data),
+        _scores_section(data),
+    ]
+    return [section for section in found if section is not None]
+
+
+def _model_section(data: dict[str, Any]) -> Section:
     m = data["config"]["model"]
-    out.append(
-        (
-            "Model",
-            [
-                ("layers × heads × width", f"{m['n_layer']} × {m['n_head']} × {m['n_embd']}"),
-                ("key/value heads", fmt(m["n_kv_head"] or m["n_head"])),
-                ("context (block_size)", fmt(m["block_size"])),
-                ("vocabulary", fmt(m["vocab_size"])),
-                ("positions, norm, MLP", f"{m['pos']}, {m['norm']}, {m['mlp']}"),
-                ("tied head", fmt(m["tie_weights"])),
-            ],
-        )
+    return (
+        "Model",
+        [
+            ("layers × heads × width", f"{m['n_layer']} × {m['n_head']} × {m['n_embd']}"),
+            ("key/value heads", fmt(m["n_kv_head"] or m["n_head"])),
+            ("context (block_size)", fmt(m["block_size"])),
+            ("vocabulary", fmt(m["vocab_size"])),
+            ("positions, norm, MLP", f"{m['pos']}, {m['norm']}, {m['mlp']}"),
+            ("tied head", fmt(m["tie_weights"])),
+        ],
     )
+
+
+def _parameters_section(data: dict[str, Any]) -> Section:
+    m = data["config"]["model"]
     p = data["params"]
     pb = p["per_block"]
-    out.append(
-        (
-            "Parameters",
-            [
-                ("token embedding", fmt(p["token_embedding"])),
-                ("position embedding", fmt(p["position_embedding"])),
-                ("per block: attention", fmt(pb["attention"])),
-                ("per block: MLP", fmt(pb["mlp"])),
-                ("per block: norms", fmt(pb["norms"])),
-                (f"{m['n_layer']} blocks", fmt(p["blocks"])),
-                ("final norm", fmt(p["final_norm"])),
-                (
-                    "LM head",
-                    "tied to the token embedding (no parameters of its own)"
-                    if m["tie_weights"]
-                    else fmt(p["lm_head"]),
-                ),
-                ("total", fmt(p["total"])),
-                ("non-embedding", fmt(p["non_embedding"])),
-            ],
-        )
+    return (
+        "Parameters",
+        [
+            ("token embedding", fmt(p["token_embedding"])),
+            ("position embedding", fmt(p["position_embedding"])),
+            ("per block: attention", fmt(pb["attention"])),
+            ("per block: MLP", fmt(pb["mlp"])),
+            ("per block: norms", fmt(pb["norms"])),
+            (f"{m['n_layer']} blocks", fmt(p["blocks"])),
+            ("final norm", fmt(p["final_norm"])),
+            (
+                "LM head",
+                "tied to the token embedding (no parameters of its own)"
+                if m["tie_weights"]
+                else fmt(p["lm_head"]),
+            ),
+            ("total", fmt(p["total"])),
+            ("non-embedding", fmt(p["non_embedding"])),
+        ],
     )
+
+
+def _data_section(data: dict[str, Any]) -> Section:
     rows = [("dataset", fmt(data["data"].get("path"))), ("source", fmt(data["data"].get("source")))]
     for name, split in (data["data"].get("splits") or {}).items():
         if isinstance(split, dict) and "examples" in split:  # fine-tuning examples
@@ -211,110 +227,120 @@ def sections(data: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
             ("special tokens", ", ".join(f"{k} = {v}" for k, v in tok["special_tokens"].items()))
         )
         rows.append(("tokenizer sha256", tok["hash"][:16] + "…"))
-    out.append(("Data and tokenizer", rows))
-    ft = data.get("finetune")
-    if ft:
-        out.append(
-            (
-                "Fine-tuned from",
-                [
-                    ("base", f"{ft.get('base')} ({ft.get('base_kind')}, {ft.get('checkpoint')})"),
-                    ("base weights sha256", str(ft.get("weights_sha256", ""))[:16] + "…"),
-                    ("data format", fmt(ft.get("format"))),
-                    ("chat template", fmt(ft.get("template"))),
-                    ("scored", "every token" if ft.get("train_on_prompt") else "assistant turns"),
-                    ("held-out loss before", fmt(ft.get("val_loss_before"))),
-                ],
-            )
-        )
-    lora = data.get("lora") or (data.get("merged") or {}).get("adapter")
-    if lora:
-        rows_note = (
-            f", rows {fmt(lora.get('rows_from'))}+ of the embedding"
-            if lora.get("rows_from") != data["config"]["model"]["vocab_size"]
-            else ""
-        )
-        merged = data.get("merged")
-        out.append(
-            (
-                "LoRA",
-                [
-                    (
-                        "adapters",
-                        f"rank {lora.get('rank')}, alpha {lora.get('alpha')}, dropout"
-                        f" {lora.get('dropout')} on {', '.join(lora.get('targets') or [])}"
-                        f"{rows_note}",
-                    ),
-                    (
-                        "trainable parameters",
-                        f"{fmt(lora.get('trainable_parameters'))} of"
-                        f" {fmt(lora.get('total_parameters'))}",
-                    ),
-                    (
-                        "base",
-                        f"{lora['base']['run']} ({lora['base']['checkpoint']}), weights sha256"
-                        f" {str(lora['base']['weights_sha256'])[:16]}…",
-                    ),
-                    (
-                        "stored as",
-                        f"merged from {merged.get('from')} ({merged.get('checkpoint')})"
-                        if merged
-                        else "the adapter; every reader adds the base",
-                    ),
-                ],
-            )
-        )
+    return ("Data and tokenizer", rows)
 
+
+def _finetune_section(data: dict[str, Any]) -> Section | None:
+    ft = data.get("finetune")
+    if not ft:
+        return None
+    return (
+        "Fine-tuned from",
+        [
+            ("base", f"{ft.get('base')} ({ft.get('base_kind')}, {ft.get('checkpoint')})"),
+            ("base weights sha256", str(ft.get("weights_sha256", ""))[:16] + "…"),
+            ("data format", fmt(ft.get("format"))),
+            ("chat template", fmt(ft.get("template"))),
+            ("scored", "every token" if ft.get("train_on_prompt") else "assistant turns"),
+            ("held-out loss before", fmt(ft.get("val_loss_before"))),
+        ],
+    )
+
+
+def _lora_section(data: dict[str, Any]) -> Section | None:
+    """The adapter of a LoRA run, or of the run a merged copy was made from."""
+    lora = data.get("lora") or (data.get("merged") or {}).get("adapter")
+    if not lora:
+        return None
+    rows_note = (
+        f", rows {fmt(lora.get('rows_from'))}+ of the embedding"
+        if lora.get("rows_from") != data["config"]["model"]["vocab_size"]
+        else ""
+    )
+    merged = data.get("merged")
+    return (
+        "LoRA",
+        [
+            (
+                "adapters",
+                f"rank {lora.get('rank')}, alpha {lora.get('alpha')}, dropout"
+                f" {lora.get('dropout')} on {', '.join(lora.get('targets') or [])}"
+                f"{rows_note}",
+            ),
+            (
+                "trainable parameters",
+                f"{fmt(lora.get('trainable_parameters'))} of"
+                f" {fmt(lora.get('total_parameters'))}",
+            ),
+            (
+                "base",
+                f"{lora['base']['run']} ({lora['base']['checkpoint']}), weights sha256"
+                f" {str(lora['base']['weights_sha256'])[:16]}…",
+            ),
+            (
+                "stored as",
+                f"merged from {merged.get('from')} ({merged.get('checkpoint')})"
+                if merged
+                else "the adapter; every reader adds the base",
+            ),
+        ],
+    )
+
+
+def _training_section(data: dict[str, Any]) -> Section:
     s = data["summary"] or {}
     t = data["training"]
-    out.append(
-        (
-            "Training",
-            [
-                ("steps", fmt(s.get("step", t.get("last_step")))),
-                ("tokens seen", fmt(s.get("tokens"))),
-                ("training time (s)", fmt(s.get("train_time_s"), 1)),
-                ("final full evaluation (s)", fmt(s.get("final_eval_s"), 1)),
-                ("throughput (tokens/s)", fmt(s.get("tokens_per_s"), 1)),
-                ("device, precision", f"{fmt(s.get('device'))}, {fmt(s.get('precision'))}"),
-                ("stopped by", fmt(s.get("stopped"))),
-                ("last train loss", fmt(t.get("last_train_loss"))),
-                (
-                    "best val_loss_est",
-                    f"{fmt(t.get('best_val_loss_est'))} (step {fmt(t.get('best_val_step'))})",
-                ),
-                ("final val_loss (full split)", fmt(s.get("val_loss"))),
-                ("validation tokens", fmt(s.get("val_tokens"))),
-            ],
-        )
-    )
-    e = data["eval"]
-    if e:
-        rows = [
-            ("checkpoint", f"{e.get('checkpoint')} (step {fmt(e.get('step'))})"),
-            ("text", fmt(e.get("data"))),
-            ("loss (nats/token)", fmt(e.get("val_loss"))),
-            ("perplexity", fmt(e.get("val_ppl"), 3)),
-            ("bits per byte", fmt(e.get("val_bpb"))),
-            ("scored tokens", fmt(e.get("tokens"))),
-            ("their bytes", fmt(e.get("bytes"))),
-            ("stride", fmt(e.get("stride"))),
-        ]
-        out.append(("Evaluation", rows))
-    sc = data["scores"]
-    if sc:
-        out.append(
+    return (
+        "Training",
+        [
+            ("steps", fmt(s.get("step", t.get("last_step")))),
+            ("tokens seen", fmt(s.get("tokens"))),
+            ("training time (s)", fmt(s.get("train_time_s"), 1)),
+            ("final full evaluation (s)", fmt(s.get("final_eval_s"), 1)),
+            ("throughput (tokens/s)", fmt(s.get("tokens_per_s"), 1)),
+            ("device, precision", f"{fmt(s.get('device'))}, {fmt(s.get('precision'))}"),
+            ("stopped by", fmt(s.get("stopped"))),
+            ("last train loss", fmt(t.get("last_train_loss"))),
             (
-                "Generation quality",
-                [
-                    ("prompts", fmt(sc.get("prompts"))),
-                    ("BLEU (sacrebleu, 0–100)", fmt(sc.get("bleu"), 2)),
-                    ("chrF (sacrebleu, 0–100)", fmt(sc.get("chrf"), 2)),
-                    ("temperature", fmt(sc.get("temperature"))),
-                ],
-            )
-        )
-    return out
+                "best val_loss_est",
+                f"{fmt(t.get('best_val_loss_est'))} (step {fmt(t.get('best_val_step'))})",
+            ),
+            ("final val_loss (full split)", fmt(s.get("val_loss"))),
+            ("validation tokens", fmt(s.get("val_tokens"))),
+        ],
+    )
+
+
+def _eval_section(data: dict[str, Any]) -> Section | None:
+    e = data["eval"]
+    if not e:
+        return None
+    rows = [
+        ("checkpoint", f"{e.get('checkpoint')} (step {fmt(e.get('step'))})"),
+        ("text", fmt(e.get("data"))),
+        ("loss (nats/token)", fmt(e.get("val_loss"))),
+        ("perplexity", fmt(e.get("val_ppl"), 3)),
+        ("bits per byte", fmt(e.get("val_bpb"))),
+        ("scored tokens", fmt(e.get("tokens"))),
+        ("their bytes", fmt(e.get("bytes"))),
+        ("stride", fmt(e.get("stride"))),
+    ]
+    return ("Evaluation", rows)
+
+
+def _scores_section(data: dict[str, Any]) -> Section | None:
+    sc = data["scores"]
+    if not sc:
+        return None
+    return (
+        "Generation quality",
+        [
+            ("prompts", fmt(sc.get("prompts"))),
+            ("BLEU (sacrebleu, 0–100)", fmt(sc.get("bleu"), 2)),
+            ("chrF (sacrebleu, 0–100)", fmt(sc.get("chrf"), 2)),
+            ("temperature", fmt(sc.get("temperature"))),
+        ],
+    )
 
 
 def _cell(text: str) -> str:
@@ -382,12 +408,9 @@ def write_report(run_dir: str | Path, *, plots: bool = True) -> tuple[Path, Path
     when matplotlib is installed. Returns both paths."""
     run = RunDir(run_dir).require()
     if plots and run.has_metrics():
-        try:
-            from tinygpt.train.plots import plot_run
-
+        # without matplotlib (ImportError) the report still renders, without pictures
+        with contextlib.suppress(ImportError):
             plot_run(run.path)
-        except ImportError:
-            pass  # the report still renders, without pictures
     data = collect(run.path)
     md = atomic_write_text(run.file(REPORT_MD), render_markdown(data))
     page = atomic_write_text(run.file(REPORT_HTML), render_html(data, run.path))

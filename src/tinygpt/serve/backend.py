@@ -1,10 +1,11 @@
-"""What the server generates with: the `Backend` surface, and opening a model to serve.
+"""What the server generates with: the `Backend` surface, and the ONNX backend.
 
 Owns: the few things the HTTP layer asks of a generator (`Backend`, `Handle`), the served
 model's description (`ServedModel`: backend, name, chat template, which ids end an answer,
-size), `open_model(path, ...)`, which turns a run folder into a `ServedModel` backed by the
-continuous-batching engine (`tinygpt.infer.engine.Engine`) and an ONNX export folder into one
-backed by `OnnxBackend`. Knows nothing about HTTP or JSON.
+size), and serving an ONNX export folder (`is_onnx_source`, `open_onnx`, `OnnxBackend`).
+Knows nothing about HTTP or JSON, and never imports torch: a run folder is opened by
+`tinygpt.serve.engine` (the continuous-batching `tinygpt.infer.engine.Engine`), and
+`tinygpt.serve.open_model` chooses between the two.
 
 A backend is anything with the surface of `Engine` that the server uses: `submit(prompt_ids,
 **sampling) -> Handle`, `tokenizer`, `context`, `max_batch`, `stats()` and `close()`. A
@@ -37,6 +38,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.run import RunDir
+from tinygpt.infer.onnx_runtime import generate_tokens, is_onnx_folder, load_onnx
 from tinygpt.infer.request import (
     EngineStats,
     Event,
@@ -113,85 +116,40 @@ class ServedModel:
         self.stop_ids: tuple[int, ...] = tuple(i for i in ids if i is not None)
 
 
-def open_model(
-    path: str | os.PathLike[str],
-    *,
-    checkpoint: str = "best",
-    device: str = "cpu",
-    max_batch: int = 16,
-    max_queue: int = 64,
-    timeout: float | None = 600.0,
-    name: str | None = None,
-    threads: int | None = None,
-) -> ServedModel:
-    """Open a model folder for serving, its backend started.
-
-    A run folder is loaded into a continuous-batching engine (`checkpoint`, `device`,
-    `max_batch`; `threads` sets torch's CPU threads); an ONNX export folder into an
-    `OnnxBackend` (one request at a time; `threads` sets onnxruntime's, `device` must be cpu
-    or auto, `checkpoint` and `max_batch` do not apply). The model's name is the folder's
-    name unless `name` is given; the chat template is the one the run saved
-    (`tinygpt.infer.loader.load_run` gives it) or the one the export carries, if any.
-    """
-    from tinygpt.core.run import RunDir
-    from tinygpt.infer.onnx_runtime import is_onnx_folder
-
-    folder = Path(path)
+def check_threads(threads: int | None) -> None:
+    """Refuse a thread count below one (None: the runtime's default)."""
     if threads is not None and threads < 1:
         raise TinyGPTError(f"threads must be at least 1, got {threads}")
-    run = RunDir(folder)
-    if (
+
+
+def is_onnx_source(folder: Path) -> bool:
+    """True for a folder to serve with onnxruntime: an ONNX export folder (or a folder of
+    .onnx files, so that `open_onnx` names what is missing), never a run folder."""
+    return (
         folder.is_dir()
-        and not run.is_run()
+        and not RunDir(folder).is_run()
         and (is_onnx_folder(folder) or any(folder.glob("*.onnx")))
-    ):
-        if device not in ("auto", "cpu"):
-            raise TinyGPTError(
-                f"{folder} is an ONNX folder, which is served on the CPU with onnxruntime; "
-                f"leave out --device {device} (or give cpu)"
-            )
-        return open_onnx(folder, max_queue=max_queue, timeout=timeout, name=name, threads=threads)
-    run.require()
-    from tinygpt.core.runtime import resolve_device
-    from tinygpt.infer.engine import Engine
-    from tinygpt.infer.loader import load_run
-
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    loaded = load_run(folder, checkpoint=checkpoint, device=resolve_device(device))
-    template = loaded.template
-    engine = Engine(
-        loaded.model,
-        loaded.tokenizer,
-        max_batch=max_batch,
-        max_queue=max_queue,
-        timeout=timeout,
-    )
-    return ServedModel(
-        engine,
-        name or folder.resolve().name,
-        template=template,
-        owned=True,
-        parameters=loaded.model.num_params(),
-        runtime="pytorch",
     )
 
 
 def open_onnx(
     path: str | os.PathLike[str],
     *,
+    device: str = "cpu",
     max_queue: int = 64,
     timeout: float | None = 600.0,
     name: str | None = None,
     threads: int | None = None,
 ) -> ServedModel:
     """Open an ONNX export folder (`tinygpt export --format onnx`) for serving with
-    onnxruntime, one request at a time (`OnnxBackend`); torch is not imported."""
-    from tinygpt.infer.onnx_runtime import load_onnx
-
+    onnxruntime, one request at a time (`OnnxBackend`); torch is not imported. `device`
+    must be cpu or auto: onnxruntime serves on the CPU."""
     folder = Path(path)
+    if device not in ("auto", "cpu"):
+        raise TinyGPTError(
+            f"{folder} is an ONNX folder, which is served on the CPU with onnxruntime; "
+            f"leave out --device {device} (or give cpu)"
+        )
     generator = load_onnx(folder, threads=threads)
     backend = OnnxBackend(generator, max_queue=max_queue, timeout=timeout)
     parameters = generator.info.get("parameters")
@@ -355,8 +313,6 @@ class OnnxBackend:
                 self._running = None
 
     def _generate(self, req: Request) -> None:
-        from tinygpt.infer.onnx_runtime import generate_tokens
-
         p = req.params
         text = RowText(self.tokenizer, p.stop)
         stop_ids = p.stop_token_ids

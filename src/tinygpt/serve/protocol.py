@@ -1,11 +1,12 @@
-"""The OpenAI wire format: request bodies in, checked settings out; answers and errors back.
+"""The OpenAI wire format of requests: bodies in, checked settings out; errors back.
 
 Owns: reading a request body (content type, UTF-8, JSON, an object), checking every field
 of `/v1/completions` and `/v1/chat/completions` that we implement (types, ranges, caps), the
 fields OpenAI defines that we do not implement (refused by name unless given their neutral
-value), and the JSON shapes of answers, stream chunks, logprobs and errors. Pure Python: it
-knows nothing about HTTP frameworks, models or tokenizers (`tinygpt.serve.app` joins it to
-those), so every rule here is tested without a server.
+value), and the JSON shape of errors; the shapes of answers, stream chunks and logprobs are
+`tinygpt.serve.answer`'s. Pure Python: it knows nothing about HTTP frameworks, models or
+tokenizers (`tinygpt.serve.routes` joins it to those), so every rule here is tested without
+a server.
 
 The rules, with OpenAI's API reference as the model:
 - An error is `{"error": {"message", "type", "param", "code"}}` with an HTTP status
@@ -27,10 +28,8 @@ The rules, with OpenAI's API reference as the model:
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tinygpt.core.config import SEED
@@ -287,35 +286,8 @@ class Settings:
 def _common(
     body: dict[str, Any], limits: Limits, models: Sequence[str], max_tokens_names: Sequence[str]
 ) -> Settings:
-    model = body.get("model")
-    if model is None:
-        raise bad("model is missing; name the model to use (GET /v1/models lists it)", "model")
-    if not isinstance(model, str):
-        raise bad(f"model must be a string, got {json.dumps(model)}", "model")
-    if model not in models:
-        raise APIError(
-            404,
-            f"the model {model!r} does not exist; this server serves {', '.join(map(repr, models))}",
-            param="model",
-            code="model_not_found",
-        )
-    max_tokens = None
-    for name in max_tokens_names:
-        max_tokens = _get_int(body, name, None)
-        if max_tokens is not None:
-            break
-    else:
-        name = max_tokens_names[0]
-    if max_tokens is None:
-        max_tokens = limits.max_tokens_default
-    elif max_tokens < 1:
-        raise bad(f"{name} must be at least 1, got {max_tokens}", name)
-    elif max_tokens > limits.max_tokens_cap:
-        raise bad(
-            f"{name} is {max_tokens}, more than this server's cap of {limits.max_tokens_cap}; "
-            "ask for fewer tokens",
-            name,
-        )
+    model = _model(body, models)
+    max_tokens = _max_tokens(body, limits, max_tokens_names)
     temperature = _get_number(body, "temperature", 1.0, 0.0, 2.0)
     top_p: float | None = _get_number(body, "top_p", 1.0, 0.0, 1.0)
     if top_p == 0:  # no token holds zero mass: only the most likely one is left
@@ -328,20 +300,7 @@ def _common(
         raise bad(f"n must be at least 1, got {n}", "n")
     if n > limits.max_n:
         raise bad(f"n is {n}, more than this server's cap of {limits.max_n} choices", "n")
-    stop_field = body.get("stop")
-    if stop_field is None:
-        stop: tuple[str, ...] = ()
-    elif isinstance(stop_field, str):
-        stop = (stop_field,)
-    elif isinstance(stop_field, list) and all(isinstance(s, str) for s in stop_field):
-        stop = tuple(stop_field)
-    else:
-        raise bad(
-            f"stop must be a string or a list of strings, got {json.dumps(stop_field)}", "stop"
-        )
-    if len(stop) > limits.max_stop:
-        raise bad(f"stop holds {len(stop)} strings; give at most {limits.max_stop}", "stop")
-    stop = tuple(s for s in stop if s)
+    stop = _stop(body, limits)
     seed = _get_int(body, "seed", None)
     if seed is not None and not SEED.lo <= seed <= SEED.hi - (n - 1):
         # choice i is seeded seed + i: every one of them must be a seed
@@ -350,14 +309,7 @@ def _common(
             "seed",
         )
     stream = _get_bool(body, "stream", False)
-    options = body.get("stream_options")
-    include_usage = False
-    if options is not None:
-        if not isinstance(options, dict):
-            raise bad("stream_options must be an object", "stream_options")
-        if not stream:
-            raise bad("stream_options is only allowed when stream is true", "stream_options")
-        include_usage = _get_bool(options, "include_usage", False)
+    include_usage = _include_usage(body, stream)
     return Settings(
         model=model,
         max_tokens=max_tokens,
@@ -371,6 +323,77 @@ def _common(
         logprobs=False,
         top_logprobs=0,
     )
+
+
+def _model(body: dict[str, Any], models: Sequence[str]) -> str:
+    """The model the request names: one this server serves (404 otherwise)."""
+    model = body.get("model")
+    if model is None:
+        raise bad("model is missing; name the model to use (GET /v1/models lists it)", "model")
+    if not isinstance(model, str):
+        raise bad(f"model must be a string, got {json.dumps(model)}", "model")
+    if model not in models:
+        raise APIError(
+            404,
+            f"the model {model!r} does not exist; this server serves {', '.join(map(repr, models))}",
+            param="model",
+            code="model_not_found",
+        )
+    return model
+
+
+def _max_tokens(body: dict[str, Any], limits: Limits, names: Sequence[str]) -> int:
+    """The first of `names` the body gives (chat prefers max_completion_tokens), checked
+    against the cap; the server's default when none is given."""
+    max_tokens = None
+    for name in names:
+        max_tokens = _get_int(body, name, None)
+        if max_tokens is not None:
+            break
+    else:
+        name = names[0]
+    if max_tokens is None:
+        max_tokens = limits.max_tokens_default
+    elif max_tokens < 1:
+        raise bad(f"{name} must be at least 1, got {max_tokens}", name)
+    elif max_tokens > limits.max_tokens_cap:
+        raise bad(
+            f"{name} is {max_tokens}, more than this server's cap of {limits.max_tokens_cap}; "
+            "ask for fewer tokens",
+            name,
+        )
+    return max_tokens
+
+
+def _stop(body: dict[str, Any], limits: Limits) -> tuple[str, ...]:
+    """The stop strings: a string or a list of them, at most `limits.max_stop`; empty
+    strings are dropped (they would stop at once)."""
+    stop_field = body.get("stop")
+    if stop_field is None:
+        stop: tuple[str, ...] = ()
+    elif isinstance(stop_field, str):
+        stop = (stop_field,)
+    elif isinstance(stop_field, list) and all(isinstance(s, str) for s in stop_field):
+        stop = tuple(stop_field)
+    else:
+        raise bad(
+            f"stop must be a string or a list of strings, got {json.dumps(stop_field)}", "stop"
+        )
+    if len(stop) > limits.max_stop:
+        raise bad(f"stop holds {len(stop)} strings; give at most {limits.max_stop}", "stop")
+    return tuple(s for s in stop if s)
+
+
+def _include_usage(body: dict[str, Any], stream: bool) -> bool:
+    """stream_options.include_usage: allowed only with stream."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise bad("stream_options must be an object", "stream_options")
+    if not stream:
+        raise bad("stream_options is only allowed when stream is true", "stream_options")
+    return _get_bool(options, "include_usage", False)
 
 
 # ------------------------------------------------------------------------------ requests
@@ -494,126 +517,3 @@ def _join_parts(i: int, parts: list[Any]) -> str:
             raise bad(f"message {i} holds a text part without a string 'text'", "messages")
         texts.append(part["text"])
     return "".join(texts)
-
-
-# ------------------------------------------------------------------------------ answers
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
-
-
-@dataclass
-class Shape:
-    """What every answer and chunk of one request shares: id, created, model, kind."""
-
-    chat: bool
-    model: str
-    id: str = ""
-    created: int = field(default_factory=lambda: int(time.time()))
-    _text_event: tuple[str, str, str] | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.id:
-            self.id = new_id("chatcmpl" if self.chat else "cmpl")
-
-    def head(self, chunk: bool) -> dict[str, Any]:
-        if self.chat:
-            kind = "chat.completion.chunk" if chunk else "chat.completion"
-        else:
-            kind = "text_completion"
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
-
-    def choice(
-        self,
-        index: int,
-        text: str | None,
-        finish_reason: str | None,
-        logprobs: dict[str, Any] | None = None,
-        *,
-        chunk: bool = False,
-        role: bool = False,
-    ) -> dict[str, Any]:
-        """One entry of `choices`: a message (chat), a delta (chat chunk) or text."""
-        out: dict[str, Any] = {"index": index}
-        if self.chat and chunk:
-            delta: dict[str, Any] = {"role": "assistant"} if role else {}
-            if text is not None:
-                delta["content"] = text
-            out["delta"] = delta
-        elif self.chat:
-            out["message"] = {"role": "assistant", "content": text or ""}
-        else:
-            out["text"] = text or ""
-        out["logprobs"] = logprobs
-        out["finish_reason"] = finish_reason
-        return out
-
-    def text_event(self, index: int, text: str, include_usage: bool) -> bytes:
-        """The server-sent event of a chunk that only carries text, written without building
-        dicts (one per token per stream: the server's most frequent message); the same JSON
-        as `sse(self.chunk([self.choice(index, text, None, chunk=True)]))`."""
-        if self._text_event is None:
-            head = json.dumps(self.head(True), ensure_ascii=False)[:-1]
-            key = '"delta": {"content": ' if self.chat else '"text": '
-            self._text_event = (
-                f'data: {head}, "choices": [{{"index": ',
-                f", {key}",
-                ("}" if self.chat else "")
-                + ', "logprobs": null, "finish_reason": null}]'
-                + (', "usage": null' if include_usage else "")
-                + "}\n\n",
-            )
-        start, middle, end = self._text_event
-        return f"{start}{index}{middle}{json.dumps(text, ensure_ascii=False)}{end}".encode()
-
-    def answer(self, choices: list[dict[str, Any]], usage: dict[str, int]) -> dict[str, Any]:
-        return {**self.head(False), "choices": choices, "usage": usage}
-
-    def chunk(self, choices: list[dict[str, Any]], usage: Any = ...) -> dict[str, Any]:
-        out = {**self.head(True), "choices": choices}
-        if usage is not ...:
-            out["usage"] = usage
-        return out
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def chat_logprobs(tokens: Sequence[Any]) -> dict[str, Any]:
-    """Chat's logprobs: per token its text, log-probability, UTF-8 bytes and the most likely
-    tokens of its step. `tokens` are the engine's `Token`s (id, text, bytes, logprob, top)."""
-
-    def one(t: Any) -> dict[str, Any]:
-        return {"token": t.text, "logprob": t.logprob, "bytes": list(t.bytes)}
-
-    return {"content": [{**one(t), "top_logprobs": [one(x) for x in t.top]} for t in tokens]}
-
-
-def completion_logprobs(tokens: Sequence[Any], offset: int = 0) -> dict[str, Any]:
-    """The completions endpoint's logprobs: parallel lists of tokens, their log-probabilities,
-    the most likely tokens of each step ({text: logprob}, or None when none were asked for)
-    and each token's character offset in the text, counting from `offset`."""
-    offsets = []
-    for t in tokens:
-        offsets.append(offset)
-        offset += len(t.text)
-    return {
-        "tokens": [t.text for t in tokens],
-        "token_logprobs": [t.logprob for t in tokens],
-        "top_logprobs": [{x.text: x.logprob for x in t.top} for t in tokens]
-        if any(t.top for t in tokens)
-        else None,
-        "text_offset": offsets,
-    }
-
-
-def sse(data: Any) -> bytes:
-    """One server-sent event: `data: <json>` and a blank line (`[DONE]` as is)."""
-    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-    return f"data: {text}\n\n".encode()
