@@ -114,8 +114,12 @@ def start_model(
     """The base's model with its weights, `config`'s dropout and context, and rows for the
     template's special tokens (checked against the data's tokenizer); the notes for run.json
     (and `rows_from`, the first new row, for LoRA)."""
-    shape = {"block_size": base_config.model.block_size, "vocab_size": base_config.model.vocab_size}
-    model = GPT(dataclasses.replace(config.model, **shape))
+    shape = dataclasses.replace(
+        config.model,
+        block_size=base_config.model.block_size,
+        vocab_size=base_config.model.vocab_size,
+    )
+    model = GPT(shape)
     load_base_weights(model, based.run, based.checkpoint)
     shorten_context(model, config.model.block_size)
     notes: dict[str, Any] = {}

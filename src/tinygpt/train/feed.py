@@ -77,8 +77,10 @@ def open_data(
                 f"--format {fmt} needs instruction examples; {data_dir or corpus} is text"
             )
     else:
+        assert input is not None  # exactly one of the three was given
         resolved = resolve_format(input, fmt, errors=request.errors)
     if resolved in CHAT_FORMATS:
+        assert input is not None  # only a file given as --input is read as conversations
         name = template or (base_template.name if base_template else None) or "default"
         tmpl = get_template(name)
         examples = _conversations(input, resolved, tmpl, base, config, request.errors, report)
@@ -115,7 +117,7 @@ def _examples_folder(
 
 
 def _conversations(
-    input: str | None,
+    input: str,
     resolved: str,
     tmpl: ChatTemplate,
     base: Base,
@@ -168,6 +170,7 @@ def _text(
                 f"text with --tokenizer {base.run.tokenizer_path}"
             )
     else:
+        assert source is not None  # no folder given: a file or a corpus was
         dataset = open_dataset(
             prepare_dataset(
                 source,
@@ -186,9 +189,9 @@ def _text(
 class Feed:
     """What the loop is handed besides the model: data, evaluator, samples."""
 
-    batches: Any
-    evaluator: Any
-    sampler: Any
+    batches: RandomWindows | ExampleBatches
+    evaluator: SplitEvaluator | ExampleEvaluator
+    sampler: TextSampler | ChatSampler
     accum: int
     evaluated: str  # what the validation loss measures, in words
     notes: dict[str, Any]
@@ -208,12 +211,18 @@ def build_feed(
     windows of text, as pre-training draws them."""
     tc, block = config.train, config.model.block_size
     global_batch = tc.batch_size * rt.dist.world_size
-    eval_kw = dict(batch_size=tc.eval_batch_size, device=rt.device, autocast=rt.autocast)
     if not chat_data:
         check_data(len(data.train), len(data.val), block, global_batch)
         return Feed(
             batches=RandomWindows(data.train, block, global_batch, tc.seed, rt.dist, rt.device),
-            evaluator=SplitEvaluator(data.val, block, windows=tc.eval_windows, **eval_kw),
+            evaluator=SplitEvaluator(
+                data.val,
+                block,
+                batch_size=tc.eval_batch_size,
+                windows=tc.eval_windows,
+                device=rt.device,
+                autocast=rt.autocast,
+            ),
             sampler=TextSampler(tokenizer, tc),
             accum=accumulation(tc, global_batch * block),
             evaluated="the validation split",
@@ -255,7 +264,13 @@ def build_feed(
             block_size=block,
         ),  # fmt: skip
         evaluator=ExampleEvaluator(
-            data.val, val_keep.tolist(), examples=tc.eval_windows, pad_id=pad, **eval_kw
+            data.val,
+            val_keep.tolist(),
+            batch_size=tc.eval_batch_size,
+            examples=tc.eval_windows,
+            pad_id=pad,
+            device=rt.device,
+            autocast=rt.autocast,
         ),
         sampler=ChatSampler(data.val, tokenizer, template, tc),
         accum=1,

@@ -45,11 +45,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tinygpt.core.config import RunConfig, parse_overrides
 from tinygpt.core.errors import TinyGPTError
-from tinygpt.core.lora import LoraSettings, apply_lora, count_parameters
+from tinygpt.core.lora import Adapted, LoraSettings, apply_lora, count_parameters
 from tinygpt.core.model import GPT
 from tinygpt.core.resolution import resolve_config
 from tinygpt.core.run import RunDir
@@ -386,7 +386,7 @@ class _Start:
     feed: Feed
     state: TrainState | None
     before: float | None  # the held-out loss before training (None when resuming)
-    adapted: Any  # the LoRA adapters (tinygpt.core.lora); None for a full fine-tune
+    adapted: Adapted | None  # the LoRA adapters; None for a full fine-tune
     trainable: int
     total: int
 
@@ -465,14 +465,15 @@ def _model(
     tokenizer: Tokenizer,
     data_path: Path,
     say: Report,
-) -> tuple[GPT, dict[str, Any], Any]:
+) -> tuple[GPT, dict[str, Any], Adapted | None]:
     """(model, notes for run.json, LoRA adapters or None): when resuming, the run's own model
     (its weights come with the checkpoint); else the base's (`start_model`), with adapters
     when LoRA is asked for. `config.model` becomes the model's (a grown vocabulary)."""
-    adapted = None
+    adapted: Adapted | None = None
+    notes: dict[str, Any]
     if resume and lora is not None:
         model, notes = build_adapted(run, config.model, config.train.seed), {}
-        adapted = model.lora
+        adapted = cast(Adapted, model.lora)  # build_adapted applied it (kept as model.lora)
     elif resume:
         model, notes = GPT(config.model), {}
     else:

@@ -42,7 +42,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as tdist
@@ -50,6 +50,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tinygpt.core.config import TrainConfig
 from tinygpt.core.errors import TinyGPTError
+from tinygpt.core.model import GPT
 from tinygpt.core.run import RunDir
 from tinygpt.core.runtime import Dist, Runtime
 from tinygpt.train.resume import save
@@ -104,7 +105,8 @@ def train_step(
         x, y = batches.next()
         tokens += x.numel() * dist.world_size
         sync = micro == accum - 1 or not dist.enabled
-        ctx = contextlib.nullcontext() if sync else model.no_sync()
+        # Not syncing only under DDP, where `_wrap` made the model a DDP.
+        ctx = contextlib.nullcontext() if sync else cast(DDP, model).no_sync()
         with ctx:
             with autocast():
                 _, loss = model(x, y)
@@ -154,7 +156,7 @@ def train_step(
 
 
 def fit(
-    model: torch.nn.Module,
+    model: GPT,
     batches: Any,
     optimizer: Any,
     tc: TrainConfig,
@@ -215,7 +217,7 @@ def fit(
 class _Job:
     """The pieces one call of `fit` works with, handed to its helpers as one."""
 
-    model: torch.nn.Module
+    model: GPT
     net: torch.nn.Module  # the model as the loop runs it (`_wrap`)
     batches: Any
     optimizer: Any
@@ -325,7 +327,8 @@ def _count_skips(res: StepResult, state: TrainState, tc: TrainConfig) -> None:
 
 def _wrap(model: torch.nn.Module, tc: TrainConfig, rt: Runtime) -> torch.nn.Module:
     """The model as the loop runs it: compiled and/or wrapped in DDP, as asked."""
-    net = torch.compile(model) if tc.compile else model
+    # torch.compile of a module is a module (an OptimizedModule); its stubs say a callable.
+    net = cast(torch.nn.Module, torch.compile(model)) if tc.compile else model
     if rt.dist.enabled:
         net = DDP(net, device_ids=[rt.dist.local_rank] if rt.device.startswith("cuda") else None)
     return net

@@ -30,7 +30,7 @@ the parameters into groups. This module knows nothing about the schedule or the 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -288,11 +288,11 @@ def build_optimizer(model: torch.nn.Module, tc: TrainConfig, device: str) -> Any
         return Muon(groups, lr=tc.lr, momentum=tc.muon_momentum, betas=betas, eps=tc.eps)
     groups = _decay_groups([p for _, p in named], tc.weight_decay)
     if device.startswith("cuda"):
-        return torch.AdamW(groups, lr=tc.lr, betas=betas, eps=tc.eps, fused=True)
+        return torch.optim.AdamW(groups, lr=tc.lr, betas=betas, eps=tc.eps, fused=True)
     return AdamW(groups, lr=tc.lr, betas=betas, eps=tc.eps)
 
 
-def _decay_groups(params: list[torch.Tensor], weight_decay: float, **extra: Any) -> list[dict]:
+def _decay_groups(params: Sequence[torch.Tensor], weight_decay: float, **extra: Any) -> list[dict]:
     """Two parameter groups: matrices with weight decay, vectors without."""
     return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, **extra},

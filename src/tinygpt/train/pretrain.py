@@ -18,8 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tinygpt.core.config import RunConfig
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.model import GPT
@@ -160,7 +158,7 @@ def _begin(
     run: RunDir,
     config: RunConfig,
     dataset: Any,
-    model: torch.nn.Module,
+    model: GPT,
     rt: Runtime,
     accum: int,
     command: list[str] | None,

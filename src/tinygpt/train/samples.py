@@ -7,11 +7,13 @@ Generation is `tinygpt.infer.generate`'s; these only choose the prompt and the s
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import cast
 
 from tinygpt.core.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K, TrainConfig
+from tinygpt.core.model import GPT
+from tinygpt.data.examples import ExampleSplit
+from tinygpt.data.template import ChatTemplate
+from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.infer.generate import TextGenerator, usable_prompts
 
 
@@ -20,22 +22,23 @@ class TextSampler:
     `sample_prompt` (or a document start when the vocabulary cannot encode it), at
     `sample_temperature`."""
 
-    def __init__(self, tokenizer: Any, tc: TrainConfig) -> None:
+    def __init__(self, tokenizer: Tokenizer, tc: TrainConfig) -> None:
         self.tokenizer = tokenizer
         self.prompt = usable_prompts(tokenizer, [tc.sample_prompt])[0]
         self.tokens = tc.sample_tokens
         self.temperature = tc.sample_temperature
         self.seed = tc.seed
 
-    def __call__(self, model: torch.nn.Module) -> str:
+    def __call__(self, model: GPT) -> str:
         try:
-            text = TextGenerator(model, self.tokenizer).generate(
+            # One prompt, one sample: one text.
+            text = cast(str, TextGenerator(model, self.tokenizer).generate(
                 self.prompt,
                 max_new_tokens=self.tokens,
                 temperature=self.temperature,
                 top_k=SAMPLE_TOP_K,
                 seed=self.seed,
-            )
+            ))
         finally:
             model.train()
         return self.prompt + text
@@ -45,14 +48,20 @@ class ChatSampler:
     """The samples written during and after fine-tuning on conversations: the model's answer
     to the first held-out example's prompt (its tokens up to the first scored one)."""
 
-    def __init__(self, split: Any, tokenizer: Any, template: Any, tc: Any) -> None:
+    def __init__(
+        self,
+        split: ExampleSplit,
+        tokenizer: Tokenizer,
+        template: ChatTemplate | None,
+        tc: TrainConfig,
+    ) -> None:
         ids, mask = split.example(0)
         first = int(mask.argmax()) if mask.any() else len(ids)
         self.prompt = ids[:first].tolist()
         self.tokenizer, self.template = tokenizer, template
         self.tokens, self.seed = tc.sample_tokens, tc.seed
 
-    def __call__(self, model: torch.nn.Module) -> str:
+    def __call__(self, model: GPT) -> str:
         context = model.config.block_size
         prompt = self.prompt[-(context - 1) :]
         try:

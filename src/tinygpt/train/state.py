@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from tinygpt.core.model import GPT
 
 
 @dataclass
@@ -57,5 +57,5 @@ class Hooks:
     `sample_interval` and at the end); `on_checkpoint(step, path)` runs once a checkpoint
     is safely on disk."""
 
-    sample: Callable[[torch.nn.Module], str] | None = None
+    sample: Callable[[GPT], str] | None = None
     on_checkpoint: Callable[[int, Path], None] | None = None
