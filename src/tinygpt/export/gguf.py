@@ -419,14 +419,14 @@ def export_run_gguf(
 ) -> Path:
     """Write one checkpoint of a run as a GGUF file; a chat run's template and end-of-turn
     token go with it. Returns the file's path."""
-    run_folder = RunDir(run_dir)
+    run_folder = RunDir(Path(run_dir))
     ckpt = run_folder.resolve_checkpoint(checkpoint)  # not a run / no checkpoint: clear error
     if type not in TYPES:
         raise TinyGPTError(f"unknown GGUF type {type!r}; choose one of: {', '.join(TYPES)}")
     config = run_folder.read_config()
     gguf_architecture(config.model)  # before loading any weights
     check_destination_file(Path(out), force)
-    run = load_run(run_dir, checkpoint=ckpt.name, device="cpu")
+    run = load_run(run_folder.path, checkpoint=ckpt.name, device="cpu")
     template = run.template
     return write_gguf(
         run.model,

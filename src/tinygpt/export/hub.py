@@ -87,7 +87,7 @@ def dotenv_token(text: str) -> str | None:
 
 def find_token(cwd: str | Path | None = None) -> tuple[str, str] | None:
     """(token, where it came from) by the order in the module docstring, or None."""
-    token = os.environ.get("HF_TOKEN", "").strip()
+    token: str | None = os.environ.get("HF_TOKEN", "").strip()
     if token:
         return token, "the HF_TOKEN environment variable"
     dotenv = Path(cwd or Path.cwd()) / ".env"

@@ -235,6 +235,7 @@ def export_graph(model: GPT, path: str | Path, *, external_data: bool | None = N
         except Exception as exc:  # the exporter's own error types, with long reports
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise TinyGPTError(f"torch could not export this model to ONNX: {first}") from exc
+        assert program is not None  # the dynamo exporter returns its program
         program.save(str(path), external_data=external_data)
     graph = onnx.load(str(path))
     _name_total_axis(graph)
