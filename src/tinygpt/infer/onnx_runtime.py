@@ -45,7 +45,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -277,7 +277,7 @@ def generate_tokens(
     seed: int | None = None,
     eot_id: int | None = None,
     vocab: int | None = None,
-) -> Iterator[np.ndarray]:
+) -> Generator[np.ndarray, None, None]:
     """Yield the next token of every row, an int64 array (B,), up to max_new_tokens times.
 
     `prompts`: one list of ids per row (at least one id each; lengths may differ). Rows that

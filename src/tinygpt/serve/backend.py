@@ -39,8 +39,11 @@ from typing import Any, Protocol
 
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.run import RunDir
-from tinygpt.infer.onnx_runtime import generate_tokens, is_onnx_folder, load_onnx
+from tinygpt.data.template import ChatTemplate
+from tinygpt.data.tokenizer import Tokenizer
+from tinygpt.infer.onnx_runtime import OnnxGenerator, generate_tokens, is_onnx_folder, load_onnx
 from tinygpt.infer.request import (
+    Completion,
     EngineStats,
     Event,
     QueueFull,
@@ -57,11 +60,12 @@ from tinygpt.infer.textgen import RowText
 class Handle(Protocol):
     """One submitted request (`tinygpt.infer.engine.Request` is one)."""
 
-    prompt_tokens: int
+    @property
+    def prompt_tokens(self) -> int: ...
 
-    def __aiter__(self) -> AsyncIterator[Any]: ...
+    def __aiter__(self) -> AsyncIterator[Event]: ...
 
-    async def aresult(self) -> Any: ...
+    async def aresult(self) -> Completion: ...
 
     def cancel(self) -> None: ...
 
@@ -69,13 +73,15 @@ class Handle(Protocol):
 class Backend(Protocol):
     """A generator the server can drive (`tinygpt.infer.engine.Engine` is one)."""
 
-    tokenizer: Any
+    tokenizer: Tokenizer
     context: int  # the most tokens of prompt and completion together
     max_batch: int
 
-    def submit(self, prompt: list[int], **sampling: Any) -> Handle: ...
+    def submit(
+        self, prompt: Sequence[int], params: SamplingParams | None = None, **settings: Any
+    ) -> Handle: ...
 
-    def stats(self) -> Any: ...
+    def stats(self) -> EngineStats: ...
 
     def close(self) -> None: ...
 
@@ -95,7 +101,7 @@ class ServedModel:
 
     backend: Backend
     name: str
-    template: Any = None
+    template: ChatTemplate | None = None
     owned: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
     parameters: int | None = None
@@ -103,7 +109,7 @@ class ServedModel:
 
     def __post_init__(self) -> None:
         model = getattr(self.backend, "model", None)
-        if self.parameters is None and hasattr(model, "num_params"):
+        if self.parameters is None and model is not None and hasattr(model, "num_params"):
             self.parameters = int(model.num_params())
         if not self.runtime:
             self.runtime = getattr(self.backend, "runtime", "pytorch")
@@ -189,7 +195,7 @@ class OnnxBackend:
 
     def __init__(
         self,
-        generator: Any,
+        generator: OnnxGenerator,
         *,
         max_queue: int = 64,
         timeout: float | None = 600.0,

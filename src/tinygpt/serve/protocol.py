@@ -302,10 +302,12 @@ def _common(
         raise bad(f"n is {n}, more than this server's cap of {limits.max_n} choices", "n")
     stop = _stop(body, limits)
     seed = _get_int(body, "seed", None)
-    if seed is not None and not SEED.lo <= seed <= SEED.hi - (n - 1):
+    lo, hi = SEED.lo, SEED.hi
+    assert lo is not None and hi is not None  # seeds are bounded both ways
+    if seed is not None and not lo <= seed <= hi - (n - 1):
         # choice i is seeded seed + i: every one of them must be a seed
         raise bad(
-            f"seed must be an integer from {SEED.lo} to {SEED.hi - (n - 1)}, got {seed}",
+            f"seed must be an integer from {lo} to {hi - (n - 1)}, got {seed}",
             "seed",
         )
     stream = _get_bool(body, "stream", False)
