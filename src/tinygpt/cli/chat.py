@@ -165,6 +165,7 @@ def run_chat(args: argparse.Namespace) -> int:
         return 0
     interactive = sys.stdin.isatty()
     if interactive:
+        assert gen.template is not None  # a run without one was refused above
         session.note(
             f"chatting with {args.run} (template {gen.template.name}, context "
             f"{gen.model.config.block_size} tokens); /help lists the commands, /quit leaves"

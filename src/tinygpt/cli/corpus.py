@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def list_command(args: argparse.Namespace) -> int:
-    rows = [("NAME", "LANG", "SIZE", "SOURCE", "LICENCE", "CACHED")]
+    rows: list[tuple[str, ...]] = [("NAME", "LANG", "SIZE", "SOURCE", "LICENCE", "CACHED")]
     for info in CORPORA.values():
         cached = "yes" if corpus_path(info.name).is_file() else "no"
         rows.append((info.name, info.language, info.size, info.source, info.licence, cached))

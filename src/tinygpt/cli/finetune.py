@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from tinygpt.cli.train import add_push_flag, check_push, push_after
 from tinygpt.core.errors import TinyGPTError
+
+if TYPE_CHECKING:  # imported when the command runs
+    from tinygpt.core.lora import LoraSettings
 
 DESCRIPTION = """\
 Fine-tune a trained model — a run folder, or a local Hugging Face model folder (imported on
@@ -188,7 +192,7 @@ def _add_lora_flags(p: argparse.ArgumentParser) -> None:
 LORA_FLAGS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 
 
-def lora_settings(args: argparse.Namespace) -> object:
+def lora_settings(args: argparse.Namespace) -> LoraSettings | None:
     """The LoRA settings the flags ask for (None without --lora); LoRA flags without
     --lora are an error."""
     given = [

@@ -123,7 +123,7 @@ def _load(spec: str):
 def cmd_train(args: argparse.Namespace) -> int:
     from tinygpt.data.corpora import corpus_info
     from tinygpt.data.sources import iter_documents
-    from tinygpt.data.tokenizer import Normalizer, train_tokenizer
+    from tinygpt.data.tokenizer import BPETokenizer, Normalizer, train_tokenizer
 
     if args.tokenizer == "char" and (
         args.vocab_size is not None or args.special or args.min_frequency != 1
@@ -160,7 +160,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if tok.shortfall:
         print(f"note: {tok.shortfall}", file=sys.stderr)
     path = tok.save(args.out)
-    detail = f", {len(tok.merges)} merges, pattern {args.pattern}" if tok.kind == "bpe" else ""
+    detail = ""
+    if isinstance(tok, BPETokenizer):  # the "bpe" kind
+        detail = f", {len(tok.merges)} merges, pattern {args.pattern}"
     print(
         f"wrote {path}: {tok.kind}, vocabulary {tok.vocab_size}{detail}, trained in {seconds:.1f} s"
     )
