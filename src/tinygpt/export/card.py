@@ -20,6 +20,7 @@ from typing import Any
 from tinygpt.core.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.data.corpora import CORPORA
+from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.export.hf import HF_CLASSES
 from tinygpt.export.report import collect, fmt
 
@@ -66,7 +67,7 @@ def model_card(
     run_dir: str | Path | None,
     *,
     config: Any,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     family: str,
     num_params: int,
     checkpoint: str = "",
@@ -95,7 +96,7 @@ def model_card(
 
 
 def _model_section(
-    name: str, c: Any, tokenizer: Any, family: str, num_params: int, chat_template: bool
+    name: str, c: Any, tokenizer: Tokenizer, family: str, num_params: int, chat_template: bool
 ) -> list[str]:
     """The title, what the model is and the table of its architecture and tokenizer."""
     kind = getattr(tokenizer, "kind", "") or "unknown"
@@ -131,7 +132,7 @@ def _model_section(
     return out
 
 
-def _usage_section(where: str, tokenizer: Any, language: str | None, block_size: int) -> list[str]:
+def _usage_section(where: str, tokenizer: Tokenizer, language: str | None, block_size: int) -> list[str]:
     """How to load and sample the model with transformers, and its generation defaults."""
     return [
         "## How to use",
@@ -179,7 +180,7 @@ def _limits_section(num_params: int, block_size: int, kind: str) -> list[str]:
     return out
 
 
-def _example_prompt(tokenizer: Any, language: str | None) -> str:
+def _example_prompt(tokenizer: Tokenizer, language: str | None) -> str:
     """A prompt for the usage example that the tokenizer can encode (a character
     vocabulary may lack some letters)."""
     candidates = ["ROMEO:", "Türk milleti", "The", "a"]

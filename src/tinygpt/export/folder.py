@@ -23,14 +23,14 @@ from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.files import fsync_dir, fsync_file, temp_sibling
 from tinygpt.core.model import GPT
 from tinygpt.core.run import RunDir
-from tinygpt.data.tokenizer import EOT, UNK
+from tinygpt.data.tokenizer import EOT, UNK, Tokenizer
 from tinygpt.export.hf import _quiet, _transformers, to_hf_model
 
 # -------------------------------------------------------------------------- tokenizer
 
 
 def tokenizer_files(
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     *,
     model_max_length: int,
     chat_template: str | None = None,
@@ -75,7 +75,7 @@ def tokenizer_files(
 
 
 def generation_config_for(
-    tokenizer: Any, *, block_size: int, end_of_turn: str | None = None
+    tokenizer: Tokenizer, *, block_size: int, end_of_turn: str | None = None
 ) -> dict[str, Any]:
     """generation_config.json: special ids and the sampling defaults of `tinygpt sample`.
 
@@ -130,7 +130,7 @@ def check_destination(out_dir: Path, force: bool) -> None:
 
 
 def write_tokenizer_files(
-    folder: Path, tokenizer: Any, files: dict[str, Any], chat_template: str | None
+    folder: Path, tokenizer: Tokenizer, files: dict[str, Any], chat_template: str | None
 ) -> None:
     """tokenizer.json, the files of `tokenizer_files` and chat_template.jinja (with a chat
     template) into `folder`: the tokenizer part of a transformers folder (and of an ONNX
@@ -146,7 +146,7 @@ def save_hf_folder(
     model: GPT,
     out_dir: str | Path,
     *,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     chat_template: str | None = None,
     end_of_turn: str | None = None,
     card: str | None = None,
@@ -185,6 +185,7 @@ def save_hf_folder(
             hf_model.save_pretrained(tmp)
         if gen is not None:
             tf.GenerationConfig(**gen).save_pretrained(tmp)  # replaces the one derived above
+            assert tokenizer is not None  # gen comes with a tokenizer (above)
             write_tokenizer_files(tmp, tokenizer, files, chat_template)
         if card is not None:
             (tmp / "README.md").write_text(card, encoding="utf-8")
@@ -217,7 +218,7 @@ def to_hf(
     model: GPT,
     out_dir: str | Path,
     *,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     chat_template: str | None = None,
     end_of_turn: str | None = None,
     card: str | None = None,

@@ -79,7 +79,7 @@ from torch import Tensor
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.files import fsync_dir, fsync_file, temp_sibling
 from tinygpt.core.run import RunDir
-from tinygpt.data.tokenizer import UNK
+from tinygpt.data.tokenizer import UNK, Tokenizer
 from tinygpt.data.tokenizer.bpe import bytes_to_unicode
 from tinygpt.export.hf import _gpt2_pairs, to_hf_state_dict, twin_problems
 from tinygpt.infer.loader import load_run
@@ -213,7 +213,7 @@ def char_merges(chars: Iterable[str]) -> list[str]:
     return list(out)
 
 
-def gguf_vocab(tokenizer: Any, n_vocab: int) -> GGUFVocab:
+def gguf_vocab(tokenizer: Any, n_vocab: int) -> GGUFVocab:  # a BPE or char tokenizer, by kind
     """Tokens, types and merges for a model with `n_vocab` embedding rows."""
     gguf = _gguf()
     if tokenizer.normalizer is not None:
@@ -304,7 +304,7 @@ def check_destination_file(out: Path, force: bool) -> None:
 
 def write_gguf(
     model: Any,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     out: str | os.PathLike[str],
     *,
     type: str = DEFAULT_TYPE,

@@ -59,6 +59,7 @@ from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.files import temp_sibling
 from tinygpt.core.model import GPT, padding_mask
 from tinygpt.core.run import RunDir
+from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.export.folder import (
     check_destination,
     generation_config_for,
@@ -385,7 +386,7 @@ def save_onnx_folder(
     model: GPT,
     out_dir: str | Path,
     *,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     quantize: str | None = None,
     reduce_range: bool = True,
     chat_template: str | None = None,

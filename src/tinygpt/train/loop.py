@@ -53,6 +53,7 @@ from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.model import GPT
 from tinygpt.core.run import RunDir
 from tinygpt.core.runtime import Dist, Runtime
+from tinygpt.data.batches import BatchSource
 from tinygpt.train.resume import save
 from tinygpt.train.schedule import budget_progress, lr_at
 from tinygpt.train.signals import Stop
@@ -80,7 +81,7 @@ class NonFinite(Exception):
 
 def train_step(
     model: torch.nn.Module,
-    batches: Any,
+    batches: BatchSource,
     optimizer: Any,
     *,
     accum: int,
@@ -157,7 +158,7 @@ def train_step(
 
 def fit(
     model: GPT,
-    batches: Any,
+    batches: BatchSource,
     optimizer: Any,
     tc: TrainConfig,
     run: RunDir,
@@ -219,7 +220,7 @@ class _Job:
 
     model: GPT
     net: torch.nn.Module  # the model as the loop runs it (`_wrap`)
-    batches: Any
+    batches: BatchSource
     optimizer: Any
     tc: TrainConfig
     run: RunDir
@@ -334,13 +335,13 @@ def _wrap(model: torch.nn.Module, tc: TrainConfig, rt: Runtime) -> torch.nn.Modu
     return net
 
 
-def _progress(state: TrainState, tc: TrainConfig, batches: Any) -> float:
+def _progress(state: TrainState, tc: TrainConfig, batches: BatchSource) -> float:
     return budget_progress(state.step, state.tokens, state.elapsed, tc, batches.epochs)
 
 
 def _step(
     net: torch.nn.Module,
-    batches: Any,
+    batches: BatchSource,
     optimizer: Any,
     tc: TrainConfig,
     rt: Runtime,

@@ -23,6 +23,7 @@ import torch
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.files import atomic_write_bytes
 from tinygpt.core.run import ATTENTION_PNG, LOSS_PNG, STATS_PNG, RunDir
+from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.infer.loader import load_run
 
 DPI = 100
@@ -162,7 +163,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, log: bool = Fa
 # ----------------------------------------------------------------------------- attention
 
 
-def token_label(tokenizer: Any, token_id: int) -> str:
+def token_label(tokenizer: Tokenizer, token_id: int) -> str:
     """A short axis label for one token: its text with newlines, tabs and a leading or
     trailing space made visible.
 
@@ -180,7 +181,7 @@ def token_label(tokenizer: Any, token_id: int) -> str:
     return text
 
 
-def attention_maps(model: Any, tokenizer: Any, prompt: str) -> tuple[list[int], list[Any]]:
+def attention_maps(model: Any, tokenizer: Tokenizer, prompt: str) -> tuple[list[int], list[Any]]:
     """(ids, per-layer probabilities (H, T, T)) of `prompt` through the manual attention path."""
     if not prompt:
         raise TinyGPTError("--prompt is empty; give some text to look at")
@@ -199,7 +200,7 @@ def attention_maps(model: Any, tokenizer: Any, prompt: str) -> tuple[list[int], 
 
 def attention_figure(
     model: Any,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     prompt: str,
     *,
     layer: int | None = None,

@@ -21,6 +21,7 @@ from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.run import RunDir
 from tinygpt.core.runtime import Runtime, restore_rng, rng_state
 from tinygpt.core.weights import load_optimizer_state, load_weights, read_tensors, save_checkpoint
+from tinygpt.data.batches import BatchSource
 from tinygpt.train.state import Hooks, TrainState
 
 
@@ -28,7 +29,7 @@ def save(
     run: RunDir,
     model: torch.nn.Module,
     optimizer: Any,
-    batches: Any,
+    batches: BatchSource,
     state: TrainState,
     rt: Runtime,
     tc: TrainConfig,
@@ -79,7 +80,7 @@ def restore(
     checkpoint: Path,
     model: torch.nn.Module,
     optimizer: Any,
-    batches: Any,
+    batches: BatchSource,
     rt: Runtime,
 ) -> TrainState:
     """Load a checkpoint written by `save` into the pieces, once every file of it is

@@ -11,6 +11,8 @@ import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import torch
@@ -49,7 +51,7 @@ class Stop:
             signal.signal(sig, old)
         self._old = {}
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         first = self.signum is None
         self.signum = self.signum or signum
         name = signal.Signals(signum).name
@@ -61,7 +63,7 @@ class Stop:
             _say(f"{name}: stopping after this step and saving a checkpoint")
 
     @contextlib.contextmanager
-    def interruptible(self) -> Any:
+    def interruptible(self) -> Iterator[None]:
         """A stretch of work that a signal may stop at once (it writes nothing)."""
         if self.signum is not None and self.can_raise:
             raise KeyboardInterrupt
@@ -72,7 +74,7 @@ class Stop:
             self._raising = False
 
     @contextlib.contextmanager
-    def saving(self) -> Any:
+    def saving(self) -> Iterator[None]:
         """A checkpoint being written: signals wait for it."""
         self._saving = True
         try:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from tinygpt.core.config import TrainConfig
 from tinygpt.core.errors import TinyGPTError
-from tinygpt.core.run import RunDir
+from tinygpt.core.run import MetricsWriter, RunDir
 from tinygpt.train.plots import plot_run
 from tinygpt.train.state import StepResult, TrainState
 
@@ -37,10 +37,10 @@ class Watch:
     A `Watch()` with nothing attached (other ranks) ignores every call.
     """
 
-    metrics: Any = None  # tinygpt.core.run.MetricsWriter
+    metrics: MetricsWriter | None = None
     tb: Any = None
     wandb: Any = None
-    bar: Any = None  # a tqdm bar on a terminal
+    bar: tqdm | None = None  # on a terminal
     log_interval: int = 10
     eval_interval: int = 0
     window_tokens: int = 0
