@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tinygpt.core.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
+from tinygpt.core.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K, GPTConfig
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.data.corpora import CORPORA
 from tinygpt.data.tokenizer import Tokenizer
@@ -66,7 +66,7 @@ def _short(source: Any) -> str:
 def model_card(
     run_dir: str | Path | None,
     *,
-    config: Any,
+    config: GPTConfig,
     tokenizer: Tokenizer,
     family: str,
     num_params: int,
@@ -96,7 +96,7 @@ def model_card(
 
 
 def _model_section(
-    name: str, c: Any, tokenizer: Tokenizer, family: str, num_params: int, chat_template: bool
+    name: str, c: GPTConfig, tokenizer: Tokenizer, family: str, num_params: int, chat_template: bool
 ) -> list[str]:
     """The title, what the model is and the table of its architecture and tokenizer."""
     kind = getattr(tokenizer, "kind", "") or "unknown"

@@ -76,8 +76,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tinygpt.core.config import GPTConfig
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.files import fsync_dir, fsync_file, temp_sibling
+from tinygpt.core.model import GPT
 from tinygpt.core.run import RunDir
 from tinygpt.data.tokenizer import UNK, Tokenizer
 from tinygpt.data.tokenizer.bpe import bytes_to_unicode
@@ -108,7 +110,7 @@ def _gguf() -> Any:
 # ----------------------------------------------------------------------------- the model
 
 
-def gguf_architecture(config: Any) -> str:
+def gguf_architecture(config: GPTConfig) -> str:
     """llama.cpp's architecture for our config ('gpt2', 'llama' or 'qwen3'); raises
     TinyGPTError naming every setting llama.cpp cannot run."""
     family, name, broken = twin_problems(config)
@@ -138,7 +140,7 @@ def pairs_layout(t: Tensor, heads: int) -> Tensor:
     return t.reshape(heads, 2, D // 2, *t.shape[1:]).transpose(1, 2).reshape(t.shape)
 
 
-def gguf_tensors(model: Any) -> list[tuple[str, Tensor]]:
+def gguf_tensors(model: GPT) -> list[tuple[str, Tensor]]:
     """(GGUF name, fp32 tensor in llama.cpp's layout) for every tensor the file holds.
 
     Tensors are (out, in) like `nn.Linear.weight`; ggml calls the same memory {in, out}.
@@ -303,7 +305,7 @@ def check_destination_file(out: Path, force: bool) -> None:
 
 
 def write_gguf(
-    model: Any,
+    model: GPT,
     tokenizer: Tokenizer,
     out: str | os.PathLike[str],
     *,
@@ -362,7 +364,7 @@ def write_gguf(
 
 
 def _add_metadata(
-    w: Any, gguf: Any, config: Any, vocab: GGUFVocab, *, type: str, name: str, license: str | None
+    w: Any, gguf: Any, config: GPTConfig, vocab: GGUFVocab, *, type: str, name: str, license: str | None
 ) -> None:
     file_types = {
         "f32": gguf.LlamaFileType.ALL_F32,

@@ -22,6 +22,7 @@ import torch
 
 from tinygpt.core.errors import TinyGPTError
 from tinygpt.core.files import atomic_write_bytes
+from tinygpt.core.model import GPT
 from tinygpt.core.run import ATTENTION_PNG, LOSS_PNG, STATS_PNG, RunDir
 from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.infer.loader import load_run
@@ -181,7 +182,7 @@ def token_label(tokenizer: Tokenizer, token_id: int) -> str:
     return text
 
 
-def attention_maps(model: Any, tokenizer: Tokenizer, prompt: str) -> tuple[list[int], list[Any]]:
+def attention_maps(model: GPT, tokenizer: Tokenizer, prompt: str) -> tuple[list[int], list[Any]]:
     """(ids, per-layer probabilities (H, T, T)) of `prompt` through the manual attention path."""
     if not prompt:
         raise TinyGPTError("--prompt is empty; give some text to look at")
@@ -199,7 +200,7 @@ def attention_maps(model: Any, tokenizer: Tokenizer, prompt: str) -> tuple[list[
 
 
 def attention_figure(
-    model: Any,
+    model: GPT,
     tokenizer: Tokenizer,
     prompt: str,
     *,
