@@ -63,7 +63,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.preset or ["shakespeare-char", "one-layer"]:
             a = train(ROOT, preset, args.input.resolve(), args.steps, Path(tmp) / f"this-{preset}")
-            b = train(other, preset, args.input.resolve(), args.steps, Path(tmp) / f"other-{preset}")
+            b = train(
+                other, preset, args.input.resolve(), args.steps, Path(tmp) / f"other-{preset}"
+            )
             ma, mb = metrics(a), metrics(b)
             wa, wb = weights(a), weights(b)
             equal = [n for n in wa if n in wb and wa[n].dtype == wb[n].dtype and wa[n].equal(wb[n])]

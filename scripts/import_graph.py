@@ -59,7 +59,9 @@ def mermaid(edges: Counter[tuple[str, str]], modules: dict[str, list[str]]) -> s
     for package in LAYERS:
         names = ", ".join(m for m in modules[package] if m != "__init__")
         lines.append(f'  {package}["<b>{package}/</b><br/>{names}"]')
-    for (source, dest), count in sorted(edges.items(), key=lambda e: (LAYERS.index(e[0][0]), LAYERS.index(e[0][1]))):
+    for (source, dest), count in sorted(
+        edges.items(), key=lambda e: (LAYERS.index(e[0][0]), LAYERS.index(e[0][1]))
+    ):
         lines.append(f"  {source} -->|{count}| {dest}")
     lines.append("```")
     return "\n".join(lines) + "\n"
@@ -108,8 +110,14 @@ def draw(edges: Counter[tuple[str, str]], modules: dict[str, list[str]], out: Pa
                 xytext=(rail, y[dest] + shift),
                 arrowprops={"arrowstyle": "->", "color": color, "lw": 1.0},
             )
-            ax.text(rail + 0.05, y[dest] + shift, str(edges[(source, dest)]), fontsize=7,
-                    color=color, va="center")
+            ax.text(
+                rail + 0.05,
+                y[dest] + shift,
+                str(edges[(source, dest)]),
+                fontsize=7,
+                color=color,
+                va="center",
+            )
     ax.set_title("tinygpt's stage packages and the imports between them (module pairs)")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, bbox_inches="tight")

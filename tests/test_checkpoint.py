@@ -58,7 +58,8 @@ def test_save_pointers_and_rotation(tmp_path):
     model = _model()
     opt = torch.optim.AdamW(model.parameters())
     for step in (10, 20, 30, 40):
-        save_checkpoint(RunDir(tmp_path),
+        save_checkpoint(
+            RunDir(tmp_path),
             step,
             model,
             optimizer=opt,

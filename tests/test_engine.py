@@ -177,9 +177,10 @@ def test_context_limits(tok, chunk):
         assert res.finish_reason == "length" and res.usage == type(res.usage)(n, 10)
         expected = generate_ids(model, ids[:n], max_new_tokens=10, temperature=0.0)[0]
         assert list(res.token_ids) == expected
-        assert expected == generate_ids(
-            model, ids[:n], max_new_tokens=10, temperature=0.0, use_cache=False
-        )[0]
+        assert (
+            expected
+            == generate_ids(model, ids[:n], max_new_tokens=10, temperature=0.0, use_cache=False)[0]
+        )
     for n in (64, 80):
         with pytest.raises(
             PromptTooLong, match=f"prompt is {n} tokens long, but the model's context is 64"

@@ -263,7 +263,9 @@ def test_the_commands_print_the_same_sample_for_a_run_and_its_export(folders, ca
     assert printed[0] == printed[1]
     text = tinygpt.load(run).generate("to be", max_new_tokens=30, temperature=0.9, top_k=12, seed=7)
     assert text in printed[0]
-    assert engine_texts(tinygpt.load(run), [("to be", (30, dict(temperature=0.9, top_k=12, seed=7)))]) == [text]
+    assert engine_texts(
+        tinygpt.load(run), [("to be", (30, dict(temperature=0.9, top_k=12, seed=7)))]
+    ) == [text]
 
 
 def test_a_vocabulary_padded_past_the_tokenizer_samples_only_decodable_ids():
@@ -273,7 +275,9 @@ def test_a_vocabulary_padded_past_the_tokenizer_samples_only_decodable_ids():
 
     tok = train_tokenizer("char", ["abc def ghi"])
     torch.manual_seed(3)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size + 9, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    model = GPT(
+        GPTConfig(vocab_size=tok.vocab_size + 9, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    )
     with torch.no_grad():
         model.lm_head.weight[tok.vocab_size :] += 5.0  # the padded rows would win most draws
     gen = TextGenerator(model.eval(), tok)

@@ -433,7 +433,9 @@ class GPT(nn.Module):
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.init_std
         if isinstance(module, nn.Linear):
-            residual = module in {m for b in self.block_modules() for m in (b.attn.proj, b.mlp.proj)}
+            residual = module in {
+                m for b in self.block_modules() for m in (b.attn.proj, b.mlp.proj)
+            }
             scale = 1.0 / math.sqrt(2 * self.config.n_layer) if residual else 1.0
             nn.init.normal_(module.weight, mean=0.0, std=std * scale)
             if module.bias is not None:

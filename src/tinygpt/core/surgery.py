@@ -40,6 +40,7 @@ class SpecialTokens(Protocol):
 
     def with_special_tokens(self: _Tok, tokens: Iterable[str]) -> _Tok: ...
 
+
 DEFAULT_NOISE = 0.1
 
 
@@ -135,7 +136,6 @@ def add_special_tokens(
         seed += 1  # the rows grown below draw other noise
     grow_vocabulary(model, max(rows, grown.vocab_size), seed, noise=noise)
     return grown
-
 
 
 @torch.no_grad()

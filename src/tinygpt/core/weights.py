@@ -107,7 +107,6 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         )
 
 
-
 # ------------------------------------------------------------------------------ a folder
 
 

@@ -313,6 +313,7 @@ CORPORA: dict[str, CorpusInfo] = {
 
 # --- the instruction sets made from them (built by `tinygpt.data.instructions`) ----------
 
+
 @dataclass(frozen=True)
 class InstructionSet:
     """A built-in instruction set: where it comes from and what it asks."""
@@ -347,7 +348,6 @@ INSTRUCTION_SETS: dict[str, InstructionSet] = {
         ),  # fmt: skip
     ),
 }
-
 
 
 def corpus_info(name: str) -> CorpusInfo:

@@ -64,7 +64,6 @@ LINE_CHARS = (15, 48)  # shakespeare-qa: lengths of the lines it quotes (a small
 Record = dict[str, Any]
 
 
-
 def _hash(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
 

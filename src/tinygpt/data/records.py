@@ -77,9 +77,7 @@ def detect_shape(record: Any) -> str | None:
 
 
 @overload
-def _text_field(
-    record: dict[str, Any], key: str, *, optional: Literal[False] = False
-) -> str: ...
+def _text_field(record: dict[str, Any], key: str, *, optional: Literal[False] = False) -> str: ...
 
 
 @overload

@@ -132,7 +132,9 @@ def _model_section(
     return out
 
 
-def _usage_section(where: str, tokenizer: Tokenizer, language: str | None, block_size: int) -> list[str]:
+def _usage_section(
+    where: str, tokenizer: Tokenizer, language: str | None, block_size: int
+) -> list[str]:
     """How to load and sample the model with transformers, and its generation defaults."""
     return [
         "## How to use",

@@ -364,7 +364,14 @@ def write_gguf(
 
 
 def _add_metadata(
-    w: Any, gguf: Any, config: GPTConfig, vocab: GGUFVocab, *, type: str, name: str, license: str | None
+    w: Any,
+    gguf: Any,
+    config: GPTConfig,
+    vocab: GGUFVocab,
+    *,
+    type: str,
+    name: str,
+    license: str | None,
 ) -> None:
     file_types = {
         "f32": gguf.LlamaFileType.ALL_F32,

@@ -269,8 +269,7 @@ def _lora_section(data: dict[str, Any]) -> Section | None:
             ),
             (
                 "trainable parameters",
-                f"{fmt(lora.get('trainable_parameters'))} of"
-                f" {fmt(lora.get('total_parameters'))}",
+                f"{fmt(lora.get('trainable_parameters'))} of {fmt(lora.get('total_parameters'))}",
             ),
             (
                 "base",

@@ -120,11 +120,9 @@ def resolve_eval_tokens(
     if data and input:
         raise TinyGPTError("give either --data DIR or --input PATH, not both")
     if input:
-
         docs = iter_documents(input, text_field=text_field, errors=errors)
         return encode_documents(docs, tokenizer), f"input {input}"
     if data is None:
-
         data = RunDir(run_dir).dataset_dir()
         if data is None or not Path(data).is_dir():
             where = f" ({data})" if data else ""
@@ -268,7 +266,11 @@ def score_examples(
 
 
 def make_prompts(
-    tokens: np.ndarray, tokenizer: Tokenizer, prompt_tokens: int, reference_tokens: int, count: int = 20
+    tokens: np.ndarray,
+    tokenizer: Tokenizer,
+    prompt_tokens: int,
+    reference_tokens: int,
+    count: int = 20,
 ) -> list[dict[str, str]]:
     """`count` prompt/reference pairs cut from windows spread evenly over `tokens`.
 

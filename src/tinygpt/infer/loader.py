@@ -67,6 +67,7 @@ def load_text_side(run_dir: str | Path | RunDir) -> tuple[Tokenizer, ChatTemplat
 @dataclass
 class LoadedRun:
     """A trained model ready for sampling, evaluation or export, with its text side."""
+
     config: RunConfig
     model: GPT
     tokenizer: Tokenizer

@@ -164,7 +164,10 @@ def sample_rows(
     scores = np.asarray(logits)
     if repetition_penalty != 1.0:
         scores = np.stack(
-            [apply_repetition_penalty(scores[b], seen[b], repetition_penalty) for b in range(len(rngs))]
+            [
+                apply_repetition_penalty(scores[b], seen[b], repetition_penalty)
+                for b in range(len(rngs))
+            ]
         )
     if temperature == 0:
         return [int(i) for i in np.argmax(scores, axis=1)]

@@ -143,11 +143,7 @@ def _conversations(
             f"{verb} {prepared.path}: {splits['train']['examples']} training and "
             f"{splits['val']['examples']} held-out {resolved} examples, template "
             f"{tmpl.name}"
-            + (
-                f", {prepared.meta['skipped']} records skipped"
-                if prepared.meta["skipped"]
-                else ""
-            )
+            + (f", {prepared.meta['skipped']} records skipped" if prepared.meta["skipped"] else "")
         )
     return open_examples(prepared.path)
 

@@ -333,7 +333,12 @@ def _resumed_request(run: RunDir, record: dict[str, Any], request: DataRequest) 
     and the run's format, template and prompt scoring unless given anew."""
     data_dir, fmt, template = request.data_dir, request.fmt, request.template
     recorded = run.dataset_dir()
-    if data_dir is None and request.input is None and request.corpus is None and recorded is not None:
+    if (
+        data_dir is None
+        and request.input is None
+        and request.corpus is None
+        and recorded is not None
+    ):
         if not recorded.is_dir():
             raise TinyGPTError(
                 f"the data the run was fine-tuned on ({recorded}) is gone; give its new"

@@ -32,13 +32,16 @@ class TextSampler:
     def __call__(self, model: GPT) -> str:
         try:
             # One prompt, one sample: one text.
-            text = cast(str, TextGenerator(model, self.tokenizer).generate(
-                self.prompt,
-                max_new_tokens=self.tokens,
-                temperature=self.temperature,
-                top_k=SAMPLE_TOP_K,
-                seed=self.seed,
-            ))
+            text = cast(
+                str,
+                TextGenerator(model, self.tokenizer).generate(
+                    self.prompt,
+                    max_new_tokens=self.tokens,
+                    temperature=self.temperature,
+                    top_k=SAMPLE_TOP_K,
+                    seed=self.seed,
+                ),
+            )
         finally:
             model.train()
         return self.prompt + text

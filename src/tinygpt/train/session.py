@@ -85,7 +85,6 @@ def accumulation(tc: TrainConfig, micro_tokens: int) -> int:
     return tc.tokens_per_step // micro_tokens
 
 
-
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
