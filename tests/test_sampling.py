@@ -9,6 +9,7 @@ and its ONNX export give the same text, seed for seed, from `tinygpt.load(RUN)` 
 from __future__ import annotations
 
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -117,13 +118,21 @@ def test_repetition_penalty_known_answer():
     assert sample_token(logits, [2], temperature=0, repetition_penalty=2.0) == 0
 
 
-@pytest.mark.parametrize("temperature", [1e-3, 1e-8, 1e-30, 1e-300])
+@pytest.mark.parametrize("temperature", [1e-3, 1e-8, 1e-30, 1e-39, 1e-300, 5e-324])
 def test_tiny_temperatures_stay_finite_and_pick_the_best(temperature):
+    """Any temperature the settings check lets through (down to the smallest float) is
+    computed, without a warning, and picks the best token: the same on every path."""
     logits = np.array([1.0, 3.0, 2.9, -50.0], dtype=np.float32)
-    w = token_weights(logits, temperature=temperature, top_p=0.9)
-    assert np.isfinite(w).all() and w.tolist() == [0.0, 1.0, 0.0, 0.0]
-    rng = np.random.default_rng(0)
-    assert {sample_token(logits, temperature=temperature, rng=rng) for _ in range(20)} == {1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w = token_weights(logits, temperature=temperature, top_p=0.9)
+        assert np.isfinite(w).all() and w.tolist() == [0.0, 1.0, 0.0, 0.0]
+        rng = np.random.default_rng(0)
+        assert {sample_token(logits, temperature=temperature, rng=rng) for _ in range(20)} == {1}
+        picked = sample_rows(
+            logits[None].repeat(3, 0), [()] * 3, row_generators(0, 3), temperature=temperature
+        )
+        assert picked == [1, 1, 1]
 
 
 def test_the_seed_rule():

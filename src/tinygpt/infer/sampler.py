@@ -93,7 +93,8 @@ def token_weights(
     [1.0, 0.6, 0.0, 0.0]
     """
     x = np.asarray(logits, dtype=np.float64)
-    weights = np.exp((x - x.max()) / temperature)  # (V,), the best token weighs exactly 1
+    with np.errstate(over="ignore"):  # a tiny temperature sends the others to -inf: weight 0
+        weights = np.exp((x - x.max()) / temperature)  # (V,), the best token weighs exactly 1
     V = x.shape[0]
     if top_k is not None and top_k < V:
         kth = np.partition(x, V - top_k)[V - top_k]
@@ -177,7 +178,8 @@ def sample_rows(
             for b, rng in enumerate(rngs)
         ]
     x = scores.astype(np.float64)  # (B, V)
-    weights = np.exp((x - x.max(axis=1, keepdims=True)) / temperature)  # (B, V)
+    with np.errstate(over="ignore"):  # as in token_weights
+        weights = np.exp((x - x.max(axis=1, keepdims=True)) / temperature)  # (B, V)
     V = x.shape[1]
     if top_k is not None and top_k < V:
         kth = np.partition(x, V - top_k, axis=1)[:, V - top_k]  # (B,)
