@@ -47,6 +47,11 @@ def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
 def add_cleaning_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cleaning (all off unless asked for)")
     group.add_argument("--nfc", action="store_true", help="Unicode NFC normalisation")
+    group.add_argument(
+        "--strip-boilerplate",
+        action="store_true",
+        help="remove Project Gutenberg headers, footers and licence text around each book",
+    )
     group.add_argument("--strip-markup", action="store_true", help="remove HTML and wiki markup")
     group.add_argument(
         "--collapse-whitespace",
@@ -69,7 +74,15 @@ def add_cleaning_arguments(parser: argparse.ArgumentParser) -> None:
         type=arg(Range(lo=0, hi=1), "--lang-min-prob"),
         default=0.9,
         metavar="P",
-        help="minimum probability of --lang to keep a unit",
+        help="keep a unit whose most likely language is --lang with at least this probability",
+    )
+    group.add_argument(
+        "--lang-top",
+        type=arg(Range(lo=0, hi=10, integer=True), "--lang-top"),
+        default=2,
+        metavar="K",
+        help="also keep a unit when --lang is among its K most likely languages (with "
+        "probability >= 0.05): short sentences score low; 0 leaves only --lang-min-prob",
     )
     group.add_argument(
         "--lang-unit", choices=LANG_UNITS, default="sentence", help="what --lang keeps or drops"
@@ -117,6 +130,25 @@ def cleaning_from_args(args: argparse.Namespace) -> Cleaning:
         lang=args.lang,
         lang_min_prob=args.lang_min_prob,
         lang_unit=args.lang_unit,
+        lang_top=args.lang_top,
+        strip_boilerplate=args.strip_boilerplate,
+    )
+
+
+def add_messy_arguments(parser: argparse.ArgumentParser) -> None:
+    """--unk and --skip-bad-files: what to do with characters and files the text lacks or
+    that are not text."""
+    parser.add_argument(
+        "--unk",
+        action="store_true",
+        help="char: add <unk> to the vocabulary, so that characters the text lacks (in prompts,"
+        " in later data) read as <unk> instead of failing",
+    )
+    parser.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help="leave out, and count, input files that are not text (binary, not UTF-8, empty, "
+        "only whitespace) instead of stopping on them",
     )
 
 
@@ -188,6 +220,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="chat template of instruction examples (default, chatml, inst)",
     )
+    add_messy_arguments(parser)
     parser.add_argument("--force", action="store_true", help="replace a different dataset in --out")
     parser.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write")
     add_cleaning_arguments(parser)
@@ -223,6 +256,8 @@ def prepare_command(args: argparse.Namespace) -> int:
         lowercase=args.lowercase,
         normalize_whitespace=args.normalize_whitespace,
         min_frequency=args.min_frequency,
+        unk=args.unk,
+        skip_bad_files=args.skip_bad_files,
         command=shlex.join(["tinygpt", *sys.argv[1:]]) if sys.argv else None,
     )
     meta = result.meta
@@ -234,11 +269,31 @@ def prepare_command(args: argparse.Namespace) -> int:
         f"{verb} {result.path}: train {splits['train']['tokens']:,} tokens "
         f"({splits['train']['documents']} docs), val {splits['val']['tokens']:,} tokens "
         f"({splits['val']['documents']} docs); {meta['tokenizer_kind']} vocab "
-        f"{meta['vocab_size']:,}{short}, {meta['dtype']}",
+        f"{meta['vocab_size']:,}{short}, {meta['dtype']}{dropped_words(meta)}",
         file=sys.stderr,
     )
     print(result.path)
     return 0
+
+
+DROPPED_WORDS = {
+    "files_binary": "binary files",
+    "files_not_utf8": "files not UTF-8",
+    "files_empty": "empty files",
+    "files_whitespace": "files of only whitespace",
+    "documents_empty": "documents empty after cleaning",
+    "documents_short": "documents shorter than --min-chars",
+    "documents_duplicate": "duplicate documents",
+    "documents_language": "documents in another language",
+    "sentences_language": "sentences in another language",
+}
+
+
+def dropped_words(meta: dict) -> str:
+    """'; dropped: 2 binary files, 1 empty files' (nothing when nothing was dropped)."""
+    dropped = meta.get("dropped") or {}
+    parts = [f"{n:,} {DROPPED_WORDS.get(k, k)}" for k, n in dropped.items()]
+    return f"; dropped: {', '.join(parts)}" if parts else ""
 
 
 def prepare_examples_command(args: argparse.Namespace, fmt: str) -> int:
@@ -250,9 +305,9 @@ def prepare_examples_command(args: argparse.Namespace, fmt: str) -> int:
             "instruction examples are encoded with the base model's tokenizer: give --tokenizer"
             " RUN (the run folder to fine-tune) or a tokenizer.json"
         )
-    if args.vocab_size is not None or args.lowercase or args.normalize_whitespace:
+    if args.vocab_size is not None or args.lowercase or args.normalize_whitespace or args.unk:
         raise TinyGPTError(
-            "--vocab-size, --lowercase and --normalize-whitespace make a new tokenizer; "
+            "--vocab-size, --lowercase, --normalize-whitespace and --unk make a new tokenizer; "
             "instruction examples use the base's as it is"
         )
     if cleaning_from_args(args).to_dict() != Cleaning().to_dict():

@@ -479,7 +479,7 @@ def check_encodable(tokenizer: Tokenizer, texts: Iterable[str]) -> Counter[str]:
     unknown token (`<unk>`) reads each unseen character as that token: the result says how
     many, for the caller to report. Without one, unseen characters are an error that gives
     their count and the most frequent of them; train the base on text that holds them, or
-    with `--unk`.
+    on data prepared with `tinygpt prepare --unk`.
 
     >>> from tinygpt.data.tokenizer import CharTokenizer
     >>> check_encodable(CharTokenizer(["a", "b"], unk=True), ["abc", "cd"])
@@ -496,7 +496,7 @@ def check_encodable(tokenizer: Tokenizer, texts: Iterable[str]) -> Counter[str]:
         raise TinyGPTError(
             f"the data holds {sum(unseen.values())} characters ({len(unseen)} distinct) that "
             f"this character-level tokenizer has never seen, e.g. {examples}; it has no <unk> "
-            "token to read them as, so pre-train the base on text that holds them (or with "
-            "--unk), or remove them from the data"
+            "token to read them as, so pre-train the base on text that holds them (or on data "
+            "prepared with `tinygpt prepare --unk`), or remove them from the data"
         )
     return unseen

@@ -99,6 +99,7 @@ class _Plan:
     tokenizer_file: Path | None
     normalizer: Normalizer | None = None
     min_frequency: int = 1
+    unk: bool = False
 
 
 def _plan(
@@ -116,6 +117,7 @@ def _plan(
     lowercase: str | None = None,
     normalize_whitespace: bool = False,
     min_frequency: int = 1,
+    unk: bool = False,
 ) -> _Plan:
     if not 0.0 < val_fraction < 1.0:
         raise TinyGPTError(
@@ -127,6 +129,12 @@ def _plan(
     tokenizer_file, tokenizer_id = _tokenizer_identity(
         tokenizer, vocab_size, backend, min_frequency, normalizer
     )
+    if unk:
+        if tokenizer != "char":
+            raise TinyGPTError(
+                f"--unk applies to --tokenizer char (a new character vocabulary), not {tokenizer}"
+            )
+        tokenizer_id["unk"] = True
     src = open_source(source, text_field=text_field, errors=errors)
     settings = {
         "source": source,
@@ -142,7 +150,7 @@ def _plan(
         "version": __version__,
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    return _Plan(src, settings, key, tokenizer, tokenizer_file, normalizer, min_frequency)
+    return _Plan(src, settings, key, tokenizer, tokenizer_file, normalizer, min_frequency, unk)
 
 
 def _tokenizer_identity(
@@ -355,7 +363,7 @@ def _make_tokenizer(
         # The characters are what the normalizer leaves of the text: it works on each
         # character alone, except that it joins whitespace runs, which it also does here.
         chars = "".join(sorted(spooled.chars or ()))
-        return train_tokenizer("char", [chars], normalizer=plan.normalizer)
+        return train_tokenizer("char", [chars], unk=plan.unk, normalizer=plan.normalizer)
     return train_tokenizer(
         "bpe",
         spooled.sample,
@@ -390,6 +398,8 @@ def prepare_dataset(
     lowercase: str | None = None,
     normalize_whitespace: bool = False,
     min_frequency: int = 1,
+    unk: bool = False,
+    skip_bad_files: bool = False,
 ) -> PrepareResult:
     """Prepare `source` into folder `out` (or a cache folder keyed by the inputs and flags
     when `out` is None) and say whether an earlier result was reused.
@@ -398,7 +408,9 @@ def prepare_dataset(
     "gpt2" (GPT-2's vocabulary; `vocab_size` and `backend` are then ignored) or the path of a
     tokenizer.json to reuse. `lowercase` ("default" or "tr") and `normalize_whitespace` give
     the tokenizer a normalizer (see `tinygpt.data.tokenizer.normalize`); a BPE merges only pairs
-    seen at least `min_frequency` times. A folder that already holds a dataset made
+    seen at least `min_frequency` times; a char tokenizer trained with `unk` maps characters
+    it never saw to `<unk>`. Files that are not text (`tinygpt.data.badfiles`) are named
+    together in one error, or left out and counted with `skip_bad_files`. A folder that already holds a dataset made
     with the same inputs and flags is reused as it is; one made from the same source with
     other flags, or from inputs that changed since, is rebuilt; one made from another
     source is replaced only with `force`. Raises `TinyGPTError` on bad input, leaving no
@@ -423,6 +435,7 @@ def prepare_dataset(
         lowercase=lowercase,
         normalize_whitespace=normalize_whitespace,
         min_frequency=min_frequency,
+        unk=unk,
     )
     out_path = Path(out) if out is not None else cache_dir() / "datasets" / plan.key[:24]
     if out_path.is_dir():
@@ -436,7 +449,7 @@ def prepare_dataset(
     workers = workers or os.cpu_count() or 1
     meta = _build(
         plan, out_path, cleaning, vocab_size=vocab_size, backend=backend, workers=workers,
-        block_size=block_size, progress=progress, command=command,
+        block_size=block_size, progress=progress, command=command, skip_bad_files=skip_bad_files,
     )  # fmt: skip
     return PrepareResult(out_path, False, meta)
 
@@ -452,6 +465,7 @@ def _build(
     block_size: int | None,
     progress: bool,
     command: str | None,
+    skip_bad_files: bool = False,
 ) -> dict[str, Any]:
     """Both passes into a temporary folder beside `out_path`, moved into place at the end;
     returns the new dataset's meta. Nothing is left behind when it fails."""
@@ -466,9 +480,10 @@ def _build(
             want_chars=plan.tokenizer == "char",
             sample_chars=int(plan.settings["tokenizer_sample_mb"] * 1_000_000),
             progress=progress,
+            skip_bad_files=skip_bad_files,
         )
         if not spooled.docs:
-            raise _empty_error(plan.settings["source"], spooled.stats)
+            raise spooled.empty_error(plan.settings["source"])
         tok = _make_tokenizer(plan, spooled, vocab_size, backend)
         if tok.shortfall and progress:
             print(f"note: {tok.shortfall}", file=sys.stderr)
@@ -499,25 +514,6 @@ def prepare(source: str, out: str | os.PathLike[str], **kwargs: Any) -> Path:
     """Prepare `source` into dataset folder `out` and return its path (see `prepare_dataset`
     for the arguments)."""
     return prepare_dataset(source, out, **kwargs).path
-
-
-def _empty_error(source: str, stats: dict[str, Any]) -> TinyGPTError:
-    if stats["documents_in"] == stats["dropped_empty"]:
-        return TinyGPTError(f"{source} holds no text; give a corpus with some text in it")
-    reasons = ", ".join(
-        f"{what}: {stats[key]}"
-        for key, what in [
-            ("dropped_empty", "empty"),
-            ("dropped_short", "shorter than --min-chars"),
-            ("dropped_duplicate", "duplicates"),
-            ("dropped_language", "other language"),
-        ]
-        if stats[key]
-    )
-    return TinyGPTError(
-        f"cleaning dropped all {stats['documents_in']} documents of {source} ({reasons}); "
-        "relax the cleaning flags"
-    )
 
 
 def _check_block_size(tokens: list[int], block_size: int) -> None:
@@ -560,6 +556,8 @@ def _meta(
         "text_field": settings["text_field"],
         "errors": settings["errors"],
         "cleaning": {**settings["cleaning"], "stats": spooled.stats},
+        "dropped": spooled.dropped(),
+        **({"skipped_files": [vars(b) for b in spooled.bad_files]} if spooled.bad_files else {}),
         "split": split,
         "tokenizer": {
             **settings["tokenizer"],

@@ -112,8 +112,9 @@ class CharTokenizer(Tokenizer):
                 if self.unk_id is None:
                     raise TinyGPTError(
                         f"character {c!r} (U+{ord(c):04X}) at position {pos} is not in this "
-                        "character vocabulary; train the tokenizer with --unk to map unseen "
-                        "characters to <unk>, or on text that contains it"
+                        "character vocabulary; build the vocabulary with `tinygpt prepare --unk` "
+                        "or `tinygpt tokenizer train --unk` to map unseen characters to <unk>, "
+                        "or from text that contains it"
                     )
                 i = self.unk_id
             ids.append(i)
