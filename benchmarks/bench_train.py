@@ -23,7 +23,8 @@ preset with AdamW in place of Muon, in the same budget.
 example a `git worktree` of an earlier commit) in the same run, interleaved: each quality
 repeat trains with this code, then with that code; the step part alternates rounds of
 `--steps` steps of our model in a fresh process per code tree. Only `tinygpt.core.model.GPT`,
-`GPTConfig` and `tinygpt.train.optim.build_optimizer` are used on both sides.
+`GPTConfig` and `tinygpt.train.optim.build_optimizer` are used on both sides (under their
+earlier names in a checkout from before the stage packages).
 """
 
 from __future__ import annotations
@@ -177,9 +178,14 @@ STEP_WORKER = """
 import json, sys, time
 import numpy as np
 import torch
-from tinygpt.core.config import TrainConfig
-from tinygpt.core.model import GPT, GPTConfig
-from tinygpt.train.optim import build_optimizer
+try:
+    from tinygpt.core.config import TrainConfig
+    from tinygpt.core.model import GPT, GPTConfig
+    from tinygpt.train.optim import build_optimizer
+except ImportError:  # a checkout from before the stage packages
+    from tinygpt.config import TrainConfig
+    from tinygpt.model import GPT, GPTConfig
+    from tinygpt.train import build_optimizer
 shape, vocab, steps, threads = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 if threads:
     torch.set_num_threads(threads)
