@@ -571,3 +571,28 @@ def test_a_one_worker_preparation_leaves_ctrl_c_working(tmp_path):
     before = signal.getsignal(signal.SIGINT)
     prepare(str(tmp_path / "t.txt"), tmp_path / "d", workers=1, progress=False)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_out_dot_exports_and_imports_into_the_current_folder(trained, tmp_path, monkeypatch):
+    """`--out .` names the folder the command runs in (it used to fail with "PosixPath('.')
+    has an empty name")."""
+    pytest.importorskip("transformers")
+    (tmp_path / "hf").mkdir()
+    monkeypatch.chdir(tmp_path / "hf")
+    assert main(["export", str(trained), "--format", "hf", "--out", "."]) == 0
+    assert (tmp_path / "hf" / "config.json").is_file()
+    (tmp_path / "back").mkdir()
+    monkeypatch.chdir(tmp_path / "back")
+    assert main(["import", str(tmp_path / "hf"), "--out", "."]) == 0
+    assert RunDir(tmp_path / "back").is_run()
+
+
+def test_a_jsonl_file_that_starts_with_a_byte_order_mark_keeps_its_first_record(tmp_path):
+    from tinygpt.core.files import read_jsonl
+
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a", "completion": "b"}\n{"prompt": "c"}\n')
+    assert [r for _, r in read_jsonl(path)] == [
+        {"prompt": "a", "completion": "b"},
+        {"prompt": "c"},
+    ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import string
 import subprocess
@@ -950,3 +951,35 @@ def test_the_load_benchmarks_models_load_and_never_end(tmp_path):
         logits, _ = gen.model(torch.randint(0, tok.eot_id, (8, 32)))
     assert (logits.argmax(-1) != tok.eot_id).all()
     assert (logits[..., tok.eot_id] < logits.max(-1).values - 8).all()
+
+
+def test_port_0_prints_the_port_it_serves_and_an_empty_key_is_refused(chat_run, capsys):
+    """--port 0 lets the system pick a free port: the line printed names that port, and the
+    server answers there. --api-key "" would leave the server open: refused."""
+    argv = [sys.executable, "-m", "tinygpt", "serve", str(chat_run), "--port", "0"]
+    argv += ["--device", "cpu", "--threads", "1", "--log-level", "warning"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        found, lines = None, []
+        while found is None and len(lines) < 50:  # the "serving ..." line, before it listens
+            lines.append(proc.stderr.readline())
+            assert lines[-1], "".join(lines)  # the process ended without it
+            found = re.search(r"at http://127\.0\.0\.1:(\d+)/v1", lines[-1])
+        assert found and found.group(1) != "0", "".join(lines)
+        url = f"http://127.0.0.1:{found.group(1)}"
+        end = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < end, "tinygpt serve did not start within 60 s"
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert main(["serve", str(chat_run), "--api-key", ""]) == 2
+    err = capsys.readouterr().err
+    assert "--api-key is empty" in err and len(err.strip().splitlines()) == 1

@@ -78,6 +78,11 @@ def _check(args: argparse.Namespace) -> None:
         raise TinyGPTError(f"--timeout must be positive seconds, got {args.timeout}")
     if args.threads is not None and args.threads < 1:
         raise TinyGPTError("--threads must be at least 1")
+    if args.api_key is not None and not args.api_key.strip():
+        raise TinyGPTError(
+            "--api-key is empty, which would leave the server open; give a key, or leave the"
+            " flag out to serve without one"
+        )
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -93,18 +98,25 @@ def run_serve(args: argparse.Namespace) -> int:
     from tinygpt.serve import Limits, create_app, open_model, run
     from tinygpt.serve.server import bind
 
-    bind(args.host, args.port).close()  # a busy port fails before the model loads
+    # Bound before the model loads (a busy port fails at once) and kept, so that with
+    # --port 0 (a free port the system picks) the port printed is the port served.
+    sock = bind(args.host, args.port)
+    port = sock.getsockname()[1]
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    served = open_model(
-        args.run,
-        checkpoint=args.checkpoint,
-        device=args.device,
-        max_batch=args.max_batch,
-        max_queue=args.max_queue,
-        timeout=args.timeout,
-        name=args.model_name,
-        threads=args.threads,
-    )
+    try:
+        served = open_model(
+            args.run,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+            timeout=args.timeout,
+            name=args.model_name,
+            threads=args.threads,
+        )
+    except BaseException:
+        sock.close()
+        raise
     limits = Limits(max_tokens_cap=args.max_tokens_cap, max_n=args.max_n)
     app = create_app(served, api_key=api_key, limits=limits, timeout=args.timeout)
     shown = f"[{args.host}]" if ":" in args.host else args.host
@@ -112,9 +124,9 @@ def run_serve(args: argparse.Namespace) -> int:
     batch = served.backend.max_batch
     how = f"max batch {batch}" if batch > 1 else "one request at a time"
     print(
-        f"serving {served.name!r} at http://{shown}:{args.port}/v1 ({served.runtime}, {how}, "
+        f"serving {served.name!r} at http://{shown}:{port}/v1 ({served.runtime}, {how}, "
         f"chat template: {chat}, API key: {'required' if api_key else 'none'}); "
-        f"chat page at http://{shown}:{args.port}/; Ctrl-C stops",
+        f"chat page at http://{shown}:{port}/; Ctrl-C stops",
         file=sys.stderr,
         flush=True,
     )
@@ -126,7 +138,8 @@ def run_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     try:
-        run(app, args.host, args.port, log_level=args.log_level)
+        run(app, args.host, port, log_level=args.log_level, sock=sock)
     finally:
         served.backend.close()
+        sock.close()
     return 0

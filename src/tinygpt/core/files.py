@@ -12,6 +12,7 @@ This module knows nothing about what the files contain.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -46,7 +47,9 @@ def fsync_file(path: str | os.PathLike[str]) -> None:
 
 def temp_sibling(path: Path, tag: str = "tmp") -> Path:
     """A hidden name beside `path` for work in progress: `.NAME.tag-PID` (`remove_leftovers`
-    clears those of processes that died)."""
+    clears those of processes that died). `.` and `..` are named by the folder they stand for.
+    """
+    path = Path(os.path.abspath(path)) if Path(path).name in ("", ".", "..") else Path(path)
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
 
 
@@ -234,6 +237,8 @@ def read_jsonl(
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             start, offset = offset, offset + len(raw)
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):  # a byte-order mark, not data
+                raw = raw[len(codecs.BOM_UTF8) :]
             try:
                 line = raw.decode("utf-8", errors=errors)
             except UnicodeDecodeError as exc:

@@ -48,11 +48,18 @@ def _config(app: Any, log_level: str) -> Any:
     return uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3)
 
 
-def run(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Serve `app` on host:port until interrupted (Ctrl-C / SIGTERM)."""
+def run(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve `app` on host:port (or on `sock`, already bound) until interrupted (Ctrl-C /
+    SIGTERM)."""
     import uvicorn
 
-    sock = bind(host, port)
+    sock = sock or bind(host, port)
     try:
         uvicorn.Server(_config(app, log_level)).run(sockets=[sock])
     finally:
