@@ -253,6 +253,10 @@ def test_report_on_a_garbled_metrics_file_and_attention_to_a_text_file(trained, 
     (run / "metrics.csv").write_text("step,tokens,train_loss\n1,64,3.1\nxx,yy\n\x00garbage\n")
     err = _one_line(capsys, ["report", str(run)])
     assert "metrics.csv" in err and "line 3" in err
+    for step in ("nan", "", "2.5"):  # a step that is no step number: one line, not a traceback
+        (run / "metrics.csv").write_text(f"step,tokens,train_loss\n1,64,3.1\n{step},96,3.0\n")
+        err = _one_line(capsys, ["report", str(run)])
+        assert "metrics.csv" in err and "line 3" in err and "not a step number" in err
     err = _one_line(capsys, ["attention", str(trained), "--prompt", "to be", "--out", "a.txt"])
     assert "a.txt should end in .png" in err
 

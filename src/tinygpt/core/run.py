@@ -322,6 +322,9 @@ class RunDir:
                     for key, values in cols.items():
                         cell = row.get(key) or ""
                         values.append(float(cell) if cell else math.nan)
+                    step = cols["step"][-1]
+                    if not math.isfinite(step) or step != int(step):
+                        raise ValueError(f"step {row.get('step')!r} is not a step number")
         except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as exc:
             line = getattr(reader, "line_num", "?") if "reader" in locals() else "?"
             raise TinyGPTError(
