@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(args.model, model)
         else:
             make_run(python, model)
-        for path in [model, *model.rglob("*")]:
-            os.chmod(path, 0o555 if path.is_dir() else 0o444)
+        for path in [model, *model.rglob("*")]:  # read-only, as a :ro mount, and no more:
+            os.chmod(path, path.stat().st_mode & ~0o222)  # the modes tinygpt wrote stay
         port = free_port()
         argv_ = [*d.entrypoint, *d.cmd]
         argv_ = [str(model) if a == "/model" else a for a in argv_]

@@ -600,3 +600,46 @@ def test_a_jsonl_file_that_starts_with_a_byte_order_mark_keeps_its_first_record(
         {"prompt": "a", "completion": "b"},
         {"prompt": "c"},
     ]
+
+
+def test_what_tinygpt_writes_is_readable_by_another_user(dataset):
+    """Runs, datasets and exports honour the umask like any other file: under 022 another user
+    (a server's uid in a container with the run mounted read-only) can read every file.
+    safetensors and tempfile would otherwise make weights and dataset folders owner-only."""
+    import shutil
+    import tempfile
+
+    pytest.importorskip("transformers")
+    old = os.umask(0o022)
+    shared = Path(tempfile.mkdtemp(dir="/tmp", prefix="tinygpt-shared-"))
+    try:
+        os.chmod(shared, 0o755)  # reachable by the other user; pytest's own tmp is not
+        run = shared / "run"
+        argv = _train_argv(dataset, run, "--max-steps", "2", "--train.eval_interval", "2")
+        assert main(argv) == 0
+        assert main(["export", str(run), "--format", "hf", "--out", str(shared / "hf")]) == 0
+        text = dataset.parent / "text.txt"
+        argv = [
+            "prepare",
+            "--input",
+            str(text),
+            "--out",
+            str(shared / "data"),
+            "--tokenizer",
+            "char",
+        ]
+        assert main(argv) == 0
+        files = sorted(p for p in shared.rglob("*") if p.is_file())
+        assert any(p.name == "model.safetensors" for p in files)
+        modes = {str(p.relative_to(shared)): oct(p.stat().st_mode & 0o777) for p in files}
+        assert all(m == "0o644" for m in modes.values()), modes
+        folders = [p for p in shared.rglob("*") if p.is_dir()]
+        assert all(p.stat().st_mode & 0o755 == 0o755 for p in folders), folders
+        if os.geteuid() == 0 and shutil.which("setpriv"):  # read them as nobody (uid 65534)
+            script = 'for f; do cat "$f" > /dev/null || exit 1; done'
+            argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"]
+            out = subprocess.run([*argv, script, "sh", *map(str, files)], capture_output=True)
+            assert out.returncode == 0, out.stderr
+    finally:
+        os.umask(old)
+        shutil.rmtree(shared, ignore_errors=True)

@@ -45,6 +45,29 @@ def fsync_file(path: str | os.PathLike[str]) -> None:
         os.fsync(f.fileno())
 
 
+def file_creation_mask() -> int:
+    """The process's umask, read without changing it where /proc allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it, and set it back
+    os.umask(mask)
+    return mask
+
+
+def as_umask_allows(path: str | os.PathLike[str]) -> Path:
+    """Give `path` the mode a plain `open` or `mkdir` gives (0o666 or 0o777, less the umask).
+    safetensors and `tempfile` create their files and folders readable by their owner only;
+    what tinygpt writes must be readable like any other file (by a server running as another
+    user, say)."""
+    path = Path(path)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~file_creation_mask())
+    return path
+
+
 def temp_sibling(path: Path, tag: str = "tmp") -> Path:
     """A hidden name beside `path` for work in progress: `.NAME.tag-PID` (`remove_leftovers`
     clears those of processes that died). `.` and `..` are named by the folder they stand for.

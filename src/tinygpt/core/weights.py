@@ -34,7 +34,7 @@ from tinygpt.core.checkpoint import (
     write_error,
 )
 from tinygpt.core.errors import TinyGPTError
-from tinygpt.core.files import fsync_dir, fsync_file, temp_sibling
+from tinygpt.core.files import as_umask_allows, fsync_dir, fsync_file, temp_sibling
 from tinygpt.core.run import RunDir, step_name
 
 _PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP wrappers
@@ -80,6 +80,7 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
         kept[key] = name
         tensors[name] = tensor.detach().to("cpu").contiguous()
     save_file(tensors, str(path), metadata={"aliases": json.dumps(aliases), "format": "pt"})
+    as_umask_allows(path)  # safetensors creates it for its owner only
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from tinygpt.core.errors import TinyGPTError
-from tinygpt.core.files import remove_leftovers, require_folder
+from tinygpt.core.files import as_umask_allows, remove_leftovers, require_folder
 from tinygpt.data.tokenizer import Tokenizer, load_tokenizer
 
 META = "meta.json"
@@ -177,7 +177,9 @@ def make_temp_dir(out: Path) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_leftovers(out.parent, out.name)  # of earlier preparations that were killed
-        return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
+        # mkdtemp makes the folder its owner's only; the dataset is read like any other folder
+        tmp = tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-")
+        return as_umask_allows(tmp)
     except OSError as exc:
         raise TinyGPTError(
             f"cannot write to output folder {out} ({exc.strerror or exc}); choose a writable --out"

@@ -20,7 +20,7 @@ from typing import Any
 
 from tinygpt.core.config import SAMPLE_TEMPERATURE, SAMPLE_TOP_K
 from tinygpt.core.errors import TinyGPTError
-from tinygpt.core.files import fsync_dir, fsync_file, temp_sibling
+from tinygpt.core.files import as_umask_allows, fsync_dir, fsync_file, temp_sibling
 from tinygpt.core.model import GPT
 from tinygpt.core.run import RunDir
 from tinygpt.data.tokenizer import EOT, UNK, Tokenizer
@@ -189,6 +189,8 @@ def save_hf_folder(
             write_tokenizer_files(tmp, tokenizer, files, chat_template)
         if card is not None:
             (tmp / "README.md").write_text(card, encoding="utf-8")
+        for path in [tmp, *tmp.rglob("*")]:  # transformers' safetensors: owner-only
+            as_umask_allows(path)
         replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

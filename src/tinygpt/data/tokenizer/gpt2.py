@@ -43,7 +43,7 @@ import tempfile
 from pathlib import Path
 
 from tinygpt.core.errors import TinyGPTError
-from tinygpt.core.files import sha256_file
+from tinygpt.core.files import as_umask_allows, sha256_file
 from tinygpt.data.cache import cache_dir, pip_download
 from tinygpt.data.tokenizer.base import EOT
 from tinygpt.data.tokenizer.bpe import PATTERNS, BPETokenizer
@@ -86,6 +86,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        as_umask_allows(tmp)  # mkstemp makes it its owner's only
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
