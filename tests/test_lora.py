@@ -430,3 +430,25 @@ def test_a_full_fine_tune_prints_that_everything_trains(base, questions, tmp_pat
     )
     total = GPT(RunDir(tmp_path / "full").read_config().model).num_params()
     assert line.startswith(f"trainable parameters {total:,} of {total:,} (100.00 %, full")
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"base": {}}, "its base must name run, checkpoint, weights_sha256"),
+        ({"base": "elsewhere"}, "its base must name"),
+        ({"alpha": "x"}, "the adapter's settings are damaged (ValueError"),
+        ({"rank": None}, "the adapter's settings are damaged (TypeError"),
+        ({"rows_from": []}, "the adapter's settings are damaged (TypeError"),
+    ],
+)
+def test_a_damaged_adapter_record_is_one_line(lora_run, tmp_path, capsys, change, expected):
+    import shutil
+
+    run = tmp_path / "lora"
+    shutil.copytree(lora_run[0], run)
+    path = RunDir(run).adapter_path
+    record = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**record, **change}), encoding="utf-8")
+    for argv in (["sample", str(run), "--max-new-tokens", "2"], ["report", str(run)]):
+        assert expected in _one_line_error(capsys, argv)

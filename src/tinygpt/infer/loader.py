@@ -174,6 +174,21 @@ def read_adapter_record(run: RunDir) -> dict[str, Any]:
             f"{run.adapter_path} has adapter format version {record.get('version')!r}; this"
             f" tinygpt reads {FORMAT_VERSION}: fine-tune again with this version"
         )
+    base = record.get("base")
+    fields = ("run", "checkpoint", "weights_sha256")
+    if not isinstance(base, dict) or not all(isinstance(base.get(k), str) for k in fields):
+        raise TinyGPTError(
+            f"{run.adapter_path}: its base must name {', '.join(fields)} (strings); the run"
+            " folder is damaged: fine-tune again"
+        )
+    try:
+        LoraSettings.from_record(record)
+        int(record["rows_from"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TinyGPTError(
+            f"{run.adapter_path}: the adapter's settings are damaged ({type(exc).__name__}:"
+            f" {exc}); fine-tune again"
+        ) from None
     return record
 
 
