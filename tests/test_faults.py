@@ -643,3 +643,26 @@ def test_what_tinygpt_writes_is_readable_by_another_user(dataset):
     finally:
         os.umask(old)
         shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"n": ' + "7" * 5001 + "}", "Exceeds the limit"),
+        ('{"prompt": ', "Expecting value"),
+    ],
+)
+def test_a_jsonl_line_python_cannot_read_is_a_line_number(tmp_path, line, reason):
+    """Nesting deeper than the stack or an integer of 5,001 digits is "not valid JSON" with
+    its line number (or skipped and counted by a reader that skips), never a traceback."""
+    from tinygpt.core.errors import TinyGPTError
+    from tinygpt.core.files import read_jsonl
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "ok"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(TinyGPTError, match=f"bad.jsonl:2: not valid JSON .*{reason}"):
+        list(read_jsonl(path))
+    skipped = []
+    kept = list(read_jsonl(path, skip=lambda n, why: skipped.append((n, why))))
+    assert kept == [(1, {"prompt": "ok"})] and skipped[0][0] == 2

@@ -269,8 +269,21 @@ def read_jsonl(
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
+                value = json.loads(line)
+            except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+                reason = _json_problem(exc)
                 if skip is None:
-                    raise TinyGPTError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                skip(lineno, f"not valid JSON ({exc.msg})")
+                    raise TinyGPTError(f"{path}:{lineno}: not valid JSON ({reason})") from None
+                skip(lineno, f"not valid JSON ({reason})")
+                continue
+            yield lineno, value
+
+
+def _json_problem(exc: BaseException) -> str:
+    """Why a line is no JSON we read: a syntax error, nesting deeper than Python's stack, or
+    an integer longer than Python converts (4,300 digits)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return exc.msg
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc).split(";")[0]
