@@ -128,3 +128,21 @@ def test_the_quick_exit_loses_nothing(tmp_path):
     assert usage.returncode == 2 and "tinygpt: error:" in usage.stderr
     helped = run("--help")
     assert helped.returncode == 0 and helped.stdout.startswith("usage: tinygpt")
+
+
+@pytest.mark.parametrize(
+    "command", ["train", "finetune", "sample", "chat", "eval", "export", "serve"]
+)
+def test_every_command_that_runs_a_model_takes_threads(command):
+    """--threads on every command that runs a model (torch's CPU threads; onnxruntime's for
+    an ONNX folder)."""
+    parser = build_parser()
+    positional = {
+        "train": [],
+        "finetune": ["BASE", "--out", "o"],
+        "export": ["RUN", "--format", "hf", "--out", "o"],
+    }
+    args, _ = parser.parse_known_args(
+        [command, *positional.get(command, ["RUN"]), "--threads", "1"]
+    )
+    assert args.threads == 1

@@ -32,7 +32,7 @@ commands:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
-    from tinygpt.cli.model import add_sampling_arguments
+    from tinygpt.cli.model import add_sampling_arguments, add_threads_argument
 
     p = sub.add_parser(
         "chat",
@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default="best", help="best, latest or step-N")
     add_sampling_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_threads_argument(p)
     p.set_defaults(func=run_chat)
 
 
@@ -139,10 +140,12 @@ class ChatSession:
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    from tinygpt.cli.model import set_threads
     from tinygpt.core.run import RunDir
     from tinygpt.infer.generate import check_sampling, load
     from tinygpt.infer.loader import load_text_side
 
+    set_threads(args.threads)
     sampling = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,

@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _export_command(subparsers: argparse._SubParsersAction) -> None:
     from tinygpt.cli import HelpFormatter
+    from tinygpt.cli.model import add_threads_argument
 
     export = subparsers.add_parser(
         "export",
@@ -79,6 +80,7 @@ def _export_command(subparsers: argparse._SubParsersAction) -> None:
         "--force", action="store_true", help="replace --out when it exists (and is not empty)"
     )
     _card_arguments(export)
+    add_threads_argument(export)
     export.set_defaults(func=run_export)
 
 
@@ -131,8 +133,10 @@ def _card_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from tinygpt.cli.model import set_threads
     from tinygpt.core.errors import TinyGPTError
 
+    set_threads(args.threads)
     if args.quantize is not None and (args.format != "onnx" or args.quantize not in ONNX_QUANTIZE):
         how = {
             "hf": "a transformers folder has no quantization",
