@@ -577,18 +577,22 @@ def test_a_one_worker_preparation_leaves_ctrl_c_working(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_out_dot_exports_and_imports_into_the_current_folder(trained, tmp_path, monkeypatch):
-    """`--out .` names the folder the command runs in (it used to fail with "PosixPath('.')
-    has an empty name")."""
+def test_out_dot_is_one_line_and_a_folder_beside_it_works(trained, tmp_path, monkeypatch, capsys):
+    """`--out .` names the folder the command runs in, which an export (written aside, then
+    renamed into place) cannot replace: one line saying so, not "PosixPath('.') has an empty
+    name". `..` and a path to the current folder are the same; a new folder works."""
     pytest.importorskip("transformers")
-    (tmp_path / "hf").mkdir()
-    monkeypatch.chdir(tmp_path / "hf")
-    assert main(["export", str(trained), "--format", "hf", "--out", "."]) == 0
-    assert (tmp_path / "hf" / "config.json").is_file()
-    (tmp_path / "back").mkdir()
-    monkeypatch.chdir(tmp_path / "back")
-    assert main(["import", str(tmp_path / "hf"), "--out", "."]) == 0
-    assert RunDir(tmp_path / "back").is_run()
+    monkeypatch.chdir(tmp_path)
+    for out in (".", str(tmp_path)):
+        err = _one_line(capsys, ["export", str(trained), "--format", "hf", "--out", out])
+        assert "is the folder this command runs in" in err
+    (tmp_path / "deep").mkdir()
+    monkeypatch.chdir(tmp_path / "deep")
+    assert main(["export", str(trained), "--format", "hf", "--out", "../hf"]) == 0
+    err = _one_line(capsys, ["import", "../hf", "--out", "."])
+    assert "is the folder this command runs in" in err
+    assert main(["import", "../hf", "--out", "back"]) == 0
+    assert RunDir(tmp_path / "deep" / "back").is_run()
 
 
 def test_a_jsonl_file_that_starts_with_a_byte_order_mark_keeps_its_first_record(tmp_path):

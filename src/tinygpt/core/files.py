@@ -70,9 +70,18 @@ def as_umask_allows(path: str | os.PathLike[str]) -> Path:
 
 def temp_sibling(path: Path, tag: str = "tmp") -> Path:
     """A hidden name beside `path` for work in progress: `.NAME.tag-PID` (`remove_leftovers`
-    clears those of processes that died). `.` and `..` are named by the folder they stand for.
+    clears those of processes that died). What is written there replaces `path` whole, by a
+    rename: the folder a command runs in cannot be replaced that way, so it is refused.
     """
-    path = Path(os.path.abspath(path)) if Path(path).name in ("", ".", "..") else Path(path)
+    path = Path(path)
+    if path.name in ("", ".", "..") or path.resolve() == Path.cwd().resolve():
+        full = Path(os.path.abspath(path))
+        if full == Path.cwd() or full.name == "":
+            raise TinyGPTError(
+                f"{path} is the folder this command runs in, which cannot be replaced as a"
+                " whole; give a new folder inside or beside it (for example --out export)"
+            )
+        path = full
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
 
 
